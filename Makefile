@@ -1,0 +1,59 @@
+# vmfork: top-level build.  `make demo` and `make check` are the two
+# commands a user needs; both build whatever is missing first.
+#
+# As root, missing Debian packages are installed (bookworm-backports is
+# enabled for meson >= 1.5 and python3-pycotap); otherwise the exact
+# apt-get command is printed.  See scripts/install-deps.sh.
+
+MESON_BUILD := build/meson
+TOOLS       := vmfork qmp-call
+
+.PHONY: all deps qemu guests guest-linux guest-tiny tools check check-unit demo bench clean distclean help
+
+all: deps qemu guests tools
+
+help:
+	@echo "make            build patched QEMU, test guests and tools (installs Debian packages as root)"
+	@echo "make demo       build, boot the Linux guest, fork it, show parent and child"
+	@echo "make check      build and run every test suite (meson test, TAP)"
+	@echo "make bench      run the benchmarks"
+	@echo "make clean      remove build/ (the QEMU cache in ~/.cache/vmfork stays)"
+
+deps:
+	@scripts/install-deps.sh
+
+qemu: deps
+	@scripts/build-qemu.sh
+
+guests: guest-linux guest-tiny
+
+guest-linux: deps
+	@scripts/build-guest-linux.sh
+
+guest-tiny: deps
+	@scripts/build-guest-tiny.sh
+
+$(MESON_BUILD)/build.ninja:
+	meson setup $(MESON_BUILD) --buildtype=debugoptimized
+
+tools: deps $(MESON_BUILD)/build.ninja
+	meson compile -C $(MESON_BUILD)
+	@mkdir -p build/tools
+	@for t in $(TOOLS); do \
+	    if [ -x $(MESON_BUILD)/qmp-tools/$$t ]; then ln -sf ../meson/qmp-tools/$$t build/tools/$$t; fi; \
+	done
+
+check: all
+	meson test -C $(MESON_BUILD) --print-errorlogs $(MESON_TEST_ARGS)
+
+check-unit: deps tools
+	meson test -C $(MESON_BUILD) --print-errorlogs --suite unit
+
+demo: all
+	@scripts/demo.sh
+
+clean:
+	rm -rf build
+
+distclean: clean
+	@echo "the QEMU source/build cache is ${XDG_CACHE_HOME:-$$HOME/.cache}/vmfork; remove it by hand if wanted"
