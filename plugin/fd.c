@@ -1,0 +1,242 @@
+/*
+ * vmfork: make the file descriptors a forked child inherited private
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * After fork() every fd of the child refers to the same open file
+ * description as the parent's fd with that number.  For the kernel objects
+ * that QEMU and GLib use to signal and wait, that is cross-talk: the child
+ * reading an eventfd steals the parent's wakeup, an epoll_ctl() in the
+ * child changes the parent's interest list, the child accept()s the
+ * parent's monitor clients or reads their commands.
+ *
+ * The rule, by kind of object, applied by fd number before the child's
+ * main loop polls again (owners keep using the same fd numbers):
+ *
+ * - eventfd: replaced by a new eventfd with the same counter and flags,
+ *   read from /proc/self/fdinfo without consuming the parent's count;
+ * - epoll: replaced by a new epoll instance with the same interest list
+ *   (fdinfo lists each target fd, its events and data), which then refers
+ *   to the child's objects at those fd numbers;
+ * - socket: detached, replaced by one end of a new socketpair whose other
+ *   end the child keeps and never writes.  The old owner sees an idle
+ *   connection: nothing to read, no hang-up, and a listener that never
+ *   has a client.  Its eventual cleanup neither shuts down the parent's
+ *   connection nor unlinks the parent's socket path (the replacement has
+ *   no address).  Subsystems that need a live socket in the child create
+ *   a new one (the child's monitor, its chardevs).
+ *
+ * Everything else is left as it is: regular files (shared offsets are
+ * handled by their owners), pipes, /dev/kvm (the accelerator rebuilds the
+ * VM), signalfd (a read returns the reader's own signals).
+ */
+
+#include "qemu/osdep.h"
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include "qapi/error.h"
+#include "vmfork-internal.h"
+#include "trace.h"
+
+/* The kept ends of the socketpairs that replaced inherited sockets */
+static GArray *detached_socket_peers;
+
+/* Read /proc/self/fdinfo/FD into a string */
+static char *fdinfo_read(int fd, Error **errp)
+{
+    g_autofree char *path = g_strdup_printf("/proc/self/fdinfo/%d", fd);
+    g_autoptr(GError) gerr = NULL;
+    char *contents;
+
+    if (!g_file_get_contents(path, &contents, NULL, &gerr)) {
+        error_setg(errp, "vmfork: cannot read %s: %s", path, gerr->message);
+        return NULL;
+    }
+    return contents;
+}
+
+/* The "flags:" field of fdinfo (octal open flags, O_CLOEXEC included) */
+static bool fdinfo_flags(const char *info, int *flags)
+{
+    const char *p = strstr(info, "flags:");
+
+    return p && sscanf(p, "flags: %o", (unsigned int *)flags) == 1;
+}
+
+/* Put NEWFD at number FD (closing NEWFD), with FD's close-on-exec flag */
+static bool fd_replace(int fd, int newfd, int flags, Error **errp)
+{
+    if (dup3(newfd, fd, flags & O_CLOEXEC) < 0) {
+        error_setg_errno(errp, errno, "vmfork: dup3() over fd %d failed", fd);
+        close(newfd);
+        return false;
+    }
+    close(newfd);
+    return true;
+}
+
+static bool replace_eventfd(int fd, Error **errp)
+{
+    g_autofree char *info = fdinfo_read(fd, errp);
+    const char *p;
+    uint64_t count;
+    int flags, efd_flags = 0, newfd;
+
+    if (!info) {
+        return false;
+    }
+    p = strstr(info, "eventfd-count:");
+    if (!fdinfo_flags(info, &flags) || !p ||
+        sscanf(p, "eventfd-count: %" SCNx64, &count) != 1) {
+        error_setg(errp, "vmfork: cannot parse fdinfo of eventfd %d", fd);
+        return false;
+    }
+    p = strstr(info, "eventfd-semaphore:");
+    if (p && strncmp(p, "eventfd-semaphore: 1", 20) == 0) {
+        efd_flags |= EFD_SEMAPHORE;
+    }
+    if (flags & O_NONBLOCK) {
+        efd_flags |= EFD_NONBLOCK;
+    }
+    /* eventfd() takes an unsigned int; larger counts are only seen in tests */
+    newfd = eventfd(MIN(count, UINT_MAX), efd_flags | EFD_CLOEXEC);
+    if (newfd < 0) {
+        error_setg_errno(errp, errno, "vmfork: eventfd() failed");
+        return false;
+    }
+    if (count > UINT_MAX) {
+        uint64_t rest = count - UINT_MAX;
+
+        if (write(newfd, &rest, sizeof(rest)) != sizeof(rest)) {
+            error_setg_errno(errp, errno, "vmfork: eventfd write failed");
+            close(newfd);
+            return false;
+        }
+    }
+    trace_vmfork_fd_eventfd(fd, count);
+    return fd_replace(fd, newfd, flags, errp);
+}
+
+static bool replace_epoll(int fd, Error **errp)
+{
+    g_autofree char *info = fdinfo_read(fd, errp);
+    const char *p;
+    int flags, newfd, n = 0;
+
+    if (!info) {
+        return false;
+    }
+    if (!fdinfo_flags(info, &flags)) {
+        error_setg(errp, "vmfork: cannot parse fdinfo of epoll fd %d", fd);
+        return false;
+    }
+    newfd = epoll_create1(EPOLL_CLOEXEC);
+    if (newfd < 0) {
+        error_setg_errno(errp, errno, "vmfork: epoll_create1() failed");
+        return false;
+    }
+    for (p = strstr(info, "tfd:"); p; p = strstr(p + 1, "tfd:")) {
+        struct epoll_event ev = { 0 };
+        unsigned int events;
+        uint64_t data;
+        int tfd;
+
+        if (sscanf(p, "tfd: %d events: %x data: %" SCNx64,
+                   &tfd, &events, &data) != 3) {
+            error_setg(errp, "vmfork: cannot parse fdinfo of epoll fd %d", fd);
+            close(newfd);
+            return false;
+        }
+        ev.events = events;
+        ev.data.u64 = data;
+        if (epoll_ctl(newfd, EPOLL_CTL_ADD, tfd, &ev) < 0) {
+            error_setg_errno(errp, errno,
+                             "vmfork: cannot re-add fd %d to epoll fd %d",
+                             tfd, fd);
+            close(newfd);
+            return false;
+        }
+        n++;
+    }
+    trace_vmfork_fd_epoll(fd, n);
+    return fd_replace(fd, newfd, flags, errp);
+}
+
+static bool detach_socket(int fd, Error **errp)
+{
+    int sv[2];
+    int fl = fcntl(fd, F_GETFL);
+    int fdfl = fcntl(fd, F_GETFD);
+
+    if (fl < 0 || fdfl < 0) {
+        error_setg_errno(errp, errno, "vmfork: fcntl() on socket %d", fd);
+        return false;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        error_setg_errno(errp, errno, "vmfork: socketpair() failed");
+        return false;
+    }
+    if (fl & O_NONBLOCK) {
+        fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    }
+    if (!detached_socket_peers) {
+        detached_socket_peers = g_array_new(false, false, sizeof(int));
+    }
+    g_array_append_val(detached_socket_peers, sv[1]);
+    trace_vmfork_fd_socket(fd);
+    return fd_replace(fd, sv[0], (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0, errp);
+}
+
+bool vmfork_fd_make_private(Error **errp)
+{
+    g_autoptr(GDir) dir = NULL;
+    g_autoptr(GArray) epolls = g_array_new(false, false, sizeof(int));
+    g_autoptr(GArray) sockets = g_array_new(false, false, sizeof(int));
+    g_autoptr(GError) gerr = NULL;
+    const char *name;
+
+    dir = g_dir_open("/proc/self/fd", 0, &gerr);
+    if (!dir) {
+        error_setg(errp, "vmfork: cannot list /proc/self/fd: %s",
+                   gerr->message);
+        return false;
+    }
+    /*
+     * First the eventfds, so that the epoll instances built afterwards
+     * watch the new ones.  The fds created here get higher numbers than
+     * the ones being listed or are dup3()'d over them; GDir's own fd is
+     * not a candidate.
+     */
+    while ((name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
+        g_autofree char *target = g_file_read_link(path, NULL);
+        int fd = atoi(name);
+
+        if (!target) {
+            continue;
+        }
+        if (g_str_equal(target, "anon_inode:[eventfd]")) {
+            if (!replace_eventfd(fd, errp)) {
+                return false;
+            }
+        } else if (g_str_equal(target, "anon_inode:[eventpoll]")) {
+            g_array_append_val(epolls, fd);
+        } else if (g_str_has_prefix(target, "socket:")) {
+            g_array_append_val(sockets, fd);
+        }
+    }
+    for (guint i = 0; i < sockets->len; i++) {
+        if (!detach_socket(g_array_index(sockets, int, i), errp)) {
+            return false;
+        }
+    }
+    for (guint i = 0; i < epolls->len; i++) {
+        if (!replace_epoll(g_array_index(epolls, int, i), errp)) {
+            return false;
+        }
+    }
+    return true;
+}

@@ -1,0 +1,36 @@
+/*
+ * vmfork: internal interfaces between the files of the subsystem
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef VMFORK_INTERNAL_H
+#define VMFORK_INTERNAL_H
+
+#include "qapi/qapi-types-vmfork.h"
+
+/* One vmfork command, as validated in the parent before anything happens */
+typedef struct VmforkRequest {
+    int count;
+    char *monitor_tmpl;         /* never NULL once validated */
+    char *serial_tmpl;          /* NULL: default rules for serial0 */
+    bool start;
+    bool parent_stays_paused;
+} VmforkRequest;
+
+/* Expand "%i", "%p" and "%%" in a path template */
+char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
+                             Error **errp);
+
+/* fd.c: make every inherited kernel object that is shared by fd private */
+bool vmfork_fd_make_private(Error **errp);
+
+/* child.c: the child's side of the command; false: the child must exit */
+bool vmfork_child_setup(const VmforkRequest *req, int index, Error **errp);
+
+/* vmfork.c: fresh worker pools for every AioContext of the child */
+void vmfork_reset_thread_pools(void);
+
+#endif
