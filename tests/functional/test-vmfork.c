@@ -1,0 +1,565 @@
+/*
+ * Functional tests of the vmfork command: what a user of the parent and
+ * of each child sees, from the guests and from the host.
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "vmtest.h"
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EVENT_TIMEOUT_MS 30000
+
+static bool skip_if_missing(const VmOptions *o)
+{
+    const char *why = vm_missing(o->guest, o->accel);
+
+    if (why) {
+        g_test_skip(why);
+        return true;
+    }
+    g_test_message("running: %s", vm_describe(o));
+    return false;
+}
+
+static JsonObject *nth_child(JsonArray *children, guint i)
+{
+    return json_array_get_object_element(children, i);
+}
+
+static Vm *fork_one(Vm *parent, const char *args)
+{
+    g_autoptr(JsonArray) children = vm_fork(parent, args);
+
+    g_assert_cmpuint(json_array_get_length(children), ==, 1);
+    return vm_attach_child(parent, nth_child(children, 0));
+}
+
+static gint64 event_int(JsonNode *ev, const char *member)
+{
+    return json_object_get_int_member(qmp_event_data(ev), member);
+}
+
+/*
+ * Memory: the child starts with the parent's memory as it was at the
+ * fork, and after that neither sees the other's writes.
+ */
+static void linux_fork_isolates_memory(gconstpointer data)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .smp = GPOINTER_TO_INT(data) };
+    g_autofree char *h_fork = NULL, *h_child = NULL, *h_parent2 = NULL;
+    g_autofree char *h_child2 = NULL, *h_child3 = NULL, *h_parent3 = NULL;
+    g_autofree char *pong_p = NULL, *pong_c = NULL;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    h_fork = vm_agent(parent, "fill a1");
+    child = fork_one(parent, NULL);
+
+    pong_p = vm_agent(parent, "ping");
+    pong_c = vm_agent(child, "ping");
+    g_assert_cmpstr(pong_p, ==, "pong");
+    g_assert_cmpstr(pong_c, ==, "pong");
+
+    h_child = vm_agent(child, "hash");
+    g_assert_cmpstr(h_child, ==, h_fork);
+
+    h_parent2 = vm_agent(parent, "fill b2");
+    g_assert_cmpstr(h_parent2, !=, h_fork);
+    h_child2 = vm_agent(child, "hash");
+    g_assert_cmpstr(h_child2, ==, h_fork);
+
+    h_child3 = vm_agent(child, "fill c3");
+    g_assert_cmpstr(h_child3, !=, h_parent2);
+    h_parent3 = vm_agent(parent, "hash");
+    g_assert_cmpstr(h_parent3, ==, h_parent2);
+
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* Both VMs keep running on their own: timers tick, consoles answer */
+static void linux_fork_both_keep_running(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autofree char *tp0 = NULL, *tc0 = NULL, *tp1 = NULL, *tc1 = NULL;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    child = fork_one(parent, NULL);
+    tp0 = vm_agent(parent, "time");
+    tc0 = vm_agent(child, "time");
+    g_usleep(10 * G_USEC_PER_SEC);
+    tp1 = vm_agent(parent, "time");
+    tc1 = vm_agent(child, "time");
+    /* Guest monotonic clocks advanced by about the 10 s that passed */
+    g_assert_cmpuint(g_ascii_strtoull(tp1, NULL, 10) -
+                     g_ascii_strtoull(tp0, NULL, 10), >, 9 * 1000000000ULL);
+    g_assert_cmpuint(g_ascii_strtoull(tc1, NULL, 10) -
+                     g_ascii_strtoull(tc0, NULL, 10), >, 9 * 1000000000ULL);
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* count: 3 gives three independent children, each announced and listed */
+static void linux_fork_three_children(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autoptr(JsonArray) children = NULL;
+    g_autofree char *h0 = NULL, *args = NULL;
+    g_autoptr(GHashTable) hashes = g_hash_table_new_full(g_str_hash,
+                                                         g_str_equal,
+                                                         g_free, NULL);
+    Vm *parent, *child[3];
+    JsonNode *q;
+    JsonArray *listed;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    h0 = vm_agent(parent, "fill 10");
+    args = g_strdup_printf("{\"count\": 3, \"monitor\": \"%s/child-%%i.qmp\"}",
+                           parent->dir);
+    children = vm_fork(parent, args);
+    g_assert_cmpuint(json_array_get_length(children), ==, 3);
+    for (guint i = 0; i < 3; i++) {
+        g_autofree char *want = g_strdup_printf("%s/child-%u.qmp",
+                                                parent->dir, i);
+        g_autoptr(GError) err = NULL;
+        JsonNode *ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_READY",
+                                      EVENT_TIMEOUT_MS, &err);
+
+        g_assert_no_error(err);
+        g_assert_cmpstr(json_object_get_string_member(nth_child(children, i),
+                                                      "monitor"), ==, want);
+        json_node_unref(ev);
+        child[i] = vm_attach_child(parent, nth_child(children, i));
+    }
+    for (guint i = 0; i < 3; i++) {
+        g_autofree char *before = vm_agent(child[i], "hash");
+        char *after = vm_agent(child[i], "fill %x", 0x100 + i);
+
+        g_assert_cmpstr(before, ==, h0);
+        g_hash_table_add(hashes, after);
+    }
+    g_assert_cmpuint(g_hash_table_size(hashes), ==, 3);
+    {
+        g_autofree char *hp = vm_agent(parent, "hash");
+
+        g_assert_cmpstr(hp, ==, h0);
+    }
+    q = vm_qmp(parent, "query-vmfork", NULL);
+    listed = json_object_get_array_member(json_node_get_object(q), "children");
+    g_assert_cmpuint(json_array_get_length(listed), ==, 3);
+    for (guint i = 0; i < 3; i++) {
+        JsonObject *c = nth_child(listed, i);
+
+        g_assert_cmpint(json_object_get_int_member(c, "pid"), ==,
+                        child[i]->pid);
+        g_assert_cmpstr(json_object_get_string_member(c, "state"), ==,
+                        "running");
+    }
+    json_node_unref(q);
+    for (guint i = 0; i < 3; i++) {
+        vm_quit(child[i]);
+    }
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* parent: paused keeps a template; start: false keeps the child paused */
+static void linux_fork_paused_template(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autofree char *s_parent = NULL, *s_child = NULL, *s_child2 = NULL;
+    g_autofree char *s_parent2 = NULL, *pong = NULL, *h = NULL, *hc = NULL;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    h = vm_agent(parent, "fill 77");
+    child = fork_one(parent, "{\"parent\": \"paused\", \"start\": false}");
+    s_parent = vm_runstate(parent);
+    s_child = vm_runstate(child);
+    g_assert_cmpstr(s_parent, ==, "paused");
+    g_assert_cmpstr(s_child, ==, "paused");
+
+    json_node_unref(vm_qmp(child, "cont", NULL));
+    s_child2 = vm_runstate(child);
+    g_assert_cmpstr(s_child2, ==, "running");
+    hc = vm_agent(child, "hash");
+    g_assert_cmpstr(hc, ==, h);
+    s_parent2 = vm_runstate(parent);
+    g_assert_cmpstr(s_parent2, ==, "paused");
+
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    pong = vm_agent(parent, "ping");
+    g_assert_cmpstr(pong, ==, "pong");
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
+ * Lifecycle: events and query-vmfork match what happened; a child quits
+ * cleanly and is reaped; the parent's sockets and pidfile survive it.
+ */
+static void linux_fork_lifecycle(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autoptr(JsonArray) children = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *pidfile = NULL, *pong = NULL;
+    JsonNode *ev, *q;
+    JsonObject *c, *qo;
+    Vm *parent, *child;
+    pid_t pid;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    children = vm_fork(parent, NULL);
+    c = nth_child(children, 0);
+    pid = json_object_get_int_member(c, "pid");
+    g_assert_cmpint(json_object_get_int_member(c, "clone-id"), >, 0);
+
+    ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_READY", EVENT_TIMEOUT_MS,
+                        &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(event_int(ev, "pid"), ==, pid);
+    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev),
+                                                  "monitor"), ==,
+                    json_object_get_string_member(c, "monitor"));
+    json_node_unref(ev);
+
+    child = vm_attach_child(parent, c);
+    q = vm_qmp(child, "query-vmfork", NULL);
+    qo = json_node_get_object(q);
+    g_assert_cmpint(json_object_get_int_member(qo, "generation"), ==, 1);
+    g_assert_cmpint(json_object_get_int_member(qo, "parent-pid"), ==,
+                    parent->pid);
+    g_assert_cmpint(json_object_get_int_member(qo, "clone-id"), ==,
+                    json_object_get_int_member(c, "clone-id"));
+    json_node_unref(q);
+
+    vm_quit(child);
+    ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(event_int(ev, "pid"), ==, pid);
+    g_assert_cmpint(event_int(ev, "status"), ==, 0);
+    json_node_unref(ev);
+    /* Reaped: no zombie left */
+    g_assert_true(pid_wait_gone(pid, 5000));
+
+    q = vm_qmp(parent, "query-vmfork", NULL);
+    c = nth_child(json_object_get_array_member(json_node_get_object(q),
+                                               "children"), 0);
+    g_assert_cmpstr(json_object_get_string_member(c, "state"), ==, "exited");
+    g_assert_cmpint(json_object_get_int_member(c, "exit-status"), ==, 0);
+    json_node_unref(q);
+
+    /* The parent's socket paths and pidfile are still there and work */
+    pidfile = g_strdup_printf("%s/qemu.pid", parent->dir);
+    g_assert_true(g_file_test(pidfile, G_FILE_TEST_EXISTS));
+    g_assert_true(g_file_test(parent->qmp_path, G_FILE_TEST_EXISTS));
+    {
+        /* QEMU serves one client per QMP socket: reconnect */
+        g_autoptr(GError) e2 = NULL;
+
+        qmp_close(parent->qmp);
+        parent->qmp = qmp_connect_unix(parent->qmp_path, 5000, &e2);
+        g_assert_no_error(e2);
+    }
+    pong = vm_agent(parent, "ping");
+    g_assert_cmpstr(pong, ==, "pong");
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* A child killed by a signal is reaped and reported with 128 + signal */
+static void linux_fork_child_killed_is_reaped(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autoptr(JsonArray) children = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *pong = NULL;
+    JsonNode *ev;
+    pid_t pid;
+    Vm *parent;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    children = vm_fork(parent, NULL);
+    pid = json_object_get_int_member(nth_child(children, 0), "pid");
+    json_node_unref(qmp_wait_event(parent->qmp, "VMFORK_CHILD_READY",
+                                   EVENT_TIMEOUT_MS, &err));
+    g_assert_no_error(err);
+    g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
+    ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(event_int(ev, "status"), ==, 128 + SIGKILL);
+    json_node_unref(ev);
+    g_assert_true(pid_wait_gone(pid, 5000));
+    pong = vm_agent(parent, "ping");
+    g_assert_cmpstr(pong, ==, "pong");
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* A child can fork again: generation 2, its parent is the first child */
+static void linux_fork_of_fork(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autofree char *h = NULL, *hg = NULL, *hc = NULL, *args = NULL;
+    JsonNode *q;
+    Vm *parent, *child, *grandchild;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    child = fork_one(parent, NULL);
+    h = vm_agent(child, "fill 5a5a");
+    args = g_strdup_printf("{\"monitor\": \"%s/grandchild.qmp\"}",
+                           parent->dir);
+    grandchild = fork_one(child, args);
+    hg = vm_agent(grandchild, "hash");
+    g_assert_cmpstr(hg, ==, h);
+    q = vm_qmp(grandchild, "query-vmfork", NULL);
+    g_assert_cmpint(json_object_get_int_member(json_node_get_object(q),
+                                               "generation"), ==, 2);
+    g_assert_cmpint(json_object_get_int_member(json_node_get_object(q),
+                                               "parent-pid"), ==, child->pid);
+    json_node_unref(q);
+    g_free(vm_agent(grandchild, "fill 99"));
+    hc = vm_agent(child, "hash");
+    g_assert_cmpstr(hc, ==, h);
+    vm_quit(grandchild);
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
+ * Tiny guest: the counter goes on from the parent's value at the fork,
+ * in the child and in the parent, and memory is isolated both ways.
+ */
+static void tiny_fork_counter_and_memory(gconstpointer data)
+{
+    VmOptions o = { .guest = GUEST_TINY, .accel = data };
+    g_autofree char *w_parent = NULL, *h_child = NULL, *w_child = NULL;
+    g_autofree char *h_parent = NULL, *w_parent2 = NULL, *h_child2 = NULL;
+    gint64 last = -1, seq, first_child, first_parent;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    w_parent = vm_tiny_cmd(parent, "w 1234abcd");
+
+    last = vm_tiny_next_seq(parent, 30000);
+    json_node_unref(vm_qmp(parent, "stop", NULL));
+    while ((seq = vm_tiny_next_seq(parent, 500)) >= 0) {
+        last = seq;
+    }
+    g_assert_cmpint(last, >, 0);
+    /*
+     * A line cut by the stop is completed by both VMs; neither reader
+     * counts it (the child's reader never saw its start): drop its start.
+     */
+    g_string_truncate(parent->serial_buf, 0);
+    child = fork_one(parent, "{\"parent\": \"paused\", \"start\": false}");
+    json_node_unref(vm_qmp(child, "cont", NULL));
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    first_child = vm_tiny_next_seq(child, 60000);
+    first_parent = vm_tiny_next_seq(parent, 60000);
+    /* A line cut by the stop is completed first, then the next one */
+    g_assert_cmpint(first_child, ==, first_parent);
+    g_assert_cmpint(first_child, >=, last + 1);
+    g_assert_cmpint(first_child, <=, last + 2);
+
+    h_child = vm_tiny_cmd(child, "h");
+    g_assert_true(g_str_has_suffix(w_parent, h_child));
+    w_child = vm_tiny_cmd(child, "w 55aa55aa");
+    h_parent = vm_tiny_cmd(parent, "h");
+    g_assert_true(g_str_has_suffix(w_parent, h_parent));
+    w_parent2 = vm_tiny_cmd(parent, "w 0badf00d");
+    h_child2 = vm_tiny_cmd(child, "h");
+    g_assert_true(g_str_has_suffix(w_child, h_child2));
+    g_assert_false(g_str_has_suffix(w_parent2, h_child2));
+
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* Bad arguments: a clear error, and the parent runs on untouched */
+static void fork_bad_arguments_leave_parent_running(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autofree char *long_path = NULL, *existing = NULL, *nodir = NULL;
+    const struct {
+        const char *args;
+        const char *class;
+        const char *desc;
+    } cases[] = {
+        { "{\"count\": 0}", "GenericError", "count must be between" },
+        { "{\"count\": 100000}", "GenericError", "count must be between" },
+        { "{\"count\": \"two\"}", "GenericError", "expected: integer" },
+        { "{\"parent\": \"frozen\"}", "GenericError", "frozen" },
+        { "{\"monitor\": \"\"}", "GenericError", "must not be empty" },
+        { "{\"monitor\": \"/tmp/x-%q\"}", "GenericError", "%q" },
+        { "{\"bogus\": 1}", "GenericError", "bogus" },
+        { "{\"count\": 2, \"monitor\": \"/tmp/vmtest-same.qmp\"}",
+          "GenericError", "needs %i or %p" },
+    };
+    Vm *vm;
+    gint64 a, b;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", cases[i].args);
+
+        g_assert_nonnull(err);
+        g_test_message("%s -> %s", cases[i].args, err->message);
+        g_assert_cmpstr(qmp_error_class(err), ==, cases[i].class);
+        g_assert_nonnull(strstr(qmp_error_desc(err), cases[i].desc));
+    }
+
+    long_path = g_strdup_printf("{\"monitor\": \"%s/%0200d\"}", vm->dir, 0);
+    existing = g_strdup_printf("{\"monitor\": \"%s\"}", vm->qmp_path);
+    nodir = g_strdup("{\"monitor\": \"/nonexistent-dir/child.qmp\"}");
+    {
+        const struct { const char *args, *desc; } paths[] = {
+            { long_path, "longer than a unix socket path" },
+            { existing, "exists" },
+            { nodir, "cannot create monitor" },
+        };
+
+        for (guint i = 0; i < G_N_ELEMENTS(paths); i++) {
+            g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", paths[i].args);
+
+            g_assert_nonnull(err);
+            g_test_message("%s -> %s", paths[i].args, err->message);
+            g_assert_nonnull(strstr(qmp_error_desc(err), paths[i].desc));
+        }
+    }
+    /* Still the same VM, running, and nothing was forked */
+    {
+        g_autofree char *s = vm_runstate(vm);
+        JsonNode *q = vm_qmp(vm, "query-vmfork", NULL);
+
+        g_assert_cmpstr(s, ==, "running");
+        g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+            json_node_get_object(q), "children")), ==, 0);
+        json_node_unref(q);
+    }
+    a = vm_tiny_next_seq(vm, 30000);
+    b = vm_tiny_next_seq(vm, 30000);
+    g_assert_cmpint(b, ==, a + 1);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* Configurations that cannot be forked are refused, naming the cause */
+static void fork_blockers_refused(void)
+{
+    g_autofree char *disk = NULL, *disk_path = NULL;
+    const char *extra_disk[] = { "-drive", NULL, NULL };
+    const char *extra_shm[] = {
+        "-object", "memory-backend-memfd,id=mem0,size=64M,share=on",
+        "-machine", "memory-backend=mem0", NULL
+    };
+    const char *extra_net[] = {
+        "-netdev", "socket,id=net0,udp=127.0.0.1:1,localaddr=127.0.0.1:0",
+        NULL
+    };
+    const struct {
+        const char *const *extra;
+        const char *desc;
+    } cases[] = {
+        { extra_disk, "disk" },
+        { extra_shm, "shared memory" },
+        { extra_net, "netdev 'net0'" },
+    };
+
+    if (vm_missing(GUEST_TINY, "tcg")) {
+        g_test_skip(vm_missing(GUEST_TINY, "tcg"));
+        return;
+    }
+    disk_path = g_strdup_printf("%s/vmtest-disk-%d.raw", g_get_tmp_dir(),
+                                getpid());
+    disk = g_strdup_printf("file=%s,format=raw,if=virtio", disk_path);
+    extra_disk[1] = disk;
+    g_assert_true(g_file_set_contents(disk_path, "", 0, NULL));
+    g_assert_cmpint(truncate(disk_path, 1 << 20), ==, 0);
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        VmOptions o = { .guest = GUEST_TINY, .extra = cases[i].extra };
+        g_autoptr(GError) err = NULL;
+        g_autofree char *s = NULL;
+        Vm *vm = vm_start(&o);
+
+        err = vm_qmp_error(vm, "vmfork", NULL);
+        g_assert_nonnull(err);
+        g_test_message("%s", err->message);
+        g_assert_cmpstr(qmp_error_class(err), ==, "GenericError");
+        g_assert_nonnull(strstr(qmp_error_desc(err), cases[i].desc));
+        s = vm_runstate(vm);
+        g_assert_cmpstr(s, ==, "running");
+        g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+        vm_quit(vm);
+        vm_cleanup_all();
+    }
+    unlink(disk_path);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_data_func("/vmfork/linux/tcg/1cpu/memory-isolated",
+                         GINT_TO_POINTER(1), linux_fork_isolates_memory);
+    g_test_add_data_func("/vmfork/linux/tcg/2cpu/memory-isolated",
+                         GINT_TO_POINTER(2), linux_fork_isolates_memory);
+    g_test_add_func("/vmfork/linux/tcg/both-keep-running",
+                    linux_fork_both_keep_running);
+    g_test_add_func("/vmfork/linux/tcg/three-children",
+                    linux_fork_three_children);
+    g_test_add_func("/vmfork/linux/tcg/paused-template",
+                    linux_fork_paused_template);
+    g_test_add_func("/vmfork/linux/tcg/lifecycle", linux_fork_lifecycle);
+    g_test_add_func("/vmfork/linux/tcg/child-killed-is-reaped",
+                    linux_fork_child_killed_is_reaped);
+    g_test_add_func("/vmfork/linux/tcg/fork-of-fork", linux_fork_of_fork);
+    g_test_add_data_func("/vmfork/tiny/tcg/counter-and-memory", "tcg",
+                         tiny_fork_counter_and_memory);
+    g_test_add_data_func("/vmfork/tiny/kvm/counter-and-memory", "kvm",
+                         tiny_fork_counter_and_memory);
+    g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
+                    fork_bad_arguments_leave_parent_running);
+    g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
+    return g_test_run();
+}

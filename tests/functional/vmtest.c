@@ -1,0 +1,633 @@
+/*
+ * vmtest: boot the test guests in the patched QEMU and talk to them
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "vmtest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <glib/gstdio.h>
+
+#define QMP_TIMEOUT_MS 30000
+#define BOOT_TIMEOUT_MS 120000
+
+/* ---- What must be killed and removed, also from a signal handler ------ */
+
+#define MAX_GROUPS 64
+#define MAX_DIRS 16
+
+static volatile pid_t groups[MAX_GROUPS];
+static char dirs[MAX_DIRS][256];
+static GPtrArray *all_vms;
+
+static void kill_groups(int sig)
+{
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        if (groups[i] > 0) {
+            kill(-groups[i], sig);
+        }
+    }
+}
+
+/* Remove a test directory: only sockets, logs and images live in it */
+static void remove_dir(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(dir, name, NULL);
+
+        g_unlink(p);
+    }
+    g_rmdir(dir);
+}
+
+static void on_abort(int sig)
+{
+    kill_groups(SIGKILL);
+    /* Sockets first: they are what a later run would trip over */
+    for (int i = 0; i < MAX_DIRS; i++) {
+        if (dirs[i][0]) {
+            remove_dir(dirs[i]);
+        }
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void harness_init(void)
+{
+    static bool done;
+
+    if (done) {
+        return;
+    }
+    done = true;
+    /* Children of a QEMU that dies are reparented to us, and reaped here */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    signal(SIGABRT, on_abort);
+    signal(SIGSEGV, on_abort);
+    signal(SIGTERM, on_abort);
+    signal(SIGINT, on_abort);
+    signal(SIGPIPE, SIG_IGN);
+    all_vms = g_ptr_array_new();
+}
+
+static void register_group(pid_t pgid)
+{
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        if (groups[i] <= 0) {
+            groups[i] = pgid;
+            return;
+        }
+    }
+    g_error("vmtest: too many QEMU process groups");
+}
+
+static void register_dir(const char *dir)
+{
+    for (int i = 0; i < MAX_DIRS; i++) {
+        if (!dirs[i][0]) {
+            g_strlcpy(dirs[i], dir, sizeof(dirs[i]));
+            return;
+        }
+    }
+    g_error("vmtest: too many test directories");
+}
+
+/* ---- Processes ---------------------------------------------------------- */
+
+bool pid_gone(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    g_autofree char *stat = NULL;
+    const char *p;
+
+    if (!g_file_get_contents(path, &stat, NULL, NULL)) {
+        return true;
+    }
+    p = strrchr(stat, ')');
+    /* A zombie that is ours (re-parented to this subreaper): reap it */
+    if (p && p[1] == ' ' && p[2] == 'Z' && waitpid(pid, NULL, WNOHANG) == pid) {
+        return true;
+    }
+    return false;
+}
+
+bool pid_wait_gone(pid_t pid, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    while (!pid_gone(pid)) {
+        if (g_get_monotonic_time() > deadline) {
+            return false;
+        }
+        g_usleep(2000);
+    }
+    return true;
+}
+
+static const char *env_path(const char *var)
+{
+    const char *v = g_getenv(var);
+
+    return v && *v ? v : NULL;
+}
+
+const char *vm_missing(GuestKind guest, const char *accel)
+{
+    const char *qemu = env_path("VMFORK_QEMU");
+
+    if (!qemu || !g_file_test(qemu, G_FILE_TEST_IS_EXECUTABLE)) {
+        return "patched QEMU not built (VMFORK_QEMU)";
+    }
+    if (guest == GUEST_LINUX &&
+        (!env_path("VMFORK_LINUX_KERNEL") || !env_path("VMFORK_LINUX_INITRD") ||
+         !g_file_test(g_getenv("VMFORK_LINUX_KERNEL"), G_FILE_TEST_EXISTS) ||
+         !g_file_test(g_getenv("VMFORK_LINUX_INITRD"), G_FILE_TEST_EXISTS))) {
+        return "Linux test guest not built (VMFORK_LINUX_KERNEL/INITRD)";
+    }
+    if (guest == GUEST_TINY && (!env_path("VMFORK_TINY") ||
+        !g_file_test(g_getenv("VMFORK_TINY"), G_FILE_TEST_EXISTS))) {
+        return "tiny test guest not built (VMFORK_TINY)";
+    }
+    if (accel && g_str_equal(accel, "kvm")) {
+        int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+        if (fd < 0) {
+            return "/dev/kvm is not usable";
+        }
+        close(fd);
+        if (guest == GUEST_LINUX &&
+            g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_EXISTS)) {
+            return "KVM here is kvm_pvm (software), which cannot run a "
+                   "stock Linux kernel";
+        }
+    }
+    return NULL;
+}
+
+const char *vm_describe(const VmOptions *o)
+{
+    static char buf[128];
+    const char *accel = o->accel ? o->accel : "tcg";
+
+    snprintf(buf, sizeof(buf), "%s guest under %s%s, %d vCPU(s)",
+             o->guest == GUEST_LINUX ? "Linux" : "tiny", accel,
+             g_str_equal(accel, "kvm") &&
+             g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_EXISTS) ?
+             " (kvm_pvm, software)" : "", o->smp ? o->smp : 1);
+    return buf;
+}
+
+static pid_t spawn(GPtrArray *argv, const char *log)
+{
+    pid_t pid;
+
+    g_assert_null(argv->pdata[argv->len - 1]);
+    pid = fork();
+    g_assert_cmpint(pid, >=, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int null = open("/dev/null", O_RDONLY);
+
+        setsid();
+        dup2(null, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(argv->pdata[0], (char **)argv->pdata);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int unix_connect(const char *path)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(sun.sun_path, path, sizeof(sun.sun_path));
+    if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+        close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    return fd;
+}
+
+/* Connect to a socket that the process will create soon */
+static int connect_retry(pid_t pid, const char *path, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+    int fd;
+
+    while ((fd = unix_connect(path)) < 0) {
+        if (g_get_monotonic_time() > deadline || pid_gone(pid)) {
+            return -1;
+        }
+        g_usleep(2000);
+    }
+    return fd;
+}
+
+static QmpClient *qmp_connect_retry(pid_t pid, const char *path)
+{
+    gint64 deadline = g_get_monotonic_time() + QMP_TIMEOUT_MS * 1000LL;
+
+    for (;;) {
+        g_autoptr(GError) err = NULL;
+        QmpClient *c = qmp_connect_unix(path, QMP_TIMEOUT_MS, &err);
+
+        if (c) {
+            return c;
+        }
+        if (g_get_monotonic_time() > deadline || pid_gone(pid)) {
+            g_test_message("QMP %s: %s", path, err->message);
+            return NULL;
+        }
+        g_usleep(2000);
+    }
+}
+
+static void dump_log(Vm *vm, const char *name)
+{
+    g_autofree char *path = g_build_filename(vm->dir, name, NULL);
+    g_autofree char *text = NULL;
+
+    if (g_file_get_contents(path, &text, NULL, NULL) && *text) {
+        g_test_message("--- %s ---\n%s", path, text);
+    }
+}
+
+static Vm *vm_new(GuestKind guest, const char *dir)
+{
+    Vm *vm = g_new0(Vm, 1);
+
+    vm->guest = guest;
+    vm->dir = g_strdup(dir);
+    vm->serial_fd = -1;
+    vm->serial_buf = g_string_new(NULL);
+    g_ptr_array_add(all_vms, vm);
+    return vm;
+}
+
+Vm *vm_start(const VmOptions *o)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *dir = NULL;
+    g_autofree char *log = NULL;
+    g_autofree char *serial = NULL;
+    g_autofree char *cmdline = NULL;
+    const char *accel = o->accel ? o->accel : "tcg";
+    int mem = o->mem_mib ? o->mem_mib : (o->guest == GUEST_LINUX ? 512 : 64);
+    Vm *vm;
+
+    harness_init();
+    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_assert_nonnull(dir);
+    register_dir(dir);
+    vm = vm_new(o->guest, dir);
+    vm->qmp_path = g_build_filename(dir, "qmp.sock", NULL);
+    serial = g_build_filename(dir, "serial.sock", NULL);
+    log = g_build_filename(dir, "qemu.log", NULL);
+
+#define ARG(...) g_ptr_array_add(argv, g_strdup_printf(__VA_ARGS__))
+    ARG("%s", g_getenv("VMFORK_QEMU"));
+    ARG("-accel"); ARG("%s", accel);
+    ARG("-M"); ARG("pc");
+    ARG("-m"); ARG("%d", mem);
+    ARG("-smp"); ARG("%d", o->smp ? o->smp : 1);
+    ARG("-nodefaults"); ARG("-display"); ARG("none");
+    ARG("-S");
+    ARG("-qmp"); ARG("unix:%s,server=on,wait=off", vm->qmp_path);
+    ARG("-chardev"); ARG("socket,id=agent,path=%s,server=on,wait=off", serial);
+    ARG("-serial"); ARG("chardev:agent");
+    ARG("-pidfile"); ARG("%s/qemu.pid", dir);
+    if (o->guest == GUEST_LINUX) {
+        ARG("-serial"); ARG("file:%s/console.log", dir);
+        ARG("-kernel"); ARG("%s", g_getenv("VMFORK_LINUX_KERNEL"));
+        ARG("-initrd"); ARG("%s", g_getenv("VMFORK_LINUX_INITRD"));
+        ARG("-append"); ARG("console=ttyS1 quiet panic=-1");
+        ARG("-no-reboot");
+    } else {
+        ARG("-kernel"); ARG("%s", g_getenv("VMFORK_TINY"));
+    }
+    for (const char *const *e = o->extra; e && *e; e++) {
+        ARG("%s", *e);
+    }
+#undef ARG
+    g_ptr_array_add(argv, NULL);
+    cmdline = g_strjoinv(" ", (char **)argv->pdata);
+    g_test_message("starting %s: %s", vm_describe(o), cmdline);
+
+    vm->pid = spawn(argv, log);
+    register_group(vm->pid);
+    vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
+    if (!vm->qmp) {
+        dump_log(vm, "qemu.log");
+        g_error("QEMU did not open its QMP socket");
+    }
+    /* Connected before the guest runs (-S): no output is lost */
+    vm->serial_fd = connect_retry(vm->pid, serial, QMP_TIMEOUT_MS);
+    g_assert_cmpint(vm->serial_fd, >=, 0);
+    json_node_unref(vm_qmp(vm, "cont", NULL));
+
+    if (o->guest == GUEST_LINUX) {
+        for (;;) {
+            g_autofree char *line = vm_read_line(vm, BOOT_TIMEOUT_MS);
+
+            if (!line) {
+                dump_log(vm, "console.log");
+                dump_log(vm, "qemu.log");
+                g_error("the Linux guest did not print its READY line");
+            }
+            if (g_str_has_prefix(line, "READY vmfork-agent")) {
+                break;
+            }
+        }
+    } else if (vm_tiny_next_seq(vm, BOOT_TIMEOUT_MS) < 0) {
+        dump_log(vm, "qemu.log");
+        g_error("the tiny guest printed no counter line");
+    }
+    return vm;
+}
+
+Vm *vm_attach_child(Vm *parent, JsonObject *child)
+{
+    Vm *vm = vm_new(parent->guest, parent->dir);
+    g_autofree char *serial = NULL;
+    g_autofree char *args = NULL;
+
+    vm->pid = json_object_get_int_member(child, "pid");
+    vm->is_child = true;
+    vm->qmp_path = g_strdup(json_object_get_string_member(child, "monitor"));
+    vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
+    g_assert_nonnull(vm->qmp);
+
+    serial = g_strdup_printf("%s/serial-%d.sock", parent->dir, vm->pid);
+    args = g_strdup_printf("{\"id\": \"agent\", \"backend\": {\"type\": "
+                           "\"socket\", \"data\": {\"addr\": {\"type\": "
+                           "\"unix\", \"data\": {\"path\": \"%s\"}}, "
+                           "\"server\": true, \"wait\": false}}}", serial);
+    json_node_unref(vm_qmp(vm, "chardev-change", args));
+    vm->serial_fd = connect_retry(vm->pid, serial, QMP_TIMEOUT_MS);
+    g_assert_cmpint(vm->serial_fd, >=, 0);
+    return vm;
+}
+
+static void vm_free(Vm *vm)
+{
+    if (vm->qmp) {
+        qmp_close(vm->qmp);
+    }
+    if (vm->serial_fd >= 0) {
+        close(vm->serial_fd);
+    }
+    g_string_free(vm->serial_buf, true);
+    g_free(vm->qmp_path);
+    g_free(vm->dir);
+    g_free(vm);
+}
+
+void vm_quit(Vm *vm)
+{
+    g_autoptr(GError) err = NULL;
+    JsonNode *r = qmp_execute(vm->qmp, "quit", NULL, QMP_TIMEOUT_MS, &err);
+
+    g_assert_no_error(err);
+    json_node_unref(r);
+    if (!vm->is_child) {
+        /* We spawned it: wait for it and reap it */
+        gint64 deadline = g_get_monotonic_time() + QMP_TIMEOUT_MS * 1000LL;
+
+        while (waitpid(vm->pid, NULL, WNOHANG) == 0) {
+            g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+            g_usleep(2000);
+        }
+    } else {
+        g_assert_true(pid_wait_gone(vm->pid, QMP_TIMEOUT_MS));
+    }
+}
+
+void vm_cleanup_all(void)
+{
+    if (!all_vms) {
+        return;
+    }
+    if (g_test_failed()) {
+        for (guint i = 0; i < all_vms->len; i++) {
+            Vm *vm = all_vms->pdata[i];
+
+            if (!vm->is_child) {
+                dump_log(vm, "qemu.log");
+            }
+        }
+    }
+    kill_groups(SIGKILL);
+    for (guint i = 0; i < all_vms->len; i++) {
+        Vm *vm = all_vms->pdata[i];
+
+        if (!vm->is_child) {
+            waitpid(vm->pid, NULL, 0);
+        }
+        vm_free(vm);
+    }
+    g_ptr_array_set_size(all_vms, 0);
+    /* vmfork children whose parent died were re-parented to us */
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+        /* reaped one */
+    }
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        groups[i] = 0;
+    }
+    for (int i = 0; i < MAX_DIRS; i++) {
+        if (dirs[i][0]) {
+            remove_dir(dirs[i]);
+            dirs[i][0] = 0;
+        }
+    }
+}
+
+/* ---- QMP ------------------------------------------------------------- */
+
+JsonNode *vm_qmp(Vm *vm, const char *command, const char *args_json)
+{
+    g_autoptr(GError) err = NULL;
+    JsonNode *r = qmp_execute_json(vm->qmp, command, args_json,
+                                   QMP_TIMEOUT_MS, &err);
+
+    g_assert_no_error(err);
+    return r;
+}
+
+GError *vm_qmp_error(Vm *vm, const char *command, const char *args_json)
+{
+    GError *err = NULL;
+    JsonNode *r = qmp_execute_json(vm->qmp, command, args_json,
+                                   QMP_TIMEOUT_MS, &err);
+
+    if (r) {
+        json_node_unref(r);
+    }
+    return err;
+}
+
+char *vm_runstate(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "query-status", NULL);
+    char *s = g_strdup(json_object_get_string_member(
+                           json_node_get_object(r), "status"));
+
+    json_node_unref(r);
+    return s;
+}
+
+JsonArray *vm_fork(Vm *vm, const char *args_json)
+{
+    JsonNode *r = vm_qmp(vm, "vmfork", args_json);
+    JsonArray *children = json_object_get_array_member(
+        json_node_get_object(r), "children");
+
+    json_array_ref(children);
+    json_node_unref(r);
+    return children;
+}
+
+/* ---- Serial ---------------------------------------------------------- */
+
+char *vm_read_line(Vm *vm, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    for (;;) {
+        char *nl = memchr(vm->serial_buf->str, '\n', vm->serial_buf->len);
+        struct pollfd pfd = { .fd = vm->serial_fd, .events = POLLIN };
+        gint64 left;
+        char buf[4096];
+        ssize_t n;
+
+        if (nl) {
+            char *line = g_strndup(vm->serial_buf->str,
+                                   nl - vm->serial_buf->str);
+
+            g_string_erase(vm->serial_buf, 0, nl - vm->serial_buf->str + 1);
+            g_strchomp(line);
+            return line;
+        }
+        left = (deadline - g_get_monotonic_time()) / 1000;
+        if (left <= 0 || poll(&pfd, 1, left) <= 0) {
+            return NULL;
+        }
+        n = read(vm->serial_fd, buf, sizeof(buf));
+        if (n <= 0) {
+            return NULL;
+        }
+        g_string_append_len(vm->serial_buf, buf, n);
+    }
+}
+
+static void serial_write(Vm *vm, const char *text)
+{
+    size_t len = strlen(text);
+
+    while (len) {
+        ssize_t n = write(vm->serial_fd, text, len);
+
+        if (n < 0 && errno == EAGAIN) {
+            struct pollfd pfd = { .fd = vm->serial_fd, .events = POLLOUT };
+
+            poll(&pfd, 1, 1000);
+            continue;
+        }
+        g_assert_cmpint(n, >, 0);
+        text += n;
+        len -= n;
+    }
+}
+
+char *vm_agent(Vm *vm, const char *fmt, ...)
+{
+    g_autofree char *cmd = NULL;
+    va_list ap;
+
+    g_assert(vm->guest == GUEST_LINUX);
+    va_start(ap, fmt);
+    cmd = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    serial_write(vm, cmd);
+    serial_write(vm, "\n");
+    for (;;) {
+        g_autofree char *line = vm_read_line(vm, QMP_TIMEOUT_MS);
+
+        if (!line) {
+            g_error("agent: no reply to '%s'", cmd);
+        }
+        if (g_str_has_prefix(line, "ERR")) {
+            g_error("agent: '%s' failed: %s", cmd, line);
+        }
+        if (g_str_equal(line, "OK")) {
+            return g_strdup("");
+        }
+        if (g_str_has_prefix(line, "OK ")) {
+            return g_strdup(line + 3);
+        }
+        /* "T ..." timestamp lines, a READY line of a restarted agent */
+    }
+}
+
+gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    g_assert(vm->guest == GUEST_TINY);
+    for (;;) {
+        int left = (deadline - g_get_monotonic_time()) / 1000;
+        g_autofree char *line = vm_read_line(vm, MAX(left, 0));
+        gint64 seq;
+
+        if (!line) {
+            return -1;
+        }
+        if (sscanf(line, "C %" G_GINT64_FORMAT " ", &seq) == 1 &&
+            g_str_has_prefix(line, "C ")) {
+            return seq;
+        }
+    }
+}
+
+char *vm_tiny_cmd(Vm *vm, const char *cmd)
+{
+    char want = g_ascii_toupper(cmd[0]);
+
+    g_assert(vm->guest == GUEST_TINY);
+    serial_write(vm, cmd);
+    serial_write(vm, "\n");
+    for (;;) {
+        g_autofree char *line = vm_read_line(vm, QMP_TIMEOUT_MS);
+
+        if (!line) {
+            g_error("tiny guest: no reply to '%s'", cmd);
+        }
+        if (line[0] == 'E') {
+            g_error("tiny guest: '%s' failed: %s", cmd, line);
+        }
+        if (line[0] == want && line[1] == ' ') {
+            return g_strdup(line + 2);
+        }
+    }
+}

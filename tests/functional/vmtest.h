@@ -1,0 +1,92 @@
+/*
+ * vmtest: boot the test guests in the patched QEMU and talk to them
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Every QEMU a test starts runs in its own session and process group
+ * (its vmfork children inherit it), so that one kill() ends the whole
+ * family.  The groups and the sockets are registered here and removed at
+ * vm_cleanup_all(), and also when an assertion aborts the test program.
+ */
+
+#ifndef VMTEST_H
+#define VMTEST_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <json-glib/json-glib.h>
+#include <sys/types.h>
+#include "qmp/qmp.h"
+
+typedef enum {
+    GUEST_LINUX,        /* Debian kernel + busybox + agent (line commands) */
+    GUEST_TINY,         /* freestanding: "C <seq> <tsc>" lines, w/h commands */
+} GuestKind;
+
+typedef struct VmOptions {
+    GuestKind guest;
+    const char *accel;          /* "tcg" (default) or "kvm" */
+    int mem_mib;                /* default 512 (Linux) / 64 (tiny) */
+    int smp;                    /* default 1 */
+    const char *const *extra;   /* more QEMU arguments, NULL-terminated */
+} VmOptions;
+
+typedef struct Vm {
+    GuestKind guest;
+    pid_t pid;
+    bool is_child;              /* forked by vmfork, not spawned by us */
+    char *dir;                  /* this test's directory (shared by a family) */
+    char *qmp_path;
+    QmpClient *qmp;
+    int serial_fd;              /* the guest's first serial port */
+    GString *serial_buf;        /* bytes read but not yet returned */
+    bool partial_line;          /* the last line read was cut by a fork */
+} Vm;
+
+/* Is everything there to run this guest under this accelerator?  If not,
+ * the reason (for g_test_skip). */
+const char *vm_missing(GuestKind guest, const char *accel);
+
+/* A human name of what runs, for the test log: "linux guest under tcg" */
+const char *vm_describe(const VmOptions *opts);
+
+/* Boot to the guest's first output and connect QMP and the serial port */
+Vm *vm_start(const VmOptions *opts);
+
+/* Attach to a child listed in a vmfork reply ({pid, monitor, clone-id}):
+ * connect its monitor, give its serial port a socket again and connect */
+Vm *vm_attach_child(Vm *parent, JsonObject *child);
+
+/* Ask QEMU to quit (child or parent) and wait until the process is gone */
+void vm_quit(Vm *vm);
+
+/* Stop every QEMU this program started, reap them, remove their files */
+void vm_cleanup_all(void);
+
+/* QMP: the return value (asserting success), or the error */
+JsonNode *vm_qmp(Vm *vm, const char *command, const char *args_json);
+GError *vm_qmp_error(Vm *vm, const char *command, const char *args_json);
+char *vm_runstate(Vm *vm);
+
+/* vmfork with JSON arguments; returns the reply's children array */
+JsonArray *vm_fork(Vm *vm, const char *args_json);
+
+/* Serial port: the next complete line, NULL on timeout */
+char *vm_read_line(Vm *vm, int timeout_ms);
+
+/* Linux guest agent: send a command, return the text after "OK " (or ""),
+ * asserting that the reply is OK */
+char *vm_agent(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/* Tiny guest: the next counter line's sequence number (-1: timeout) */
+gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
+/* Tiny guest: a command ("h", "w SEED") and its reply line */
+char *vm_tiny_cmd(Vm *vm, const char *cmd);
+
+/* Is the process gone (exited and reaped, not a zombie)? */
+bool pid_gone(pid_t pid);
+/* Wait up to timeout_ms for that */
+bool pid_wait_gone(pid_t pid, int timeout_ms);
+
+#endif
