@@ -8,7 +8,7 @@
 MESON_BUILD := build/meson
 TOOLS       := vmfork qmp-call
 
-.PHONY: all deps qemu guests guest-linux guest-tiny tools check check-unit demo bench clean distclean help
+.PHONY: all deps qemu tools check check-unit demo bench clean distclean help
 
 all: deps qemu guests tools
 
@@ -25,13 +25,7 @@ deps:
 qemu: deps
 	@scripts/build-qemu.sh
 
-guests: guest-linux guest-tiny
-
-guest-linux: deps
-	@scripts/build-guest-linux.sh
-
-guest-tiny: deps
-	@scripts/build-guest-tiny.sh
+include tests/guest/guest.mk
 
 $(MESON_BUILD)/build.ninja:
 	meson setup $(MESON_BUILD) --buildtype=debugoptimized

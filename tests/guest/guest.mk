@@ -1,0 +1,24 @@
+# Test guests (tests/guest/README.md).  Included by the top-level Makefile;
+# paths are relative to the repository root.  Needs GNU make >= 4.3 (&:).
+
+GUEST_TINY_ELF      := build/guest/tiny/tiny.elf
+GUEST_LINUX_VMLINUX := build/guest/linux/vmlinux
+GUEST_LINUX_INITRD  := build/guest/linux/initramfs.img
+
+GUEST_TINY_INPUTS  := scripts/build-guest-tiny.sh scripts/common.sh \
+                      tests/guest/tiny/start.S tests/guest/tiny/tiny.c tests/guest/tiny/tiny.ld
+GUEST_LINUX_INPUTS := scripts/build-guest-linux.sh scripts/common.sh \
+                      tests/guest/linux/init tests/guest/agent/agent.c
+
+$(GUEST_TINY_ELF): $(GUEST_TINY_INPUTS)
+	scripts/build-guest-tiny.sh
+
+# One run makes (or confirms and touches) both files.  The first run
+# downloads the kernel and busybox .debs into $(VMFORK_CACHE)/guest-kernel.
+$(GUEST_LINUX_VMLINUX) $(GUEST_LINUX_INITRD) &: $(GUEST_LINUX_INPUTS)
+	scripts/build-guest-linux.sh
+
+.PHONY: guests guest-tiny guest-linux
+guests: guest-tiny guest-linux
+guest-tiny: $(GUEST_TINY_ELF)
+guest-linux: $(GUEST_LINUX_VMLINUX) $(GUEST_LINUX_INITRD)
