@@ -22,7 +22,6 @@
 #include "chardev/char-fe.h"
 #include "io/channel-file.h"
 #include "monitor/monitor.h"
-#include "system/cpus.h"
 #include "system/iothread.h"
 #include "system/system.h"
 #include "vmfork-internal.h"
@@ -214,7 +213,8 @@ static bool start_monitor(const VmforkRequest *req, int index, Error **errp)
     return !*errp;
 }
 
-bool vmfork_child_setup(const VmforkRequest *req, int index, Error **errp)
+bool vmfork_child_setup(const VmforkRequest *req, int index,
+                        QIOChannelBuffer *kvm_state, Error **errp)
 {
     child_t0 = g_get_monotonic_time();
 
@@ -234,8 +234,11 @@ bool vmfork_child_setup(const VmforkRequest *req, int index, Error **errp)
     /* Threads: IOThreads (incl. the monitor's), worker pools, vCPUs */
     iothread_restart_all();
     vmfork_reset_thread_pools();
-    cpus_restart_vcpus_after_fork();
     phase_done("threads");
+    if (!vmfork_accel_child(kvm_state, errp)) {
+        return false;
+    }
+    phase_done("accel");
 
     if (!switch_chardevs(req, index, errp)) {
         return false;

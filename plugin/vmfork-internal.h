@@ -10,6 +10,7 @@
 #define VMFORK_INTERNAL_H
 
 #include "qapi/qapi-types-vmfork.h"
+#include "io/channel-buffer.h"
 
 /* One vmfork command, as validated in the parent before anything happens */
 typedef struct VmforkRequest {
@@ -28,7 +29,11 @@ char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
 bool vmfork_fd_make_private(Error **errp);
 
 /* child.c: the child's side of the command; false: the child must exit */
-bool vmfork_child_setup(const VmforkRequest *req, int index, Error **errp);
+bool vmfork_child_setup(const VmforkRequest *req, int index,
+                        QIOChannelBuffer *kvm_state, Error **errp);
+
+/* vmfork.c: new vCPU threads, and under KVM a new VM with the saved state */
+bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp);
 
 /* vmfork.c: fresh worker pools for every AioContext of the child */
 void vmfork_reset_thread_pools(void);

@@ -23,6 +23,7 @@
 #include "qemu/main-loop.h"
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
+#include "qemu/units.h"
 #include "qemu/job.h"
 #include "qom/object.h"
 #include "qom/qom-qobject.h"
@@ -33,6 +34,9 @@
 #include "exec/cpu-common.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
+#include "migration/qemu-file.h"
+#include "migration/savevm.h"
+#include "io/channel-buffer.h"
 #include "monitor/monitor.h"
 #include "monitor/monitor-internal.h"
 #include "net/net.h"
@@ -347,7 +351,12 @@ static bool vmfork_check(Error **errp)
         blocker_add(why, "record/replay is active");
     }
     if (kvm_enabled()) {
-        blocker_add(why, "KVM is not supported yet (use TCG)");
+        Error *err = NULL;
+
+        if (!kvm_can_fork(&err)) {
+            blocker_add(why, "%s", error_get_pretty(err));
+            error_free(err);
+        }
     } else if (!tcg_enabled()) {
         blocker_add(why, "only the KVM and TCG accelerators can be forked");
     } else if (object_property_find(OBJECT(current_accel()), "split-wx") &&
@@ -497,6 +506,73 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
 /* ---- The fork --------------------------------------------------------- */
 
 /*
+ * Under KVM some of the VM's state lives in the kernel, in a VM that the
+ * child cannot use: the vCPU registers and the in-kernel LAPIC, PIC and
+ * IOAPIC.  The parent saves just these sections into memory, which the
+ * child inherits and loads into its new VM.  (The in-kernel PIT and the
+ * clock are saved by vm_stop() and restored by vm_start() already.)
+ * Everything else the child has in its copy of the heap, as under TCG.
+ */
+static const char *const kvm_kernel_state_sections[] = {
+    "cpu", "apic", "i8259", "ioapic", "kvm-tpr-opt", NULL
+};
+
+typedef struct KvmStateSnapshot {
+    QIOChannelBuffer *bioc;
+    QEMUFile *out;              /* closing it would free bioc's data */
+} KvmStateSnapshot;
+
+static bool kvm_state_save(KvmStateSnapshot *snap, Error **errp)
+{
+    int ret;
+
+    snap->bioc = qio_channel_buffer_new(64 * KiB);
+    snap->out = qemu_file_new_output(QIO_CHANNEL(snap->bioc));
+    ret = qemu_save_device_state_subset(snap->out, kvm_kernel_state_sections);
+    if (ret >= 0) {
+        ret = qemu_fflush(snap->out);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "vmfork: cannot save the KVM state");
+        return false;
+    }
+    return true;
+}
+
+static void kvm_state_free(KvmStateSnapshot *snap)
+{
+    if (snap->out) {
+        qemu_fclose(snap->out);
+    }
+    snap->out = NULL;
+    snap->bioc = NULL;
+}
+
+bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp)
+{
+    QEMUFile *f;
+    int ret;
+
+    if (!kvm_state) {
+        cpus_restart_vcpus_after_fork();
+        return true;
+    }
+    if (!kvm_rebuild_after_fork(errp)) {
+        return false;
+    }
+    cpus_restart_vcpus_after_fork();
+    qio_channel_io_seek(QIO_CHANNEL(kvm_state), 0, SEEK_SET, &error_abort);
+    f = qemu_file_new_input(QIO_CHANNEL(kvm_state));
+    ret = qemu_load_device_state(f);
+    qemu_fclose(f);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "vmfork: cannot load the KVM state");
+        return false;
+    }
+    return true;
+}
+
+/*
  * Guest RAM is MADV_DONTFORK (physmem.c), so that QEMU's helper processes
  * (tap scripts, exec: migration) do not copy its page tables.  For vmfork
  * the child must inherit it, copy-on-write.
@@ -530,11 +606,12 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          Error **errp)
 {
     VmforkRequest req = { 0 };
+    KvmStateSnapshot kvm_state = { 0 };
     VmforkResult *result = g_new0(VmforkResult, 1);
     VmforkChildList **tail = &result->children;
     int64_t t0 = g_get_monotonic_time();
     bool was_running = runstate_is_running();
-    int i;
+    int i = 0;
 
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
                               has_start, start, has_parent, parent, errp) ||
@@ -549,6 +626,9 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         vm_stop(RUN_STATE_PAUSED);
     }
     bdrv_drain_all_begin();
+    if (kvm_enabled() && !kvm_state_save(&kvm_state, errp)) {
+        goto resume;
+    }
 
     /* 2. Only this thread may cross fork() with useful state */
     iothread_stop_all();
@@ -586,7 +666,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             vmfork_state.clone_id = getpid();
             vmfork_forget_children();
             ram_set_fork(MADV_DONTFORK);
-            if (!vmfork_child_setup(&req, i, &err)) {
+            if (!vmfork_child_setup(&req, i, kvm_state.bioc, &err)) {
                 vmfork_child_failed(err);
             }
             bdrv_drain_all_end();
@@ -620,8 +700,11 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     /* 3. The parent goes on */
     ram_set_fork(MADV_DONTFORK);
     iothread_restart_all();
+resume:
+    kvm_state_free(&kvm_state);
     bdrv_drain_all_end();
-    if (was_running && !req.parent_stays_paused) {
+    /* After an error the parent runs as before, template or not */
+    if (was_running && (!req.parent_stays_paused || i < req.count)) {
         vm_start();
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t0);
