@@ -24,6 +24,7 @@
 #include "monitor/monitor.h"
 #include "system/iothread.h"
 #include "system/system.h"
+#include "ui/console.h"
 #include "vmfork-internal.h"
 #include "trace.h"
 
@@ -240,6 +241,10 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
     }
     phase_done("accel");
 
+    /* Memory shared with the parent by design: display surfaces */
+    if (!qemu_console_unshare_surfaces_after_fork(errp)) {
+        return false;
+    }
     if (!switch_chardevs(req, index, errp)) {
         return false;
     }
