@@ -609,7 +609,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     KvmStateSnapshot kvm_state = { 0 };
     VmforkResult *result = g_new0(VmforkResult, 1);
     VmforkChildList **tail = &result->children;
-    int64_t t0 = g_get_monotonic_time();
+    int64_t t0 = g_get_monotonic_time(), t_stop;
     bool was_running = runstate_is_running();
     int i = 0;
 
@@ -620,7 +620,16 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
     trace_vmfork_start(req.count, req.start, req.parent_stays_paused);
 
-    /* 1. A consistent, quiet VM: vCPUs stopped, block I/O drained */
+    /*
+     * 1. Before the guest stops: only this thread may cross fork() with
+     * useful state, and guest RAM must be inherited.
+     */
+    iothread_stop_all();
+    ram_set_fork(MADV_DOFORK);
+    fflush(NULL);
+
+    /* 2. The guest's pause: vCPUs stopped, block I/O drained */
+    t_stop = g_get_monotonic_time();
     if (was_running) {
         global_state_store();
         vm_stop(RUN_STATE_PAUSED);
@@ -629,11 +638,6 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     if (kvm_enabled() && !kvm_state_save(&kvm_state, errp)) {
         goto resume;
     }
-
-    /* 2. Only this thread may cross fork() with useful state */
-    iothread_stop_all();
-    fflush(NULL);
-    ram_set_fork(MADV_DOFORK);
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
 
     for (i = 0; i < req.count; i++) {
@@ -697,17 +701,17 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         }
     }
 
-    /* 3. The parent goes on */
-    ram_set_fork(MADV_DONTFORK);
-    iothread_restart_all();
 resume:
+    /* 3. The parent goes on: the guest first, then the rest */
     kvm_state_free(&kvm_state);
     bdrv_drain_all_end();
     /* After an error the parent runs as before, template or not */
     if (was_running && (!req.parent_stays_paused || i < req.count)) {
         vm_start();
     }
-    trace_vmfork_parent_resumed(g_get_monotonic_time() - t0);
+    trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
+    ram_set_fork(MADV_DONTFORK);
+    iothread_restart_all();
 
     if (i < req.count) {
         /* Not half-forked: the children made so far go (and get reaped) */

@@ -23,7 +23,7 @@ PKGS=(
     libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev ccache
     libjson-glib-dev
     busybox-static cpio xz-utils dpkg-dev ca-certificates
-    gnuplot-nox
+    gnuplot-nox git
 )
 BACKPORTS_LIST=/etc/apt/sources.list.d/vmfork-bookworm-backports.list
 BACKPORTS_LINE="deb http://deb.debian.org/debian bookworm-backports main"
