@@ -240,6 +240,9 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
         return false;
     }
     phase_done("accel");
+    if (!vmfork_child_new_identity(errp)) {
+        return false;
+    }
 
     /* Memory shared with the parent by design: display surfaces */
     if (!qemu_console_unshare_surfaces_after_fork(errp)) {

@@ -35,6 +35,9 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
 /* vmfork.c: new vCPU threads, and under KVM a new VM with the saved state */
 bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp);
 
+/* vmfork.c: a new VM generation ID and clone id for the guest */
+bool vmfork_child_new_identity(Error **errp);
+
 /* vmfork.c: fresh worker pools for every AioContext of the child */
 void vmfork_reset_thread_pools(void);
 

@@ -50,6 +50,8 @@
 #include "system/system.h"
 #include "system/tcg.h"
 #include "system/vmfork.h"
+#include "hw/nvram/fw_cfg.h"
+#include "qemu/module.h"
 #include "vmfork-internal.h"
 #include "trace.h"
 
@@ -125,6 +127,57 @@ char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
         }
     }
     return g_string_free(g_steal_pointer(&s), false);
+}
+
+/* ---- Identity the guest can see --------------------------------------- */
+
+/*
+ * fw_cfg file opt/vmfork/clone-id: "CLONE-ID GENERATION\n" as zero-padded
+ * decimals.  Its size is fixed (a guest lists fw_cfg files once), its
+ * contents are read from this buffer at the time of each guest read.
+ */
+#define VMFORK_FW_CFG_FILE "opt/vmfork/clone-id"
+static char vmfork_fw_cfg_id[32 + 1];
+
+static void vmfork_fw_cfg_update(void)
+{
+    snprintf(vmfork_fw_cfg_id, sizeof(vmfork_fw_cfg_id),
+             "%020" PRId64 " %010" PRId64 "\n",
+             vmfork_state.clone_id, vmfork_state.generation);
+}
+
+static void vmfork_machine_done(Notifier *n, void *opaque)
+{
+    FWCfgState *fw_cfg = fw_cfg_find();
+
+    if (fw_cfg) {
+        vmfork_fw_cfg_update();
+        fw_cfg_add_file(fw_cfg, VMFORK_FW_CFG_FILE, vmfork_fw_cfg_id,
+                        sizeof(vmfork_fw_cfg_id) - 1);
+    }
+}
+
+static Notifier vmfork_machine_done_notifier = {
+    .notify = vmfork_machine_done,
+};
+
+static void vmfork_register(void)
+{
+    qemu_add_machine_init_done_notifier(&vmfork_machine_done_notifier);
+}
+type_init(vmfork_register);
+
+/*
+ * In the child: a new identity.  The VM generation ID changes (the guest
+ * is notified and Linux reseeds its RNG) and the fw_cfg file tells the
+ * clone id and generation.
+ */
+bool vmfork_child_new_identity(Error **errp)
+{
+    Object *vmgenid = object_resolve_path_type("", "vmgenid", NULL);
+
+    vmfork_fw_cfg_update();
+    return !vmgenid || object_property_set_str(vmgenid, "guid", "auto", errp);
 }
 
 /* ---- Children of this VM ---------------------------------------------- */
@@ -719,6 +772,11 @@ resume:
             kill(l->value->pid, SIGKILL);
         }
         goto fail;
+    }
+    if (!object_resolve_path_type("", "vmgenid", NULL)) {
+        result->warning = g_strdup("the VM has no vmgenid device, so the "
+                                   "children share the parent's guest RNG "
+                                   "state (add -device vmgenid)");
     }
     g_free(req.monitor_tmpl);
     g_free(req.serial_tmpl);

@@ -541,6 +541,80 @@ static void fork_blockers_refused(void)
     unlink(disk_path);
 }
 
+/*
+ * Identity: with a vmgenid device the child gets a new generation ID
+ * (Linux reseeds its RNG and says so) and reads its clone id and
+ * generation from fw_cfg; parent and child random numbers differ.
+ */
+static void linux_fork_new_identity(void)
+{
+    const char *extra[] = { "-device", "vmgenid", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *id_parent = NULL, *id_child = NULL, *want = NULL;
+    g_autofree char *dmesg_parent = NULL, *dmesg_child = NULL;
+    g_autofree char *r_parent = NULL, *r_child = NULL;
+    JsonNode *reply;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    g_free(vm_agent(parent, "rand 16"));   /* the RNG is seeded */
+    id_parent = vm_agent(parent, "cloneid");
+    g_assert_true(g_str_has_prefix(id_parent, "00000000000000000000 0000000000"));
+
+    reply = vm_qmp(parent, "vmfork", NULL);
+    g_assert_false(json_object_has_member(json_node_get_object(reply),
+                                          "warning"));
+    child = vm_attach_child(parent, json_array_get_object_element(
+        json_object_get_array_member(json_node_get_object(reply), "children"),
+        0));
+    json_node_unref(reply);
+
+    r_parent = vm_agent(parent, "rand 32");
+    r_child = vm_agent(child, "rand 32");
+    g_assert_cmpstr(r_parent, !=, r_child);
+
+    id_child = vm_agent(child, "cloneid");
+    want = g_strdup_printf("%020d 0000000001", child->pid);
+    g_assert_true(g_str_has_prefix(id_child, want));
+
+    /* Linux says "crng reseeded due to virtual machine fork" */
+    dmesg_child = vm_agent(child, "sh dmesg | grep -c 'virtual machine fork'");
+    dmesg_parent = vm_agent(parent,
+                            "sh dmesg | grep -c 'virtual machine fork'");
+    g_test_message("child: %s, parent: %s", dmesg_child, dmesg_parent);
+    g_assert_true(g_str_has_prefix(dmesg_child, "0 "));
+    g_assert_true(g_str_has_prefix(dmesg_parent, "1"));
+
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/* Without vmgenid the reply warns that the RNG state is shared */
+static void fork_without_vmgenid_warns(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    JsonNode *reply;
+    const char *warning;
+    Vm *vm;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    reply = vm_qmp(vm, "vmfork", NULL);
+    warning = json_object_get_string_member_with_default(
+        json_node_get_object(reply), "warning", NULL);
+    g_assert_nonnull(warning);
+    g_assert_nonnull(strstr(warning, "vmgenid"));
+    json_node_unref(reply);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- Audit: nothing shared between parent and child ------------------- */
 
 typedef struct FdEntry {
@@ -740,6 +814,9 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
+    g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
+    g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
+                    fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
                          fork_shares_nothing);
     g_test_add_data_func("/vmfork/tiny/kvm/shares-nothing", "kvm",

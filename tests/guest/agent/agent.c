@@ -398,7 +398,7 @@ static void cmd_cloneid(char *args)
         n--;
     }
     for (ssize_t i = 0; i < n; i++) {
-        if (id[i] < 0x21 || id[i] > 0x7e) {
+        if (id[i] < 0x20 || id[i] > 0x7e) {
             id[i] = '.';
         }
     }
