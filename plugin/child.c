@@ -17,6 +17,7 @@
 #include "qapi/qapi-commands-char.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
+#include "block/block-global-state.h"
 #include "chardev/char.h"
 #include "chardev/char-fd.h"
 #include "chardev/char-fe.h"
@@ -219,8 +220,9 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
 {
     child_t0 = g_get_monotonic_time();
 
-    /* Exit paths must not clean up what is the parent's */
+    /* Exit paths and permission changes must not touch the parent's */
     qemu_forget_pidfile();
+    bdrv_file_forget_locks_after_fork();
     if (!detach_stdin(errp)) {
         return false;
     }
@@ -236,6 +238,10 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
     iothread_restart_all();
     vmfork_reset_thread_pools();
     phase_done("threads");
+    if (!vmfork_disks_child_switch(index, errp)) {
+        return false;
+    }
+    phase_done("disks");
     if (!vmfork_accel_child(kvm_state, errp)) {
         return false;
     }

@@ -19,7 +19,19 @@ typedef struct VmforkRequest {
     char *serial_tmpl;          /* NULL: default rules for serial0 */
     bool start;
     bool parent_stays_paused;
+    char *overlay_dir;          /* NULL: no writable disk allowed */
 } VmforkRequest;
+
+/* Add a reason why the VM cannot be forked to a list of them */
+void vmfork_blocker_add(GString *why, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+
+/* block.c: a writable overlay for the parent and each child */
+void vmfork_disks_check(const char *overlay_dir, GString *why);
+bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp);
+bool vmfork_disks_parent_switch(Error **errp);
+bool vmfork_disks_child_switch(int index, Error **errp);
+void vmfork_disks_abort(void);
 
 /* Expand "%i", "%p" and "%%" in a path template */
 char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,

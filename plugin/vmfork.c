@@ -302,10 +302,7 @@ VmforkInfo *qmp_query_vmfork(Error **errp)
 
 /* ---- Checks: what cannot be forked is refused before anything happens - */
 
-static void blocker_add(GString *why, const char *fmt, ...)
-    G_GNUC_PRINTF(2, 3);
-
-static void blocker_add(GString *why, const char *fmt, ...)
+void vmfork_blocker_add(GString *why, const char *fmt, ...)
 {
     va_list ap;
 
@@ -320,7 +317,7 @@ static int check_ram_block(RAMBlock *rb, void *opaque)
     GString *why = opaque;
 
     if (qemu_ram_is_shared(rb)) {
-        blocker_add(why, "RAM block '%s' is shared memory, which parent and "
+        vmfork_blocker_add(why, "RAM block '%s' is shared memory, which parent and "
                     "child would both write (use a private memory backend)",
                     qemu_ram_get_idstr(rb));
     }
@@ -337,25 +334,11 @@ static int check_device(Object *obj, void *opaque)
     }
     if (g_str_has_prefix(type, "vfio") || g_str_has_prefix(type, "vhost-") ||
         g_str_has_prefix(type, "ivshmem")) {
-        blocker_add(why, "device '%s' (%s) owns host resources that a child "
+        vmfork_blocker_add(why, "device '%s' (%s) owns host resources that a child "
                     "cannot share or re-create",
                     object_get_canonical_path_component(obj), type);
     }
     return 0;
-}
-
-static void check_block_devices(GString *why)
-{
-    for (BlockBackend *blk = blk_next(NULL); blk; blk = blk_next(blk)) {
-        if (blk_bs(blk) && blk_is_writable(blk)) {
-            g_autofree char *dev = blk_get_attached_dev_id(blk);
-            const char *name = *blk_name(blk) ? blk_name(blk) : dev;
-
-            blocker_add(why, "disk '%s' is writable, and giving each clone "
-                        "its own overlay is not supported yet (attach it "
-                        "read-only)", name);
-        }
-    }
 }
 
 static void check_netdevs(GString *why)
@@ -369,58 +352,58 @@ static void check_netdevs(GString *why)
 
         if (type != NET_CLIENT_DRIVER_USER &&
             type != NET_CLIENT_DRIVER_HUBPORT) {
-            blocker_add(why, "netdev '%s' (%s) cannot be forked (only user "
+            vmfork_blocker_add(why, "netdev '%s' (%s) cannot be forked (only user "
                         "networking can)", ncs[i]->name,
                         NetClientDriver_str(type));
         }
     }
 }
 
-static bool vmfork_check(Error **errp)
+static bool vmfork_check(const VmforkRequest *req, Error **errp)
 {
     g_autoptr(GString) why = g_string_new(NULL);
     RunState state = runstate_get();
 
     if (vmfork_state.blockers) {
         for (GSList *l = vmfork_state.blockers; l; l = l->next) {
-            blocker_add(why, "%s", error_get_pretty(l->data));
+            vmfork_blocker_add(why, "%s", error_get_pretty(l->data));
         }
     }
     if (state != RUN_STATE_RUNNING && state != RUN_STATE_PAUSED) {
-        blocker_add(why, "the VM is in state '%s' (it must be running or "
+        vmfork_blocker_add(why, "the VM is in state '%s' (it must be running or "
                     "paused)", RunState_str(state));
     }
     if (migration_is_running()) {
-        blocker_add(why, "a migration is in progress");
+        vmfork_blocker_add(why, "a migration is in progress");
     }
     WITH_JOB_LOCK_GUARD() {
         Job *job = job_next_locked(NULL);
 
         if (job) {
-            blocker_add(why, "job '%s' is running", job->id ? job->id : "");
+            vmfork_blocker_add(why, "job '%s' is running", job->id ? job->id : "");
         }
     }
     if (replay_mode != REPLAY_MODE_NONE) {
-        blocker_add(why, "record/replay is active");
+        vmfork_blocker_add(why, "record/replay is active");
     }
     if (kvm_enabled()) {
         Error *err = NULL;
 
         if (!kvm_can_fork(&err)) {
-            blocker_add(why, "%s", error_get_pretty(err));
+            vmfork_blocker_add(why, "%s", error_get_pretty(err));
             error_free(err);
         }
     } else if (!tcg_enabled()) {
-        blocker_add(why, "only the KVM and TCG accelerators can be forked");
+        vmfork_blocker_add(why, "only the KVM and TCG accelerators can be forked");
     } else if (object_property_find(OBJECT(current_accel()), "split-wx") &&
                object_property_get_bool(OBJECT(current_accel()), "split-wx",
                                         NULL)) {
-        blocker_add(why, "TCG split-wx maps the code buffer shared, so "
+        vmfork_blocker_add(why, "TCG split-wx maps the code buffer shared, so "
                     "parent and child would translate into one buffer");
     }
     qemu_ram_foreach_block(check_ram_block, why);
     object_child_foreach_recursive(object_get_root(), check_device, why);
-    check_block_devices(why);
+    vmfork_disks_check(req->overlay_dir, why);
     check_netdevs(why);
 
     if (why->len) {
@@ -502,7 +485,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                                  int64_t count, const char *monitor,
                                  const char *serial, bool has_start,
                                  bool start, bool has_parent,
-                                 VmforkParentState parent, Error **errp)
+                                 VmforkParentState parent,
+                                 const char *overlay_dir, Error **errp)
 {
     req->count = has_count ? count : 1;
     if (has_count && (count < 1 || count > VMFORK_MAX_COUNT)) {
@@ -533,6 +517,19 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
     if (!check_socket_template("monitor", req->monitor_tmpl, req->count,
                                errp)) {
         return false;
+    }
+    if (overlay_dir) {
+        if (!g_file_test(overlay_dir, G_FILE_TEST_IS_DIR)) {
+            error_setg(errp, "vmfork: overlay-dir '%s' is not a directory",
+                       overlay_dir);
+            return false;
+        }
+        if (access(overlay_dir, W_OK | X_OK) < 0) {
+            error_setg_errno(errp, errno, "vmfork: cannot create overlays "
+                             "in '%s'", overlay_dir);
+            return false;
+        }
+        req->overlay_dir = g_strdup(overlay_dir);
     }
     if (serial) {
         g_autofree char *path = vmfork_expand_template(serial, 0, 1, errp);
@@ -656,7 +653,7 @@ static void vmfork_child_failed(Error *err)
 VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          const char *serial, bool has_start, bool start,
                          bool has_parent, VmforkParentState parent,
-                         Error **errp)
+                         const char *overlay_dir, Error **errp)
 {
     VmforkRequest req = { 0 };
     KvmStateSnapshot kvm_state = { 0 };
@@ -667,8 +664,10 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     int i = 0;
 
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
-                              has_start, start, has_parent, parent, errp) ||
-        !vmfork_check(errp)) {
+                              has_start, start, has_parent, parent,
+                              overlay_dir, errp) ||
+        !vmfork_check(&req, errp) ||
+        !vmfork_disks_prepare(&req, errp)) {
         goto fail;
     }
     trace_vmfork_start(req.count, req.start, req.parent_stays_paused);
@@ -736,6 +735,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             close(status[1]);
             g_free(req.monitor_tmpl);
             g_free(req.serial_tmpl);
+            g_free(req.overlay_dir);
             /* This reply goes to the parent's client connection, detached */
             return result;
         }
@@ -755,8 +755,14 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
 
 resume:
-    /* 3. The parent goes on: the guest first, then the rest */
+    /* 3. The parent goes on: its disks, its guest, then the rest */
     kvm_state_free(&kvm_state);
+    if (i < req.count) {
+        vmfork_disks_abort();
+    } else if (!vmfork_disks_parent_switch(errp)) {
+        /* The children must not see the base change: they go */
+        i = -1;
+    }
     bdrv_drain_all_end();
     /* After an error the parent runs as before, template or not */
     if (was_running && (!req.parent_stays_paused || i < req.count)) {
@@ -780,11 +786,13 @@ resume:
     }
     g_free(req.monitor_tmpl);
     g_free(req.serial_tmpl);
+    g_free(req.overlay_dir);
     return result;
 
 fail:
     g_free(req.monitor_tmpl);
     g_free(req.serial_tmpl);
+    g_free(req.overlay_dir);
     qapi_free_VmforkResult(result);
     return NULL;
 }

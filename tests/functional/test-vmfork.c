@@ -7,6 +7,7 @@
  */
 
 #include "vmtest.h"
+#include <glib/gstdio.h>
 #include <linux/kcmp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -437,6 +438,8 @@ static void fork_bad_arguments_leave_parent_running(void)
         { "{\"bogus\": 1}", "GenericError", "bogus" },
         { "{\"count\": 2, \"monitor\": \"/tmp/vmtest-same.qmp\"}",
           "GenericError", "needs %i or %p" },
+        { "{\"overlay-dir\": \"/nonexistent-dir\"}", "GenericError",
+          "is not a directory" },
     };
     Vm *vm;
     gint64 a, b;
@@ -612,6 +615,124 @@ static void fork_without_vmgenid_warns(void)
     g_assert_nonnull(strstr(warning, "vmgenid"));
     json_node_unref(reply);
     vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* ---- Disks ------------------------------------------------------------ */
+
+static char *disk_read(Vm *vm, int sector)
+{
+    g_autofree char *cmd = g_strdup_printf(
+        "sh echo 3 > /proc/sys/vm/drop_caches; "
+        "dd if=/dev/vda bs=512 skip=%d count=1 2>/dev/null | tr -d '\\000'",
+        sector);
+    g_autofree char *reply = vm_agent(vm, "%s", cmd);
+    g_auto(GStrv) parts = g_strsplit(reply, " ", 2);
+    gsize len = parts[1] ? strlen(parts[1]) / 2 : 0;
+    char *text = g_malloc0(len + 1);
+
+    g_assert_cmpstr(parts[0], ==, "0");
+    for (gsize i = 0; i < len; i++) {
+        sscanf(parts[1] + 2 * i, "%2hhx", (unsigned char *)&text[i]);
+    }
+    return text;
+}
+
+static void disk_write(Vm *vm, int sector, const char *text)
+{
+    g_autofree char *reply = vm_agent(
+        vm, "sh printf %s | dd of=/dev/vda bs=512 seek=%d conv=fsync "
+        "2>/dev/null", text, sector);
+
+    g_assert_true(g_str_has_prefix(reply, "0"));
+}
+
+static int run_qemu_img_check(const char *path)
+{
+    g_autofree char *cmd = g_strdup_printf("%s check -q %s",
+                                           g_getenv("VMFORK_QEMU_IMG"), path);
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
+    return status;
+}
+
+/*
+ * Disks: each clone writes its own qcow2 overlay on top of the image that
+ * was active at the fork, which keeps the data from before the fork and
+ * is not written again.
+ */
+static void linux_fork_disks_are_private(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-disk-XXXXXX", NULL);
+    g_autofree char *base = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *drive = g_strdup_printf(
+        "file=%s,format=raw,if=virtio,cache=writeback", base);
+    const char *extra[] = { "-drive", drive, NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *args = NULL, *b_p = NULL, *b_c = NULL;
+    g_autofree char *w_p = NULL, *w_c = NULL, *base_data = NULL;
+    g_autoptr(GDir) d = NULL;
+    const char *name;
+    guint overlays = 0;
+    gsize len;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        g_rmdir(dir);
+        return;
+    }
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
+    parent = vm_start(&o);
+    disk_write(parent, 100, "before-the-fork");
+
+    /* Without overlay-dir: refused, naming the disk */
+    {
+        g_autoptr(GError) err = vm_qmp_error(parent, "vmfork", NULL);
+
+        g_assert_nonnull(err);
+        g_assert_nonnull(strstr(err->message, "overlay-dir"));
+    }
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    child = fork_one(parent, args);
+
+    disk_write(parent, 200, "written-by-the-parent");
+    disk_write(child, 200, "written-by-the-child");
+    b_p = disk_read(parent, 100);
+    b_c = disk_read(child, 100);
+    w_p = disk_read(parent, 200);
+    w_c = disk_read(child, 200);
+    g_assert_cmpstr(b_p, ==, "before-the-fork");
+    g_assert_cmpstr(b_c, ==, "before-the-fork");
+    g_assert_cmpstr(w_p, ==, "written-by-the-parent");
+    g_assert_cmpstr(w_c, ==, "written-by-the-child");
+
+    vm_quit(child);
+    vm_quit(parent);
+
+    /* The base has the data from before the fork and nothing after */
+    g_assert_true(g_file_get_contents(base, &base_data, &len, NULL));
+    g_assert_cmpuint(len, ==, 16 << 20);
+    g_assert_cmpint(memcmp(base_data + 100 * 512, "before-the-fork", 15),
+                    ==, 0);
+    for (int i = 0; i < 512; i++) {
+        g_assert_cmpint(base_data[200 * 512 + i], ==, 0);
+    }
+    /* Every overlay is a clean qcow2 image */
+    d = g_dir_open(dir, 0, NULL);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        if (g_str_has_suffix(name, ".qcow2")) {
+            g_test_message("qemu-img check %s", name);
+            g_assert_cmpint(run_qemu_img_check(path), ==, 0);
+            overlays++;
+        }
+        g_unlink(path);
+    }
+    g_assert_cmpuint(overlays, ==, 2);
+    g_rmdir(dir);
     vm_cleanup_all();
 }
 
@@ -815,6 +936,8 @@ int main(int argc, char **argv)
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
+    g_test_add_func("/vmfork/linux/tcg/disks-are-private",
+                    linux_fork_disks_are_private);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
