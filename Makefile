@@ -8,7 +8,7 @@
 MESON_BUILD := build/meson
 TOOLS       := vmfork qmp-call
 
-.PHONY: all deps qemu tools check check-unit demo bench clean distclean help
+.PHONY: all deps qemu tools check check-unit soak demo bench clean distclean help
 
 all: deps qemu guests tools
 
@@ -17,6 +17,7 @@ help:
 	@echo "make demo       build, boot the Linux guest, fork it, show parent and child"
 	@echo "make check      build and run every test suite (meson test, TAP)"
 	@echo "make bench      run the benchmarks"
+	@echo "make soak       longer reliability runs (200-fork storms)"
 	@echo "make clean      remove build/ (the QEMU cache in ~/.cache/vmfork stays)"
 
 deps:
@@ -42,6 +43,10 @@ check: all
 
 check-unit: deps tools
 	meson test -C $(MESON_BUILD) --print-errorlogs --suite unit
+
+# Longer reliability runs than make check's bounded ones
+soak: all
+	VMFORK_STORM=200 meson test -C $(MESON_BUILD) --print-errorlogs test-reliability
 
 demo: all
 	@scripts/demo.sh

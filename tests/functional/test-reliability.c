@@ -1,0 +1,194 @@
+/*
+ * Reliability of vmfork, bounded for `make check`: fork storms leave the
+ * parent as it was, children outlive a killed parent.  VMFORK_STORM sets
+ * the number of forks (default 50; `make soak` runs more).
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "vmtest.h"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define EVENT_TIMEOUT_MS 30000
+
+static bool skip_if_missing(const VmOptions *o)
+{
+    const char *why = vm_missing(o->guest, o->accel);
+
+    if (why) {
+        g_test_skip(why);
+        return true;
+    }
+    g_test_message("running: %s", vm_describe(o));
+    return false;
+}
+
+static guint count_dir(const char *fmt, pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf(fmt, pid);
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(d);
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    return n;
+}
+
+static guint64 rss_kib(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
+    g_autofree char *text = NULL;
+    const char *p;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    p = strstr(text, "VmRSS:");
+    g_assert_nonnull(p);
+    return g_ascii_strtoull(p + 6, NULL, 10);
+}
+
+static int storm_size(void)
+{
+    const char *v = g_getenv("VMFORK_STORM");
+
+    return v ? atoi(v) : 50;
+}
+
+/*
+ * Fork storm: children that exit at once, one after the other.  Every
+ * child's exit is reported, none is left a zombie, and the parent's fds,
+ * threads and memory stay flat.
+ */
+static void storm_leaves_parent_flat(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    int n = storm_size();
+    guint fds0, threads0, fds1, threads1;
+    guint64 rss0, rss1;
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_direct_hash,
+                                                  g_direct_equal);
+    Vm *vm;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    /* Warm up: the first fork allocates what later ones reuse */
+    for (int i = 0; i < 2; i++) {
+        g_autoptr(JsonArray) c = vm_fork(vm, NULL);
+        pid_t pid = json_object_get_int_member(
+            json_array_get_object_element(c, 0), "pid");
+        g_autoptr(GError) err = NULL;
+
+        kill(pid, SIGKILL);
+        json_node_unref(qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                       EVENT_TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+    }
+    fds0 = count_dir("/proc/%d/fd", vm->pid);
+    threads0 = count_dir("/proc/%d/task", vm->pid);
+    rss0 = rss_kib(vm->pid);
+
+    for (int i = 0; i < n; i++) {
+        g_autoptr(JsonArray) c = vm_fork(vm, NULL);
+        pid_t pid = json_object_get_int_member(
+            json_array_get_object_element(c, 0), "pid");
+
+        /* Half quit by QMP (a clean exit), half are killed */
+        if (i % 2) {
+            kill(pid, SIGKILL);
+        } else {
+            JsonObject *child = json_array_get_object_element(c, 0);
+            g_autoptr(GError) err = NULL;
+            QmpClient *cq = NULL;
+
+            for (int t = 0; t < 5000 && !cq; t++) {
+                g_clear_error(&err);
+                cq = qmp_connect_unix(json_object_get_string_member(child,
+                                                                    "monitor"),
+                                      EVENT_TIMEOUT_MS, &err);
+                if (!cq) {
+                    g_usleep(1000);
+                }
+            }
+            g_assert_nonnull(cq);
+            json_node_unref(qmp_execute(cq, "quit", NULL, EVENT_TIMEOUT_MS,
+                                        NULL));
+            qmp_close(cq);
+        }
+        g_hash_table_add(seen, GINT_TO_POINTER(pid));
+    }
+    /* Every child's exit is reported, with its status */
+    for (int i = 0; i < n; i++) {
+        g_autoptr(GError) err = NULL;
+        JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                      EVENT_TIMEOUT_MS, &err);
+        pid_t pid;
+
+        g_assert_no_error(err);
+        pid = json_object_get_int_member(qmp_event_data(ev), "pid");
+        g_assert_true(g_hash_table_remove(seen, GINT_TO_POINTER(pid)));
+        g_assert_true(pid_wait_gone(pid, 5000));
+        json_node_unref(ev);
+    }
+    g_assert_cmpuint(g_hash_table_size(seen), ==, 0);
+
+    fds1 = count_dir("/proc/%d/fd", vm->pid);
+    threads1 = count_dir("/proc/%d/task", vm->pid);
+    rss1 = rss_kib(vm->pid);
+    g_test_message("%d forks: fds %u -> %u, threads %u -> %u, "
+                   "RSS %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT " KiB",
+                   n, fds0, fds1, threads0, threads1, rss0, rss1);
+    g_assert_cmpuint(fds1, ==, fds0);
+    g_assert_cmpuint(threads1, <=, threads0 + 2);
+    /* Bounded: the record of each exited child is kept for query-vmfork */
+    g_assert_cmpuint(rss1, <, rss0 + 8 * 1024);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* kill -9 the parent: its children run on and answer on their monitors */
+static void children_outlive_killed_parent(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(JsonArray) children = NULL;
+    g_autofree char *status = NULL;
+    gint64 a, b;
+    Vm *parent, *child;
+
+    if (skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    children = vm_fork(parent, NULL);
+    child = vm_attach_child(parent, json_array_get_object_element(children,
+                                                                  0));
+    g_assert_cmpint(kill(parent->pid, SIGKILL), ==, 0);
+    g_assert_cmpint(waitpid(parent->pid, NULL, 0), ==, parent->pid);
+
+    status = vm_runstate(child);
+    g_assert_cmpstr(status, ==, "running");
+    a = vm_tiny_next_seq(child, 30000);
+    b = vm_tiny_next_seq(child, 30000);
+    g_assert_cmpint(b, ==, a + 1);
+    vm_quit(child);     /* re-parented to us, the subreaper: reaped */
+    vm_cleanup_all();
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/reliability/tiny/tcg/storm-leaves-parent-flat",
+                    storm_leaves_parent_flat);
+    g_test_add_func("/reliability/tiny/tcg/children-outlive-killed-parent",
+                    children_outlive_killed_parent);
+    return g_test_run();
+}
