@@ -9,25 +9,13 @@
 #include "vmtest.h"
 #include <string.h>
 
-static bool skip_if_missing(const VmOptions *o)
-{
-    const char *why = vm_missing(o->guest, o->accel);
-
-    if (why) {
-        g_test_skip(why);
-        return true;
-    }
-    g_test_message("running: %s", vm_describe(o));
-    return false;
-}
-
 static void linux_guest_boots_and_answers(void)
 {
     VmOptions o = { .guest = GUEST_LINUX };
     g_autofree char *pong = NULL, *h1 = NULL, *h2 = NULL, *t = NULL;
     Vm *vm;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
@@ -49,7 +37,7 @@ static void tiny_guest_counter_advances(gconstpointer data)
     gint64 a, b;
     Vm *vm;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
@@ -68,7 +56,7 @@ static void qmp_stop_and_cont_work(void)
     gint64 seq;
     Vm *vm;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);

@@ -17,18 +17,6 @@
 
 #define EVENT_TIMEOUT_MS 30000
 
-static bool skip_if_missing(const VmOptions *o)
-{
-    const char *why = vm_missing(o->guest, o->accel);
-
-    if (why) {
-        g_test_skip(why);
-        return true;
-    }
-    g_test_message("running: %s", vm_describe(o));
-    return false;
-}
-
 static guint count_dir(const char *fmt, pid_t pid)
 {
     g_autofree char *path = g_strdup_printf(fmt, pid);
@@ -76,7 +64,7 @@ static void storm_leaves_parent_flat(void)
                                                   g_direct_equal);
     Vm *vm;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
@@ -164,7 +152,7 @@ static void children_outlive_killed_parent(void)
     gint64 a, b;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);

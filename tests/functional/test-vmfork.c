@@ -19,18 +19,6 @@
 
 #define EVENT_TIMEOUT_MS 30000
 
-static bool skip_if_missing(const VmOptions *o)
-{
-    const char *why = vm_missing(o->guest, o->accel);
-
-    if (why) {
-        g_test_skip(why);
-        return true;
-    }
-    g_test_message("running: %s", vm_describe(o));
-    return false;
-}
-
 static JsonObject *nth_child(JsonArray *children, guint i)
 {
     return json_array_get_object_element(children, i);
@@ -61,7 +49,7 @@ static void linux_fork_isolates_memory(gconstpointer data)
     g_autofree char *pong_p = NULL, *pong_c = NULL;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -98,7 +86,7 @@ static void linux_fork_both_keep_running(void)
     g_autofree char *tp0 = NULL, *tc0 = NULL, *tp1 = NULL, *tc1 = NULL;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -131,7 +119,7 @@ static void linux_fork_three_children(void)
     JsonNode *q;
     JsonArray *listed;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -193,7 +181,7 @@ static void linux_fork_paused_template(void)
     g_autofree char *s_parent2 = NULL, *pong = NULL, *h = NULL, *hc = NULL;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -235,7 +223,7 @@ static void linux_fork_lifecycle(void)
     Vm *parent, *child;
     pid_t pid;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -309,7 +297,7 @@ static void linux_fork_child_killed_is_reaped(void)
     pid_t pid;
     Vm *parent;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -339,7 +327,7 @@ static void linux_fork_of_fork(void)
     JsonNode *q;
     Vm *parent, *child, *grandchild;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -377,7 +365,7 @@ static void tiny_fork_counter_and_memory(gconstpointer data)
     gint64 last = -1, seq, first_child, first_parent;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -444,7 +432,7 @@ static void fork_bad_arguments_leave_parent_running(void)
     Vm *vm;
     gint64 a, b;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
@@ -514,8 +502,7 @@ static void fork_blockers_refused(void)
         { extra_net, "netdev 'net0'" },
     };
 
-    if (vm_missing(GUEST_TINY, "tcg")) {
-        g_test_skip(vm_missing(GUEST_TINY, "tcg"));
+    if (vm_skip_if_missing(&(VmOptions){ .guest = GUEST_TINY })) {
         return;
     }
     disk_path = g_strdup_printf("%s/vmtest-disk-%d.raw", g_get_tmp_dir(),
@@ -559,7 +546,7 @@ static void linux_fork_new_identity(void)
     JsonNode *reply;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);
@@ -604,7 +591,7 @@ static void fork_without_vmgenid_warns(void)
     const char *warning;
     Vm *vm;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
@@ -678,7 +665,7 @@ static void linux_fork_disks_are_private(void)
     gsize len;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         g_rmdir(dir);
         return;
     }
@@ -895,7 +882,7 @@ static void fork_shares_nothing(gconstpointer data)
     g_autofree char *h = NULL, *hc = NULL;
     Vm *parent, *child;
 
-    if (skip_if_missing(&o)) {
+    if (vm_skip_if_missing(&o)) {
         return;
     }
     parent = vm_start(&o);

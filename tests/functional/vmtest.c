@@ -195,6 +195,18 @@ const char *vm_describe(const VmOptions *o)
     return buf;
 }
 
+bool vm_skip_if_missing(const VmOptions *o)
+{
+    const char *why = vm_missing(o->guest, o->accel);
+
+    if (why) {
+        g_test_skip(why);
+        return true;
+    }
+    g_test_message("running: %s", vm_describe(o));
+    return false;
+}
+
 static pid_t spawn(GPtrArray *argv, const char *log)
 {
     pid_t pid;

@@ -48,6 +48,10 @@ typedef struct Vm {
  * the reason (for g_test_skip). */
 const char *vm_missing(GuestKind guest, const char *accel);
 
+/* In a test: skip it with the reason when something is missing (true),
+ * else say in the log what runs */
+bool vm_skip_if_missing(const VmOptions *opts);
+
 /* A human name of what runs, for the test log: "linux guest under tcg" */
 const char *vm_describe(const VmOptions *opts);
 
