@@ -605,6 +605,40 @@ static void fork_without_vmgenid_warns(void)
     vm_cleanup_all();
 }
 
+/* serial: the child's first serial port writes to a file of its own */
+static void tiny_fork_serial_template(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autofree char *args = NULL, *path = NULL, *text = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    gint64 deadline;
+    pid_t pid;
+    Vm *parent;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    args = g_strdup_printf("{\"serial\": \"%s/serial-%%i-%%p.log\"}",
+                           parent->dir);
+    children = vm_fork(parent, args);
+    pid = json_object_get_int_member(json_array_get_object_element(children,
+                                                                   0),
+                                     "pid");
+    path = g_strdup_printf("%s/serial-0-%d.log", parent->dir, pid);
+    deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (!(g_file_get_contents(path, &text, NULL, NULL) &&
+             strstr(text, "\nC "))) {
+        g_clear_pointer(&text, g_free);
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    /* ... while the parent's port stays with the parent */
+    g_assert_cmpint(vm_tiny_next_seq(parent, 30000), >, 0);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
 /* ---- Disks ------------------------------------------------------------ */
 
 static char *disk_read(Vm *vm, int sector)
@@ -922,6 +956,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
+    g_test_add_func("/vmfork/tiny/tcg/serial-template",
+                    tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
     g_test_add_func("/vmfork/linux/tcg/disks-are-private",
                     linux_fork_disks_are_private);
