@@ -23,6 +23,7 @@
 #include "chardev/char-fe.h"
 #include "io/channel-file.h"
 #include "monitor/monitor.h"
+#include "net/slirp.h"
 #include "system/iothread.h"
 #include "system/system.h"
 #include "ui/console.h"
@@ -241,7 +242,14 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
     if (!vmfork_disks_child_switch(index, errp)) {
         return false;
     }
-    phase_done("disks");
+#ifdef CONFIG_SLIRP
+    /* Its own user-mode network, host forwards moved by the offset */
+    if (!net_slirp_rebuild_after_fork(req->hostfwd_offset * (index + 1),
+                                      errp)) {
+        return false;
+    }
+#endif
+    phase_done("io");
     if (!vmfork_accel_child(kvm_state, errp)) {
         return false;
     }

@@ -20,6 +20,7 @@ typedef struct VmforkRequest {
     bool start;
     bool parent_stays_paused;
     char *overlay_dir;          /* NULL: no writable disk allowed */
+    int64_t hostfwd_offset;     /* 0: children get no host forwards */
 } VmforkRequest;
 
 /* Add a reason why the VM cannot be forked to a list of them */

@@ -40,6 +40,7 @@
 #include "monitor/monitor.h"
 #include "monitor/monitor-internal.h"
 #include "net/net.h"
+#include "net/slirp.h"
 #include "system/accel-ops.h"
 #include "system/block-backend.h"
 #include "system/cpus.h"
@@ -343,6 +344,15 @@ static int check_device(Object *obj, void *opaque)
 
 static void check_netdevs(GString *why)
 {
+#ifdef CONFIG_SLIRP
+    Error *err = NULL;
+
+    if (!net_slirp_can_fork(&err)) {
+        vmfork_blocker_add(why, "%s", error_get_pretty(err));
+        error_free(err);
+    }
+#endif
+
     NetClientState *ncs[MAX_QUEUE_NUM];
     int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
                                          MAX_QUEUE_NUM);
@@ -486,7 +496,9 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                                  const char *serial, bool has_start,
                                  bool start, bool has_parent,
                                  VmforkParentState parent,
-                                 const char *overlay_dir, Error **errp)
+                                 const char *overlay_dir,
+                                 bool has_hostfwd_offset,
+                                 int64_t hostfwd_offset, Error **errp)
 {
     req->count = has_count ? count : 1;
     if (has_count && (count < 1 || count > VMFORK_MAX_COUNT)) {
@@ -517,6 +529,14 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
     if (!check_socket_template("monitor", req->monitor_tmpl, req->count,
                                errp)) {
         return false;
+    }
+    if (has_hostfwd_offset) {
+        if (hostfwd_offset < -65535 || hostfwd_offset > 65535) {
+            error_setg(errp, "vmfork: hostfwd-offset must be between "
+                       "-65535 and 65535");
+            return false;
+        }
+        req->hostfwd_offset = hostfwd_offset;
     }
     if (overlay_dir) {
         if (!g_file_test(overlay_dir, G_FILE_TEST_IS_DIR)) {
@@ -653,7 +673,8 @@ static void vmfork_child_failed(Error *err)
 VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          const char *serial, bool has_start, bool start,
                          bool has_parent, VmforkParentState parent,
-                         const char *overlay_dir, Error **errp)
+                         const char *overlay_dir, bool has_hostfwd_offset,
+                         int64_t hostfwd_offset, Error **errp)
 {
     VmforkRequest req = { 0 };
     KvmStateSnapshot kvm_state = { 0 };
@@ -665,7 +686,8 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
 
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
                               has_start, start, has_parent, parent,
-                              overlay_dir, errp) ||
+                              overlay_dir, has_hostfwd_offset,
+                              hostfwd_offset, errp) ||
         !vmfork_check(&req, errp) ||
         !vmfork_disks_prepare(&req, errp)) {
         goto fail;

@@ -8,7 +8,11 @@
 
 #include "vmtest.h"
 #include <glib/gstdio.h>
+#include <arpa/inet.h>
 #include <linux/kcmp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -757,6 +761,143 @@ static void linux_fork_disks_are_private(void)
     vm_cleanup_all();
 }
 
+/* ---- User networking ---------------------------------------------------- */
+
+static int free_tcp_port(void)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&a, sizeof(a)), ==, 0);
+    g_assert_cmpint(getsockname(fd, (struct sockaddr *)&a, &len), ==, 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+/* What a TCP server on 127.0.0.1:port says first (NULL: nobody there) */
+static char *tcp_read_banner(int port)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char buf[64] = "";
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    ssize_t n = 0;
+
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        close(fd);
+        return NULL;
+    }
+    while (n == 0 && g_get_monotonic_time() < deadline) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+
+        if (poll(&p, 1, 1000) > 0) {
+            n = read(fd, buf, sizeof(buf) - 1);
+            break;
+        }
+    }
+    close(fd);
+    return n > 0 ? g_strstrip(g_strdup(buf)) : g_strdup("");
+}
+
+/* A server in the guest on port 7777 that says what /tmp/id holds */
+static void guest_net_up(Vm *vm, const char *id)
+{
+    g_autofree char *r = vm_agent(vm,
+        "sh ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && "
+        "ip route add default via 10.0.2.2 && echo %s > /tmp/id && "
+        "(nc -ll -p 7777 -e cat /tmp/id >/dev/null 2>&1 &)", id);
+
+    g_assert_true(g_str_has_prefix(r, "0"));
+}
+
+/* A host loopback server that accepts one connection, answers and closes */
+static gpointer host_echo_server(gpointer data)
+{
+    int lfd = GPOINTER_TO_INT(data), fd;
+    char buf[64] = "";
+    ssize_t n;
+
+    fd = accept(lfd, NULL, NULL);
+    if (fd < 0) {
+        return NULL;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    if (n > 0 && write(fd, "seen ", 5) == 5 && write(fd, buf, n) == n) {
+        /* answered */
+    }
+    close(fd);
+    return NULL;
+}
+
+static char *guest_calls_host(Vm *vm, int port, const char *word)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons(port) };
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    g_autofree char *r = NULL;
+    GThread *t;
+
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    g_assert_cmpint(bind(lfd, (struct sockaddr *)&a, sizeof(a)), ==, 0);
+    g_assert_cmpint(listen(lfd, 4), ==, 0);
+    t = g_thread_new("host-server", host_echo_server, GINT_TO_POINTER(lfd));
+    r = vm_agent(vm, "sh echo %s | nc -w 10 10.0.2.2 %d", word, port);
+    g_thread_join(t);
+    close(lfd);
+    return g_strdup(r);
+}
+
+/*
+ * User networking: the child has a stack of its own; its service is
+ * reached on the offset host port while the parent's stays on its own,
+ * and both reach a host loopback server.
+ */
+static void linux_fork_user_network(void)
+{
+    int port = free_tcp_port(), offset = 7, hport = free_tcp_port();
+    g_autofree char *netdev = g_strdup_printf(
+        "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7777", port);
+    const char *extra[] = { "-netdev", netdev, "-device",
+                            "virtio-net-pci,netdev=n0,romfile=", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *args = NULL, *b_parent = NULL, *b_child = NULL;
+    g_autofree char *b_parent2 = NULL, *c_parent = NULL, *c_child = NULL;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    guest_net_up(parent, "parent");
+    b_parent = tcp_read_banner(port);
+    g_assert_cmpstr(b_parent, ==, "parent");
+
+    args = g_strdup_printf("{\"hostfwd-offset\": %d}", offset);
+    child = fork_one(parent, args);
+    g_free(vm_agent(child, "sh echo child > /tmp/id"));
+
+    b_child = tcp_read_banner(port + offset);
+    b_parent2 = tcp_read_banner(port);
+    g_assert_cmpstr(b_child, ==, "child");
+    g_assert_cmpstr(b_parent2, ==, "parent");
+
+    c_parent = guest_calls_host(parent, hport, "from-parent");
+    c_child = guest_calls_host(child, hport, "from-child");
+    g_test_message("parent: %s; child: %s", c_parent, c_child);
+    /* exit status 0, and the host answered "seen WORD" (hex) */
+    g_assert_true(g_str_has_prefix(c_parent, "0 7365656e2066726f6d2d70"));
+    g_assert_true(g_str_has_prefix(c_child, "0 7365656e2066726f6d2d63"));
+
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
 /* ---- Audit: nothing shared between parent and child ------------------- */
 
 typedef struct FdEntry {
@@ -961,6 +1102,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
     g_test_add_func("/vmfork/linux/tcg/disks-are-private",
                     linux_fork_disks_are_private);
+    g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
