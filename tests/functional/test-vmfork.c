@@ -803,6 +803,23 @@ static char *tcp_read_banner(int port)
     return n > 0 ? g_strstrip(g_strdup(buf)) : g_strdup("");
 }
 
+/* The banner at @port, once it is @want (the guest's server may start late) */
+static char *tcp_wait_banner(int port, const char *want)
+{
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    char *b = NULL;
+
+    do {
+        g_free(b);
+        b = tcp_read_banner(port);
+        if (b && g_str_equal(b, want)) {
+            break;
+        }
+        g_usleep(100 * 1000);
+    } while (g_get_monotonic_time() < deadline);
+    return b;
+}
+
 /* A server in the guest on port 7777 that says what /tmp/id holds */
 static void guest_net_up(Vm *vm, const char *id)
 {
@@ -874,14 +891,14 @@ static void linux_fork_user_network(void)
     }
     parent = vm_start(&o);
     guest_net_up(parent, "parent");
-    b_parent = tcp_read_banner(port);
+    b_parent = tcp_wait_banner(port, "parent");
     g_assert_cmpstr(b_parent, ==, "parent");
 
     args = g_strdup_printf("{\"hostfwd-offset\": %d}", offset);
     child = fork_one(parent, args);
     g_free(vm_agent(child, "sh echo child > /tmp/id"));
 
-    b_child = tcp_read_banner(port + offset);
+    b_child = tcp_wait_banner(port + offset, "child");
     b_parent2 = tcp_read_banner(port);
     g_assert_cmpstr(b_child, ==, "child");
     g_assert_cmpstr(b_parent2, ==, "parent");
