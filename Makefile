@@ -6,7 +6,7 @@
 # apt-get command is printed.  See scripts/install-deps.sh.
 
 MESON_BUILD := build/meson
-TOOLS       := vmfork qmp-call
+TOOLS       := qmp-tools/vmfork qmp-tools/qmp-call bench/vmfork-bench
 
 .PHONY: all deps qemu tools check check-unit soak demo bench clean distclean help
 
@@ -35,7 +35,7 @@ tools: deps $(MESON_BUILD)/build.ninja
 	meson compile -C $(MESON_BUILD)
 	@mkdir -p build/tools
 	@for t in $(TOOLS); do \
-	    if [ -x $(MESON_BUILD)/qmp-tools/$$t ]; then ln -sf ../meson/qmp-tools/$$t build/tools/$$t; fi; \
+	    if [ -x $(MESON_BUILD)/$$t ]; then ln -sf ../meson/$$t build/tools/$$(basename $$t); fi; \
 	done
 
 check: all
@@ -43,6 +43,10 @@ check: all
 
 check-unit: deps tools
 	meson test -C $(MESON_BUILD) --print-errorlogs --suite unit
+
+# The benchmarks and their peers (results in build/bench/)
+bench: all
+	@scripts/bench.sh $(BENCH_ARGS)
 
 # Longer reliability runs than make check's bounded ones
 soak: all

@@ -21,14 +21,7 @@ case "${1:-}" in
     *) echo "usage: $0 [--force]" >&2; exit 2 ;;
 esac
 
-FIRMWARE_PATH=/usr/share/vmfork-firmware
-CONFIGURE_FLAGS=(
-    --target-list=x86_64-softmmu --without-default-features
-    --enable-kvm --enable-tcg --enable-slirp --enable-pixman --enable-tools
-    --enable-trace-backends=log
-    --disable-docs --disable-werror --disable-install-blobs --disable-download
-    --firmwarepath="$FIRMWARE_PATH"
-)
+CONFIGURE_FLAGS=("${QEMU_CONFIGURE_FLAGS[@]}" --disable-werror)
 
 work="$VMFORK_CACHE/qemu-$QEMU_VERSION"
 src="$work/src"
@@ -110,6 +103,6 @@ ninja -C "$bld" -j"$(nproc)" qemu-system-x86_64 qemu-img 2>&1 | ninja_progress
 mkdir -p "$out"
 rm -f "$out/.key"
 cp -f "$bld/qemu-system-x86_64" "$bld/qemu-img" "$out/"
-"$here/fetch-firmware.sh" "$out/qemu-bundle$FIRMWARE_PATH"
+"$here/fetch-firmware.sh" "$out/qemu-bundle$QEMU_FIRMWARE_PATH"
 echo "$key" > "$out/.key"
 log "done: $out/qemu-system-x86_64 (series key $key)"

@@ -21,9 +21,7 @@ sed -i 's/^    unpack_edk2_blobs = bzip2.found()$/    unpack_edk2_blobs = false/
 git_w init -q && git_w add -A -f && git_w commit -q -m base
 export PATH="/usr/lib/ccache:$PATH"
 (cd "$work/build" && "$work/src/configure" --python=/usr/bin/python3 \
-    --target-list=x86_64-softmmu --without-default-features --enable-kvm \
-    --enable-tcg --enable-slirp --enable-pixman --enable-tools \
-    --enable-werror --disable-docs --disable-download) > "$work/configure.log" 2>&1 ||
+    "${QEMU_CONFIGURE_FLAGS[@]}" --enable-werror) > "$work/configure.log" 2>&1 ||
     { tail -20 "$work/configure.log" >&2; exit 1; }
 
 n=0

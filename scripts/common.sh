@@ -6,6 +6,16 @@ QEMU_DEBIAN_VERSION=1:10.0.13+ds-0+deb13u1
 QEMU_TARBALL_NAME=qemu_10.0.13+ds.orig.tar.xz
 QEMU_SHA256=6a0888e806c2ffc0c5f0733e974f9aea55491950d3c47c98669c8b236dde59ae
 
+# The lean QEMU that vmfork builds (build-qemu.sh, check-series.sh)
+QEMU_FIRMWARE_PATH=/usr/share/vmfork-firmware
+QEMU_CONFIGURE_FLAGS=(
+    --target-list=x86_64-softmmu --without-default-features
+    --enable-kvm --enable-tcg --enable-slirp --enable-pixman --enable-tools
+    --enable-trace-backends=log
+    --disable-docs --disable-install-blobs --disable-download
+    --firmwarepath="$QEMU_FIRMWARE_PATH"
+)
+
 VMFORK_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VMFORK_CACHE=${VMFORK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfork}
 VMFORK_BUILD=${VMFORK_BUILD:-$VMFORK_TOP/build}

@@ -1,0 +1,744 @@
+/*
+ * vmfork-bench: the vmfork benchmark suite
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Boots each guest configuration once, forks it many times with the
+ * vmfork QMP command, measures from inside the guests (see scenarios.c and
+ * bench/README.md), and runs the peers on the same guest: cold boot,
+ * snapshot restore, template cloning.  Results: one JSON object per
+ * scenario, a CSV row per scenario, a CSV row per measured child, and the
+ * project's targets with what was measured.
+ *
+ * Exit status: 0 every scenario ran (some may be skipped for a missing
+ * accelerator or guest), 1 a scenario failed, 2 usage error, 3 the run was
+ * interrupted or could not start.
+ */
+
+#include "bench.h"
+
+#include <fnmatch.h>
+#include <locale.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BENCH_VERSION "0.1.0"
+
+static gboolean opt_json, opt_quick, opt_list, opt_no_peers, opt_version;
+static char *opt_output, *opt_csv, *opt_samples, *opt_summary;
+static char **opt_scenarios;
+static int opt_n, opt_verbose_count;
+static char *opt_qemu, *opt_kernel, *opt_initrd, *opt_tiny, *opt_workdir,
+            *opt_shmdir;
+
+static gboolean on_verbose(const char *name G_GNUC_UNUSED,
+                           const char *value G_GNUC_UNUSED,
+                           gpointer data G_GNUC_UNUSED,
+                           GError **errp G_GNUC_UNUSED)
+{
+    opt_verbose_count++;
+    return TRUE;
+}
+
+static const GOptionEntry entries[] = {
+    { "json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
+      "Print one JSON object per scenario on stdout (one per line)", NULL },
+    { "output", 'o', 0, G_OPTION_ARG_FILENAME, &opt_output,
+      "Write every result as one JSON document to FILE", "FILE" },
+    { "csv", 0, 0, G_OPTION_ARG_FILENAME, &opt_csv,
+      "Write one CSV row per scenario to FILE", "FILE" },
+    { "samples", 0, 0, G_OPTION_ARG_FILENAME, &opt_samples,
+      "Write one CSV row per measured child to FILE", "FILE" },
+    { "summary", 0, 0, G_OPTION_ARG_FILENAME, &opt_summary,
+      "Write the targets table (Markdown) to FILE", "FILE" },
+    { "quick", 0, 0, G_OPTION_ARG_NONE, &opt_quick,
+      "A short smoke run (about a minute)", NULL },
+    { "scenario", 's', 0, G_OPTION_ARG_STRING_ARRAY, &opt_scenarios,
+      "Only the scenarios whose name matches GLOB (repeatable; peers-* are "
+      "the peers)", "GLOB" },
+    { "list", 0, 0, G_OPTION_ARG_NONE, &opt_list,
+      "List the scenarios and exit", NULL },
+    { "n", 'n', 0, G_OPTION_ARG_INT, &opt_n,
+      "Measured commands per scenario (overrides the built-in choice)", "N" },
+    { "dirty-mib", 0, 0, G_OPTION_ARG_INT, &bench_dirty_mib,
+      "MiB a Linux child dirties for the memory figures (default 64)", "N" },
+    { "no-peers", 0, 0, G_OPTION_ARG_NONE, &opt_no_peers,
+      "Skip cold boot, snapshot restore and template cloning", NULL },
+    { "qemu", 0, 0, G_OPTION_ARG_FILENAME, &opt_qemu,
+      "Patched QEMU (default $VMFORK_QEMU or build/qemu/qemu-system-x86_64)",
+      "PATH" },
+    { "linux-kernel", 0, 0, G_OPTION_ARG_FILENAME, &opt_kernel,
+      "Linux guest kernel (default $VMFORK_LINUX_KERNEL or "
+      "build/guest/linux/vmlinux)", "PATH" },
+    { "linux-initrd", 0, 0, G_OPTION_ARG_FILENAME, &opt_initrd,
+      "Linux guest initramfs (default $VMFORK_LINUX_INITRD or "
+      "build/guest/linux/initramfs.img)", "PATH" },
+    { "tiny", 0, 0, G_OPTION_ARG_FILENAME, &opt_tiny,
+      "Tiny guest (default $VMFORK_TINY or build/guest/tiny/tiny.elf)",
+      "PATH" },
+    { "workdir", 0, 0, G_OPTION_ARG_FILENAME, &opt_workdir,
+      "Directory for sockets, serial files, logs and snapshots (default "
+      "$TMPDIR or /tmp)", "DIR" },
+    { "shmdir", 0, 0, G_OPTION_ARG_FILENAME, &opt_shmdir,
+      "Directory for the template cloning RAM file (default /dev/shm)",
+      "DIR" },
+    { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, on_verbose,
+      "Print every measurement (twice: also the QEMU command lines)", NULL },
+    { "version", 0, 0, G_OPTION_ARG_NONE, &opt_version,
+      "Print the version and exit", NULL },
+    { NULL }
+};
+
+/* ---- The scenarios ------------------------------------------------------- */
+
+static Spec fork_spec(int n, int n_mem)
+{
+    return (Spec) { .kind = SPEC_FORK, .count = 1, .n = n, .n_mem = n_mem };
+}
+
+static Spec template_spec(int n, int n_mem)
+{
+    return (Spec) { .kind = SPEC_FORK, .template = true, .count = 1, .n = n,
+                    .n_mem = n_mem };
+}
+
+static Spec fanout_spec(int count, bool template, int n)
+{
+    return (Spec) { .kind = SPEC_FORK, .template = template, .count = count,
+                    .n = n };
+}
+
+static Spec peers_spec(int cold, int n)
+{
+    return (Spec) { .kind = SPEC_PEERS, .n = n, .cold_runs = cold };
+}
+
+static void add_group(GArray *groups, GuestKind guest, const char *accel,
+                      int mem, int vcpus, int nspecs, const Spec *specs)
+{
+    Group g = { .cfg = { guest, accel, mem, vcpus } };
+
+    for (int i = 0; i < nspecs; i++) {
+        g.spec[g.nspecs++] = specs[i];
+    }
+    g_array_append_val(groups, g);
+}
+
+#define GROUP(guest, accel, mem, vcpus, ...) do { \
+        const Spec s_[] = { __VA_ARGS__ }; \
+        add_group(groups, guest, accel, mem, vcpus, G_N_ELEMENTS(s_), s_); \
+    } while (0)
+
+/*
+ * The full run is sized for about 7 minutes on a 2-core machine: n = 20
+ * single forks where they are cheap and matter most (512 MiB, 1 vCPU), 10
+ * elsewhere, fan-outs of 10 repeated, of 100 once or twice.
+ */
+static GArray *scenario_groups(bool quick)
+{
+    GArray *groups = g_array_new(false, true, sizeof(Group));
+
+    if (quick) {
+        GROUP(GUEST_TINY, "tcg", 512, 1, fork_spec(3, 1), template_spec(3, 0),
+              fanout_spec(10, false, 1), peers_spec(1, 1));
+        GROUP(GUEST_LINUX, "tcg", 512, 1, fork_spec(3, 1), peers_spec(1, 1));
+        GROUP(GUEST_TINY, "kvm", 512, 1, fork_spec(2, 1));
+        return groups;
+    }
+    GROUP(GUEST_LINUX, "tcg", 512, 1, fork_spec(20, 4), template_spec(20, 2),
+          fanout_spec(10, false, 3), fanout_spec(10, true, 3),
+          fanout_spec(100, false, 1), fanout_spec(100, true, 1),
+          peers_spec(3, 5));
+    GROUP(GUEST_LINUX, "tcg", 512, 2, fork_spec(10, 2), template_spec(10, 0));
+    GROUP(GUEST_LINUX, "tcg", 2048, 1, fork_spec(10, 2), template_spec(10, 0),
+          fanout_spec(10, false, 2), fanout_spec(100, false, 1),
+          peers_spec(2, 3));
+    GROUP(GUEST_LINUX, "tcg", 2048, 2, fork_spec(10, 2));
+    GROUP(GUEST_TINY, "tcg", 512, 1, fork_spec(20, 4), template_spec(20, 2),
+          fanout_spec(10, false, 3), fanout_spec(10, true, 3),
+          fanout_spec(100, false, 1), fanout_spec(100, true, 1),
+          peers_spec(5, 5));
+    GROUP(GUEST_TINY, "tcg", 512, 2, fork_spec(10, 2), template_spec(10, 0));
+    GROUP(GUEST_TINY, "tcg", 2048, 1, fork_spec(10, 2),
+          fanout_spec(100, false, 1));
+    GROUP(GUEST_TINY, "tcg", 2048, 2, fork_spec(10, 0));
+    GROUP(GUEST_TINY, "kvm", 512, 1, fork_spec(10, 2), template_spec(10, 1),
+          fanout_spec(10, false, 2), fanout_spec(10, true, 1),
+          fanout_spec(100, false, 1), peers_spec(3, 3));
+    GROUP(GUEST_TINY, "kvm", 512, 2, fork_spec(10, 1), template_spec(10, 0));
+    GROUP(GUEST_TINY, "kvm", 2048, 1, fork_spec(10, 1),
+          fanout_spec(100, false, 1));
+    GROUP(GUEST_TINY, "kvm", 2048, 2, fork_spec(10, 0));
+    return groups;
+}
+
+static bool selected(const char *name)
+{
+    if (!opt_scenarios) {
+        return true;
+    }
+    for (char **g = opt_scenarios; *g; g++) {
+        if (fnmatch(*g, name, 0) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Keep the selected scenarios (and the overrides); drop empty groups */
+static void filter_groups(GArray *groups)
+{
+    for (guint i = 0; i < groups->len;) {
+        Group *g = &g_array_index(groups, Group, i);
+        int k = 0;
+
+        for (int j = 0; j < g->nspecs; j++) {
+            Spec s = g->spec[j];
+            g_autofree char *name = spec_name(&g->cfg, &s);
+
+            if ((s.kind == SPEC_PEERS && opt_no_peers) || !selected(name)) {
+                continue;
+            }
+            if (opt_n > 0) {
+                s.n = opt_n;
+                s.n_mem = MIN(s.n_mem, opt_n);
+                s.cold_runs = MIN(s.cold_runs, opt_n);
+            }
+            g->spec[k++] = s;
+        }
+        g->nspecs = k;
+        if (k == 0) {
+            g_array_remove_index(groups, i);
+        } else {
+            i++;
+        }
+    }
+}
+
+/* ---- Results ------------------------------------------------------------- */
+
+static GPtrArray *results;      /* JsonObject*, all scenarios */
+static GPtrArray *pending;      /* this group's, printed at its end */
+
+static void emit(JsonObject *o, gpointer data G_GNUC_UNUSED)
+{
+    g_ptr_array_add(results, json_object_ref(o));
+    g_ptr_array_add(pending, o);
+}
+
+/* A member by dotted path ("clone_ms.p50"), or NULL */
+static JsonNode *get_path(JsonObject *o, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    JsonNode *n = NULL;
+
+    for (int i = 0; parts[i]; i++) {
+        if (!o || !json_object_has_member(o, parts[i])) {
+            return NULL;
+        }
+        n = json_object_get_member(o, parts[i]);
+        o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+    }
+    return n;
+}
+
+static double get_num(JsonObject *o, const char *path)
+{
+    JsonNode *n = o ? get_path(o, path) : NULL;
+
+    if (!n || !JSON_NODE_HOLDS_VALUE(n)) {
+        return NAN;
+    }
+    return json_node_get_double(n);
+}
+
+static JsonObject *find_scenario(const char *name)
+{
+    for (guint i = 0; i < results->len; i++) {
+        JsonObject *o = results->pdata[i];
+
+        if (json_object_has_member(o, "scenario") &&
+            g_str_equal(json_object_get_string_member(o, "scenario"), name)) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
+static const char *const peer_methods[] = {
+    "cold-boot", "snapshot", "snapshot-prestarted", "template",
+    "template-prestarted",
+};
+
+/* Ratios of this group's peers to its single forks (running parent) */
+static void add_ratios(const Group *g)
+{
+    g_autofree char *label = vm_config_label(&g->cfg);
+    g_autofree char *fork_name = g_strdup_printf("fork-%s", label);
+    JsonObject *f = find_scenario(fork_name);
+    double clone = get_num(f, "clone_ms.p50");
+    double resume = get_num(f, "clone_resume_ms.p50");
+    JsonObject *peers;
+
+    if (!f) {
+        return;
+    }
+    peers = json_object_new();
+    for (guint i = 0; i < G_N_ELEMENTS(peer_methods); i++) {
+        g_autofree char *pn = g_strdup_printf("peer-%s-%s", peer_methods[i],
+                                              label);
+        JsonObject *p = find_scenario(pn);
+        double ms = get_num(p, "clone_ms.p50");
+        double run = get_num(p, "vcpus_running_ms.p50");
+        JsonObject *e;
+
+        if (!p || isnan(ms)) {
+            continue;
+        }
+        e = json_object_new();
+        json_object_set_double_member(e, "ms", ms);
+        if (!isnan(clone) && clone > 0) {
+            double r = round(ms / clone * 10.0) / 10.0;
+
+            json_object_set_double_member(e, "ratio", r);
+            json_object_set_double_member(p, "ratio_vs_vmfork", r);
+            json_object_set_double_member(p, "vmfork_clone_ms", clone);
+        }
+        if (!isnan(run) && !isnan(resume) && resume > 0) {
+            double r = round(run / resume * 10.0) / 10.0;
+
+            json_object_set_double_member(e, "ratio_vcpus_running", r);
+            json_object_set_double_member(p, "ratio_vcpus_running_vs_vmfork",
+                                          r);
+        }
+        json_object_set_object_member(peers, peer_methods[i], e);
+    }
+    if (json_object_get_size(peers)) {
+        json_object_set_object_member(f, "peers", peers);
+    } else {
+        json_object_unref(peers);
+    }
+}
+
+static char *to_json(JsonObject *o, bool pretty)
+{
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) n = json_node_new(JSON_NODE_OBJECT);
+
+    json_node_set_object(n, o);
+    json_generator_set_root(gen, n);
+    json_generator_set_pretty(gen, pretty);
+    return json_generator_to_data(gen, NULL);
+}
+
+static void flush_pending(void)
+{
+    for (guint i = 0; i < pending->len; i++) {
+        if (opt_json) {
+            g_autofree char *s = to_json(pending->pdata[i], false);
+
+            printf("%s\n", s);
+        }
+        json_object_unref(pending->pdata[i]);
+    }
+    fflush(stdout);
+    g_ptr_array_set_size(pending, 0);
+}
+
+/* ---- CSV ----------------------------------------------------------------- */
+
+static const char *const csv_columns[] = {
+    "scenario", "kind", "method", "accel", "guest", "mem_mib", "vcpus",
+    "parent", "count", "n", "children_measured",
+    "clone_ms.p50", "clone_ms.p90", "clone_ms.p99", "clone_ms.max",
+    "clone_resume_ms.p50", "clone_resume_ms.p99", "clone_arrival_ms.p50",
+    "ready_ms.p50", "qmp_ms.p50", "qmp_ms.p99",
+    "parent_pause_ms.p50", "parent_pause_ms.p99", "parent_pause_trace_ms.p50",
+    "parent_pause_events_ms.p50",
+    "child_uss_kib.p50", "child_pss_kib.p50", "child_rss_kib.p50",
+    "child_uss_dirty_kib.p50", "child_pss_dirty_kib.p50", "dirty_mib",
+    "fanout_wall_ms.p50", "fanout_ready_wall_ms.p50", "clones_per_s.p50",
+    "vcpus_running_ms.p50", "ratio_vs_vmfork", "ratio_vcpus_running_vs_vmfork",
+    "phases_ms.qmp_in.p50", "phases_ms.check.p50", "phases_ms.prepare.p50",
+    "phases_ms.fork.p50", "phases_ms.child_fds.p50",
+    "phases_ms.child_threads.p50", "phases_ms.child_accel.p50",
+    "phases_ms.child_monitor.p50", "phases_ms.child_start.p50",
+    "phases_ms.first_output.p50", "phases_ms.parent_fork.p50",
+    "phases_ms.parent_first_output.p50", "tick_interval_ms",
+    "offset_spread_parent_us", "offset_spread_child_us", "first_fork_clone_ms",
+    "skipped", "error",
+};
+
+static void csv_field(GString *out, JsonNode *n)
+{
+    if (!n || JSON_NODE_HOLDS_NULL(n) || !JSON_NODE_HOLDS_VALUE(n)) {
+        return;
+    }
+    if (json_node_get_value_type(n) == G_TYPE_STRING) {
+        g_autofree char *s = g_strdup(json_node_get_string(n));
+
+        g_strdelimit(s, "\"\n\r", '\'');
+        g_string_append_printf(out, "\"%s\"", s);
+    } else if (json_node_get_value_type(n) == G_TYPE_DOUBLE) {
+        g_string_append_printf(out, "%.3f", json_node_get_double(n));
+    } else if (json_node_get_value_type(n) == G_TYPE_BOOLEAN) {
+        g_string_append(out, json_node_get_boolean(n) ? "true" : "false");
+    } else {
+        g_string_append_printf(out, "%" G_GINT64_FORMAT, json_node_get_int(n));
+    }
+}
+
+static bool write_csv(const char *path, GError **errp)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+
+    for (guint c = 0; c < G_N_ELEMENTS(csv_columns); c++) {
+        g_string_append_printf(out, "%s%s", c ? "," : "", csv_columns[c]);
+    }
+    g_string_append_c(out, '\n');
+    for (guint i = 0; i < results->len; i++) {
+        for (guint c = 0; c < G_N_ELEMENTS(csv_columns); c++) {
+            if (c) {
+                g_string_append_c(out, ',');
+            }
+            csv_field(out, get_path(results->pdata[i], csv_columns[c]));
+        }
+        g_string_append_c(out, '\n');
+    }
+    return g_file_set_contents(path, out->str, out->len, errp);
+}
+
+/* ---- Targets ------------------------------------------------------------- */
+
+typedef struct Target {
+    const char *what;
+    const char *scenario;
+    const char *metric;
+    const char *goal_text;
+    double goal;
+    bool at_least;          /* measured >= goal (ratios, rates) */
+    double scale;           /* measured is shown as metric * scale */
+    const char *unit;
+} Target;
+
+static const Target targets[] = {
+    { "clone latency, TCG, Linux guest", "fork-linux-tcg-512m-1cpu",
+      "clone_ms.p50", "<= 3 ms", 3, false, 1, "ms" },
+    { "clone latency, TCG, tiny guest", "fork-tiny-tcg-512m-1cpu",
+      "clone_ms.p50", "<= 3 ms", 3, false, 1, "ms" },
+    { "clone latency, KVM (kvm_pvm), tiny guest", "fork-tiny-kvm-512m-1cpu",
+      "clone_ms.p50", "<= 10 ms", 10, false, 1, "ms" },
+    { "parent pause, TCG, Linux guest", "fork-linux-tcg-512m-1cpu",
+      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
+    { "parent pause, TCG, tiny guest", "fork-tiny-tcg-512m-1cpu",
+      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
+    { "parent pause, KVM (kvm_pvm), tiny guest", "fork-tiny-kvm-512m-1cpu",
+      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
+    { "100 clones, Linux guest, running parent",
+      "fanout100-linux-tcg-512m-1cpu", "fanout_wall_ms.p50", "<= 0.5 s", 500,
+      false, 1, "ms" },
+    { "100 clones, Linux guest, paused template",
+      "fanout100-linux-tcg-512m-1cpu-template", "fanout_wall_ms.p50",
+      "<= 0.5 s", 500, false, 1, "ms" },
+    { "100 clones, tiny guest (TCG), running parent",
+      "fanout100-tiny-tcg-512m-1cpu", "fanout_wall_ms.p50", "<= 0.5 s", 500,
+      false, 1, "ms" },
+    { "USS per idle child, Linux guest", "fork-linux-tcg-512m-1cpu",
+      "child_uss_kib.p50", "<= 4 MiB", 4096, false, 1.0 / 1024, "MiB" },
+    { "USS per idle child, Linux guest, 100 children",
+      "fanout100-linux-tcg-512m-1cpu", "child_uss_kib.p50", "<= 4 MiB", 4096,
+      false, 1.0 / 1024, "MiB" },
+    { "USS per idle child, tiny guest (TCG)", "fork-tiny-tcg-512m-1cpu",
+      "child_uss_kib.p50", "<= 4 MiB", 4096, false, 1.0 / 1024, "MiB" },
+    { "faster than cold boot, Linux guest", "peer-cold-boot-linux-tcg-512m-1cpu",
+      "ratio_vs_vmfork", ">= 500x", 500, true, 1, "x" },
+    { "faster than snapshot restore, Linux guest",
+      "peer-snapshot-linux-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 50x", 50,
+      true, 1, "x" },
+    { "faster than snapshot restore (pre-started), Linux guest",
+      "peer-snapshot-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      ">= 50x", 50, true, 1, "x" },
+    { "faster than template cloning, Linux guest",
+      "peer-template-linux-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 20x", 20,
+      true, 1, "x" },
+    { "faster than template cloning (pre-started), Linux guest",
+      "peer-template-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      ">= 20x", 20, true, 1, "x" },
+    { "faster than cold boot, tiny guest (TCG)",
+      "peer-cold-boot-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 500x", 500,
+      true, 1, "x" },
+    { "faster than snapshot restore, tiny guest (TCG)",
+      "peer-snapshot-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 50x", 50,
+      true, 1, "x" },
+    { "faster than template cloning, tiny guest (TCG)",
+      "peer-template-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 20x", 20,
+      true, 1, "x" },
+};
+
+static JsonArray *evaluate_targets(GString *md)
+{
+    JsonArray *arr = json_array_new();
+
+    g_string_append(md, "| target | goal | measured | met | scenario |\n"
+                        "|---|---|---|---|---|\n");
+    for (guint i = 0; i < G_N_ELEMENTS(targets); i++) {
+        const Target *t = &targets[i];
+        JsonObject *o = find_scenario(t->scenario);
+        double v = get_num(o, t->metric);
+        JsonObject *e = json_object_new();
+        bool met = !isnan(v) && (t->at_least ? v >= t->goal : v <= t->goal);
+        g_autofree char *shown = isnan(v) ? g_strdup("not measured") :
+            g_strdup_printf("%.*f %s", t->scale != 1 || v < 10 ? 2 : 1,
+                            v * t->scale, t->unit);
+
+        json_object_set_string_member(e, "target", t->what);
+        json_object_set_string_member(e, "goal", t->goal_text);
+        json_object_set_string_member(e, "scenario", t->scenario);
+        json_object_set_string_member(e, "metric", t->metric);
+        if (isnan(v)) {
+            json_object_set_null_member(e, "measured");
+            json_object_set_null_member(e, "met");
+        } else {
+            json_object_set_double_member(e, "measured", v);
+            json_object_set_boolean_member(e, "met", met);
+        }
+        json_array_add_object_element(arr, e);
+        g_string_append_printf(md, "| %s | %s | %s | %s | %s %s |\n", t->what,
+                               t->goal_text, shown,
+                               isnan(v) ? "-" : met ? "yes" : "**no**",
+                               t->scenario, t->metric);
+    }
+    return arr;
+}
+
+static JsonObject *host_info(void)
+{
+    JsonObject *h = json_object_new();
+    struct utsname u;
+    g_autofree char *cpuinfo = NULL, *load = NULL;
+    double la[3];
+
+    if (uname(&u) == 0) {
+        json_object_set_string_member(h, "kernel", u.release);
+    }
+    json_object_set_int_member(h, "cpus", sysconf(_SC_NPROCESSORS_ONLN));
+    if (g_file_get_contents("/proc/cpuinfo", &cpuinfo, NULL, NULL)) {
+        char *m = strstr(cpuinfo, "model name");
+
+        if (m && (m = strchr(m, ':'))) {
+            g_autofree char *name = g_strndup(m + 2, strcspn(m + 2, "\n"));
+
+            json_object_set_string_member(h, "cpu", name);
+        }
+    }
+    json_object_set_double_member(h, "tsc_hz", round(tsc_hz()));
+    json_object_set_string_member(h, "kvm", accel_detail("kvm"));
+    json_object_set_boolean_member(h, "kvm_usable",
+                                   access("/dev/kvm", R_OK | W_OK) == 0);
+    if (getloadavg(la, 3) == 3) {
+        json_object_set_double_member(h, "loadavg_1min", la[0]);
+    }
+    return h;
+}
+
+/* ---- Paths --------------------------------------------------------------- */
+
+/* The checkout this binary was built in: build/meson/bench/vmfork-bench */
+static char *top_dir(void)
+{
+    g_autofree char *exe = g_file_read_link("/proc/self/exe", NULL);
+    char *dir;
+
+    if (!exe) {
+        return g_get_current_dir();
+    }
+    dir = g_path_get_dirname(exe);
+    for (int i = 0; i < 3; i++) {
+        char *up = g_path_get_dirname(dir);
+
+        g_free(dir);
+        dir = up;
+    }
+    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        g_free(dir);
+        return g_get_current_dir();
+    }
+    return dir;
+}
+
+static const char *pick(const char *opt, const char *env, const char *top,
+                        const char *rel)
+{
+    const char *e = g_getenv(env);
+
+    if (opt) {
+        return opt;
+    }
+    if (e && *e) {
+        return e;
+    }
+    return g_build_filename(top, rel, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    g_autoptr(GOptionContext) ctx = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GArray) groups = NULL;
+    g_autoptr(GString) md = g_string_new(NULL);
+    g_autofree char *top = top_dir();
+    JsonArray *tarr;
+    int failed = 0;
+    gint64 t0;
+
+    setlocale(LC_ALL, "C");
+    ctx = g_option_context_new("- benchmark vmfork against its peers");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    g_option_context_set_description(ctx,
+        "Boots the test guests in the patched QEMU, forks them with the vmfork\n"
+        "QMP command and measures from inside the guests: clone latency (the\n"
+        "child's first guest timestamp), the parent's pause (its guest clock),\n"
+        "the phases of vmfork (its trace points), the children's memory\n"
+        "(smaps_rollup), fan-outs of 10 and 100, and the peers on the same\n"
+        "guest: cold boot, snapshot restore, template cloning.  Progress goes\n"
+        "to stderr.  See bench/README.md.\n\n"
+        "Exit status: 0 every scenario ran or was skipped with a reason, 1 a\n"
+        "scenario failed, 2 usage error, 3 interrupted or cannot start.");
+    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+        g_printerr("vmfork-bench: %s\n", err->message);
+        return 2;
+    }
+    if (argc > 1) {
+        g_printerr("vmfork-bench: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
+    if (opt_version) {
+        printf("vmfork-bench %s\n", BENCH_VERSION);
+        return 0;
+    }
+    if (bench_dirty_mib < 1 || bench_dirty_mib > 65536 || opt_n < 0) {
+        g_printerr("vmfork-bench: --dirty-mib must be 1..65536, --n >= 1\n");
+        return 2;
+    }
+    bench_verbose = opt_verbose_count;
+    bench_paths.qemu = pick(opt_qemu, "VMFORK_QEMU", top,
+                            "build/qemu/qemu-system-x86_64");
+    bench_paths.linux_kernel = pick(opt_kernel, "VMFORK_LINUX_KERNEL", top,
+                                    "build/guest/linux/vmlinux");
+    bench_paths.linux_initrd = pick(opt_initrd, "VMFORK_LINUX_INITRD", top,
+                                    "build/guest/linux/initramfs.img");
+    bench_paths.tiny = pick(opt_tiny, "VMFORK_TINY", top,
+                            "build/guest/tiny/tiny.elf");
+    bench_paths.workdir = opt_workdir ? opt_workdir : g_get_tmp_dir();
+    bench_paths.shmdir = opt_shmdir ? opt_shmdir :
+        g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ? "/dev/shm" :
+        bench_paths.workdir;
+
+    groups = scenario_groups(opt_quick);
+    filter_groups(groups);
+    if (opt_list) {
+        for (guint i = 0; i < groups->len; i++) {
+            Group *g = &g_array_index(groups, Group, i);
+
+            for (int j = 0; j < g->nspecs; j++) {
+                g_autofree char *name = spec_name(&g->cfg, &g->spec[j]);
+
+                printf("%s\n", name);
+            }
+        }
+        return 0;
+    }
+    if (!groups->len) {
+        g_printerr("vmfork-bench: no scenario matches\n");
+        return 2;
+    }
+
+    procs_init();
+    tsc_calibrate();
+    streams_init();
+    results = g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    pending = g_ptr_array_new();
+    bench_samples = g_string_new(NULL);
+    g_printerr("vmfork-bench: %s run, QEMU %s, host TSC %.1f MHz\n",
+               opt_quick ? "quick" : "full", bench_paths.qemu, tsc_hz() / 1e6);
+    t0 = now_ns();
+    for (guint i = 0; i < groups->len && !procs_interrupted(); i++) {
+        Group *g = &g_array_index(groups, Group, i);
+
+        run_group(g, emit, NULL);
+        add_ratios(g);
+        flush_pending();
+    }
+    streams_shutdown();
+    if (procs_interrupted()) {
+        return 3;
+    }
+
+    for (guint i = 0; i < results->len; i++) {
+        if (json_object_has_member(results->pdata[i], "error")) {
+            failed++;
+        }
+    }
+    tarr = evaluate_targets(md);
+    g_printerr("\nvmfork-bench: done in %.0f s%s\n\nTargets (benchmark goals, "
+               "512 MiB guests):\n\n%s", MS(now_ns() - t0) / 1000.0,
+               failed ? ", SOME SCENARIOS FAILED" : "", md->str);
+
+    if (opt_output) {
+        JsonObject *doc = json_object_new();
+        JsonArray *all = json_array_new();
+        g_autofree char *text = NULL;
+        g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+        g_autofree char *date = g_date_time_format_iso8601(now);
+
+        for (guint i = 0; i < results->len; i++) {
+            json_array_add_object_element(all,
+                                          json_object_ref(results->pdata[i]));
+        }
+        json_object_set_string_member(doc, "tool", "vmfork-bench");
+        json_object_set_string_member(doc, "version", BENCH_VERSION);
+        json_object_set_string_member(doc, "date", date);
+        json_object_set_boolean_member(doc, "quick", opt_quick);
+        json_object_set_string_member(doc, "tiny_guest", bench_paths.tiny);
+        json_object_set_double_member(doc, "duration_s",
+                                      round(MS(now_ns() - t0)) / 1000.0);
+        json_object_set_object_member(doc, "host", host_info());
+        json_object_set_array_member(doc, "scenarios", all);
+        json_object_set_array_member(doc, "targets", tarr);
+        text = to_json(doc, true);
+        json_object_unref(doc);
+        if (!g_file_set_contents(opt_output, text, -1, &err)) {
+            g_printerr("vmfork-bench: %s\n", err->message);
+            return 3;
+        }
+    } else {
+        json_array_unref(tarr);
+    }
+    if (opt_csv && !write_csv(opt_csv, &err)) {
+        g_printerr("vmfork-bench: %s\n", err->message);
+        return 3;
+    }
+    if (opt_samples) {
+        g_autoptr(GString) s = g_string_new(
+            "scenario,command,child,clone_ms,clone_resume_ms,clone_arrival_ms,"
+            "qmp_ms,parent_pause_ms,child_uss_mib\n");
+
+        g_string_append(s, bench_samples->str);
+        if (!g_file_set_contents(opt_samples, s->str, s->len, &err)) {
+            g_printerr("vmfork-bench: %s\n", err->message);
+            return 3;
+        }
+    }
+    if (opt_summary && !g_file_set_contents(opt_summary, md->str, md->len,
+                                            &err)) {
+        g_printerr("vmfork-bench: %s\n", err->message);
+        return 3;
+    }
+    return failed ? 1 : 0;
+}
