@@ -363,7 +363,12 @@ static void linux_fork_of_fork(void)
  */
 static void tiny_fork_counter_and_memory(gconstpointer data)
 {
-    VmOptions o = { .guest = GUEST_TINY, .accel = data };
+    /* "tcg,thread=single,2": round-robin TCG with two vCPUs on one thread */
+    g_auto(GStrv) spec = g_strsplit(data, ",", 3);
+    g_autofree char *accel = spec[1] && spec[2] ?
+        g_strdup_printf("%s,%s", spec[0], spec[1]) : g_strdup(spec[0]);
+    VmOptions o = { .guest = GUEST_TINY, .accel = accel,
+                    .smp = spec[1] && spec[2] ? atoi(spec[2]) : 1 };
     g_autofree char *w_parent = NULL, *h_child = NULL, *w_child = NULL;
     g_autofree char *h_parent = NULL, *w_parent2 = NULL, *h_child2 = NULL;
     gint64 last = -1, seq, first_child, first_parent;
@@ -1110,6 +1115,9 @@ int main(int argc, char **argv)
     g_test_add_data_func("/vmfork/tiny/tcg/counter-and-memory", "tcg",
                          tiny_fork_counter_and_memory);
     g_test_add_data_func("/vmfork/tiny/kvm/counter-and-memory", "kvm",
+                         tiny_fork_counter_and_memory);
+    g_test_add_data_func("/vmfork/tiny/tcg-single-thread/2cpu/"
+                         "counter-and-memory", "tcg,thread=single,2",
                          tiny_fork_counter_and_memory);
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);

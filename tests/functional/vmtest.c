@@ -166,7 +166,7 @@ const char *vm_missing(GuestKind guest, const char *accel)
         !g_file_test(g_getenv("VMFORK_TINY"), G_FILE_TEST_EXISTS))) {
         return "tiny test guest not built (VMFORK_TINY)";
     }
-    if (accel && g_str_equal(accel, "kvm")) {
+    if (accel && g_str_has_prefix(accel, "kvm")) {
         int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 
         if (fd < 0) {
