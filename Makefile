@@ -8,7 +8,7 @@
 MESON_BUILD := build/meson
 TOOLS       := qmp-tools/vmfork qmp-tools/qmp-call bench/vmfork-bench
 
-.PHONY: all deps qemu tools check check-unit soak demo bench clean distclean help
+.PHONY: all deps qemu tools check check-unit soak fuzz demo bench clean distclean help
 
 all: deps qemu guests tools
 
@@ -18,6 +18,7 @@ help:
 	@echo "make check      build and run every test suite (meson test, TAP)"
 	@echo "make bench      run the benchmarks"
 	@echo "make soak       longer reliability runs (200-fork storms)"
+	@echo "make fuzz       fuzz libqmp's reader for FUZZ_SECONDS (60)"
 	@echo "make clean      remove build/ (the QEMU cache in ~/.cache/vmfork stays)"
 
 deps:
@@ -47,6 +48,12 @@ check-unit: deps tools
 # The benchmarks and their peers (results in build/bench/)
 bench: all
 	@scripts/bench.sh $(BENCH_ARGS)
+
+# The libFuzzer target for libqmp's reader, for FUZZ_SECONDS (installs
+# clang and libclang-rt-14-dev as root)
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # Longer reliability runs than make check's bounded ones
 soak: all

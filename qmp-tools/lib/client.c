@@ -3,13 +3,13 @@
  *
  * A non-blocking unix socket, a QmpReader for the input, poll() with a
  * monotonic deadline for every wait.  See qmp/qmp.h for the contract (id
- * matching, event queue, which errors leave the client usable).
+ * matching, event queue, which errors leave the client usable); the rules
+ * that sort incoming messages are protocol.c's, shared with the
+ * asynchronous client.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
-#define _GNU_SOURCE             /* O_PATH */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -25,28 +25,14 @@ struct QmpClient {
     int fd;
     QmpReader *reader;
     GQueue events;              /* JsonNode * (whole event messages), oldest first */
-    JsonNode *greeting;         /* the greeting message */
-    JsonObject *greeting_qmp;   /* its "QMP" member, owned by greeting */
-    char *version;              /* "MAJOR.MINOR.MICRO" */
-    int major, minor, micro;
-    char *package;
-    guint64 last_id;            /* ids are "libqmp-<last_id + 1>" */
-    GHashTable *abandoned;      /* ids of commands given up on (timed out) */
+    QmpGreeting greeting;
+    QmpDispatch dispatch;       /* ids; the command in flight, if any */
     gboolean eof;               /* recv() returned 0 */
     GError *send_error;         /* set: no command can be sent any more */
     GError *recv_error;         /* set: nothing more can be read */
 };
 
 /* ---- deadlines -------------------------------------------------------- */
-
-/* -1 for no deadline, else an absolute g_get_monotonic_time() value. */
-static gint64 deadline_from_timeout(int timeout_ms)
-{
-    if (timeout_ms < 0) {
-        return -1;
-    }
-    return g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-}
 
 /* Milliseconds left for poll(), rounded up so we never wake up early. */
 static int deadline_remaining_ms(gint64 deadline)
@@ -109,24 +95,6 @@ static void client_set_error(QmpClient *c, gboolean both, GError **errp,
         c->send_error = g_error_copy(err);
     }
     g_propagate_error(errp, err);
-}
-
-static char *describe_message(JsonNode *msg)
-{
-    g_autofree char *text = json_to_string(msg, FALSE);
-
-    if (strlen(text) > 200) {
-        return g_strdup_printf("%.200s...", text);
-    }
-    return g_steal_pointer(&text);
-}
-
-static void client_protocol_error(QmpClient *c, GError **errp, JsonNode *msg,
-                                  const char *what)
-{
-    g_autofree char *text = describe_message(msg);
-
-    client_set_error(c, TRUE, errp, QMP_ERROR_PROTOCOL, "%s: %s", what, text);
 }
 
 /* ---- input ------------------------------------------------------------ */
@@ -209,119 +177,55 @@ static JsonNode *client_read_message(QmpClient *c, gint64 deadline,
     }
 }
 
-static gboolean node_is_string(JsonNode *node)
-{
-    return node && JSON_NODE_HOLDS_VALUE(node) &&
-           json_node_get_value_type(node) == G_TYPE_STRING;
-}
-
 /*
- * Sorts out a message read from the peer; takes ownership of @msg.
- * Events are queued.  A reply with id @want_id (when non-NULL) is returned
- * in *reply.  Late replies to abandoned commands are dropped.  Anything else
- * is a protocol error that breaks the connection (returns FALSE).
+ * Sorts out a message read from the peer (protocol.c's rules); takes
+ * ownership of @msg.  Events are queued, late replies dropped, the reply to
+ * the command in flight is returned in *reply.  Anything else is a protocol
+ * error that breaks the connection (returns FALSE).
  */
-static gboolean client_dispatch(QmpClient *c, JsonNode *msg,
-                                const char *want_id, JsonNode **reply,
+static gboolean client_dispatch(QmpClient *c, JsonNode *msg, JsonNode **reply,
                                 GError **errp)
 {
-    JsonObject *obj = json_node_get_object(msg);
-    JsonNode *id;
-    const char *what = NULL;
+    GError *err = NULL;
+    gpointer data;
 
     *reply = NULL;
-    if (json_object_has_member(obj, "event")) {
-        if (!node_is_string(json_object_get_member(obj, "event"))) {
-            what = "event name is not a string";
-            goto fail;
-        }
+    switch (qmp_dispatch_sort(&c->dispatch, msg, &data, &err)) {
+    case QMP_MESSAGE_EVENT:
         g_queue_push_tail(&c->events, msg);
         return TRUE;
-    }
-    if (!json_object_has_member(obj, "return") &&
-        !json_object_has_member(obj, "error")) {
-        what = "unexpected message (neither a reply nor an event)";
-        goto fail;
-    }
-    id = json_object_get_member(obj, "id");
-    if (id) {
-        const char *s = node_is_string(id) ? json_node_get_string(id) : NULL;
-
-        if (want_id && s && strcmp(s, want_id) == 0) {
-            *reply = msg;
-            return TRUE;
-        }
-        if (s && g_hash_table_remove(c->abandoned, s)) {
-            json_node_unref(msg);       /* late reply to a timed out command */
-            return TRUE;
-        }
-        what = "reply with an unexpected id";
-        goto fail;
-    }
-    if (want_id && json_object_has_member(obj, "error")) {
-        *reply = msg;       /* QEMU could not read the request's id */
+    case QMP_MESSAGE_REPLY:
+        *reply = msg;
         return TRUE;
+    case QMP_MESSAGE_LATE:
+        json_node_unref(msg);       /* late reply to a timed out command */
+        return TRUE;
+    case QMP_MESSAGE_INVALID:
+        break;
     }
-    what = "reply without an id";
-fail:
-    client_protocol_error(c, errp, msg, what);
+    client_break(c, err);
+    g_propagate_error(errp, err);
     json_node_unref(msg);
     return FALSE;
 }
 
-/* The "return" value of a reply, or its error as QMP_ERROR_COMMAND. */
+/* The "return" value of a reply, or its error; a malformed one breaks. */
 static JsonNode *client_reply_result(QmpClient *c, JsonNode *reply,
                                      GError **errp)
 {
-    JsonObject *obj = json_node_get_object(reply);
-    JsonNode *err;
-    JsonObject *eobj;
+    GError *err = NULL;
+    JsonNode *result = qmp_reply_result(reply, &err);
 
-    if (json_object_has_member(obj, "return")) {
-        return json_object_dup_member(obj, "return");
+    if (g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL)) {
+        client_break(c, err);
     }
-    err = json_object_get_member(obj, "error");
-    if (!JSON_NODE_HOLDS_OBJECT(err)) {
-        client_protocol_error(c, errp, reply, "error reply is not an object");
-        return NULL;
+    if (err) {
+        g_propagate_error(errp, err);
     }
-    eobj = json_node_get_object(err);
-    if (!node_is_string(json_object_get_member(eobj, "class")) ||
-        !node_is_string(json_object_get_member(eobj, "desc"))) {
-        client_protocol_error(c, errp, reply,
-                              "error reply without class or desc");
-        return NULL;
-    }
-    qmp_error_set_command(errp, json_object_get_string_member(eobj, "class"),
-                          json_object_get_string_member(eobj, "desc"));
-    return NULL;
+    return result;
 }
 
 /* ---- output ----------------------------------------------------------- */
-
-static ssize_t send_with_fd(int sock, const char *data, gsize len, int fd)
-{
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-    struct msghdr msg = {
-        .msg_iov = &iov,
-        .msg_iovlen = 1,
-        .msg_control = control.buf,
-        .msg_controllen = sizeof(control.buf),
-    };
-    struct cmsghdr *cmsg;
-
-    memset(&control, 0, sizeof(control));
-    cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    return sendmsg(sock, &msg, MSG_NOSIGNAL);
-}
 
 /*
  * Writes all of @data, @fd (if >= 0) attached to its first byte.  A command
@@ -341,7 +245,7 @@ static gboolean client_send(QmpClient *c, const char *data, gsize len, int fd,
         ssize_t n;
 
         if (off == 0 && fd >= 0) {
-            n = send_with_fd(c->fd, data, len, fd);
+            n = qmp_send_with_fd(c->fd, data, len, fd);
         } else {
             n = send(c->fd, data + off, len - off, MSG_NOSIGNAL);
         }
@@ -391,28 +295,6 @@ static gboolean client_send(QmpClient *c, const char *data, gsize len, int fd,
     return TRUE;
 }
 
-/* {"execute": ..., "arguments": ..., "id": ...} and a newline. */
-static GString *build_command(const char *command, JsonObject *arguments,
-                              const char *id)
-{
-    g_autoptr(JsonObject) obj = json_object_new();
-    g_autoptr(JsonNode) node = NULL;
-    g_autoptr(JsonGenerator) gen = json_generator_new();
-    GString *text = g_string_new(NULL);
-
-    json_object_set_string_member(obj, "execute", command);
-    if (arguments) {
-        json_object_set_object_member(obj, "arguments",
-                                      json_object_ref(arguments));
-    }
-    json_object_set_string_member(obj, "id", id);
-    node = json_node_init_object(json_node_alloc(), obj);
-    json_generator_set_root(gen, node);
-    json_generator_to_gstring(gen, text);
-    g_string_append_c(text, '\n');
-    return text;
-}
-
 /* ---- commands --------------------------------------------------------- */
 
 static JsonNode *client_execute(QmpClient *c, const char *command,
@@ -429,9 +311,10 @@ static JsonNode *client_execute(QmpClient *c, const char *command,
         g_propagate_error(errp, g_error_copy(c->send_error));
         return NULL;
     }
-    id = g_strdup_printf("libqmp-%" G_GUINT64_FORMAT, ++c->last_id);
-    text = build_command(command, arguments, id);
+    id = qmp_dispatch_add(&c->dispatch, NULL);
+    text = qmp_build_command(command, arguments, id);
     if (!client_send(c, text->str, text->len, fd, deadline, command, errp)) {
+        qmp_dispatch_forget(&c->dispatch, id);
         return NULL;
     }
     what = g_strdup_printf("the reply to '%s'", command);
@@ -441,12 +324,15 @@ static JsonNode *client_execute(QmpClient *c, const char *command,
 
         if (!msg) {
             if (g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT)) {
-                g_hash_table_add(c->abandoned, g_steal_pointer(&id));
+                qmp_dispatch_abandon(&c->dispatch, id);
+            } else {
+                qmp_dispatch_forget(&c->dispatch, id);
             }
             g_propagate_error(errp, err);
             return NULL;
         }
-        if (!client_dispatch(c, msg, id, &reply, errp)) {
+        if (!client_dispatch(c, msg, &reply, errp)) {
+            qmp_dispatch_forget(&c->dispatch, id);
             return NULL;
         }
     }
@@ -461,7 +347,7 @@ JsonNode *qmp_execute(QmpClient *client, const char *command,
     g_return_val_if_fail(client != NULL, NULL);
     g_return_val_if_fail(command != NULL, NULL);
     return client_execute(client, command, arguments, -1,
-                          deadline_from_timeout(timeout_ms), errp);
+                          qmp_deadline_from_timeout(timeout_ms), errp);
 }
 
 JsonNode *qmp_execute_with_fd(QmpClient *client, const char *command,
@@ -470,57 +356,39 @@ JsonNode *qmp_execute_with_fd(QmpClient *client, const char *command,
 {
     g_return_val_if_fail(client != NULL, NULL);
     g_return_val_if_fail(command != NULL, NULL);
-    if (fd < 0) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_INVALID,
-                    "cannot pass fd %d to '%s'", fd, command);
+    if (!qmp_check_fd_to_pass(fd, command, errp)) {
         return NULL;
     }
     return client_execute(client, command, arguments, fd,
-                          deadline_from_timeout(timeout_ms), errp);
+                          qmp_deadline_from_timeout(timeout_ms), errp);
 }
 
 JsonNode *qmp_execute_json(QmpClient *client, const char *command,
                            const char *arguments_json, int timeout_ms,
                            GError **errp)
 {
-    g_autoptr(JsonParser) parser = NULL;
-    g_autoptr(GError) err = NULL;
-    JsonNode *root;
+    g_autoptr(JsonObject) arguments = NULL;
 
     g_return_val_if_fail(client != NULL, NULL);
     g_return_val_if_fail(command != NULL, NULL);
-    if (!arguments_json || !*arguments_json) {
-        return qmp_execute(client, command, NULL, timeout_ms, errp);
-    }
-    parser = json_parser_new();
-    if (!json_parser_load_from_data(parser, arguments_json, -1, &err)) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_INVALID,
-                    "arguments of '%s' are not valid JSON: %s", command,
-                    err->message);
+    if (!qmp_parse_arguments(command, arguments_json, &arguments, errp)) {
         return NULL;
     }
-    root = json_parser_get_root(parser);
-    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_INVALID,
-                    "arguments of '%s' must be a JSON object", command);
-        return NULL;
-    }
-    return qmp_execute(client, command, json_node_get_object(root),
-                       timeout_ms, errp);
+    return qmp_execute(client, command, arguments, timeout_ms, errp);
 }
 
 /* ---- events ----------------------------------------------------------- */
 
 JsonNode *qmp_next_event(QmpClient *client, int timeout_ms, GError **errp)
 {
-    gint64 deadline = deadline_from_timeout(timeout_ms);
+    gint64 deadline = qmp_deadline_from_timeout(timeout_ms);
 
     g_return_val_if_fail(client != NULL, NULL);
     while (g_queue_is_empty(&client->events)) {
         JsonNode *reply;
         JsonNode *msg = client_read_message(client, deadline, "an event", errp);
 
-        if (!msg || !client_dispatch(client, msg, NULL, &reply, errp)) {
+        if (!msg || !client_dispatch(client, msg, &reply, errp)) {
             return NULL;
         }
     }
@@ -530,7 +398,7 @@ JsonNode *qmp_next_event(QmpClient *client, int timeout_ms, GError **errp)
 JsonNode *qmp_wait_event(QmpClient *client, const char *name, int timeout_ms,
                          GError **errp)
 {
-    gint64 deadline = deadline_from_timeout(timeout_ms);
+    gint64 deadline = qmp_deadline_from_timeout(timeout_ms);
     g_autofree char *what = NULL;
 
     g_return_val_if_fail(client != NULL, NULL);
@@ -549,7 +417,7 @@ JsonNode *qmp_wait_event(QmpClient *client, const char *name, int timeout_ms,
         guint queued = client->events.length;
         JsonNode *msg = client_read_message(client, deadline, what, errp);
 
-        if (!msg || !client_dispatch(client, msg, NULL, &reply, errp)) {
+        if (!msg || !client_dispatch(client, msg, &reply, errp)) {
             return NULL;
         }
         /* A new event went to the tail; take it back if it is the one. */
@@ -584,53 +452,6 @@ JsonObject *qmp_event_data(JsonNode *event)
 
 /* ---- connection ------------------------------------------------------- */
 
-static gboolean get_int_member(JsonObject *obj, const char *name, int *out)
-{
-    JsonNode *node = obj ? json_object_get_member(obj, name) : NULL;
-
-    if (!node || !JSON_NODE_HOLDS_VALUE(node) ||
-        json_node_get_value_type(node) != G_TYPE_INT64) {
-        return FALSE;
-    }
-    *out = (int)json_node_get_int(node);
-    return TRUE;
-}
-
-static JsonObject *get_object_member(JsonObject *obj, const char *name)
-{
-    JsonNode *node = obj ? json_object_get_member(obj, name) : NULL;
-
-    return node && JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node)
-                                                : NULL;
-}
-
-/* Checks the greeting and keeps it (takes ownership of @msg). */
-static gboolean client_take_greeting(QmpClient *c, JsonNode *msg,
-                                     GError **errp)
-{
-    JsonObject *qmp = get_object_member(json_node_get_object(msg), "QMP");
-    JsonObject *version = get_object_member(qmp, "version");
-    JsonObject *qemu = get_object_member(version, "qemu");
-    JsonNode *package = version ? json_object_get_member(version, "package")
-                                : NULL;
-    JsonNode *caps = qmp ? json_object_get_member(qmp, "capabilities") : NULL;
-
-    if (!qemu || !get_int_member(qemu, "major", &c->major) ||
-        !get_int_member(qemu, "minor", &c->minor) ||
-        !get_int_member(qemu, "micro", &c->micro) ||
-        (package && !node_is_string(package)) ||
-        (caps && !JSON_NODE_HOLDS_ARRAY(caps))) {
-        client_protocol_error(c, errp, msg, "not a QMP greeting");
-        json_node_unref(msg);
-        return FALSE;
-    }
-    c->greeting = msg;
-    c->greeting_qmp = qmp;
-    c->version = g_strdup_printf("%d.%d.%d", c->major, c->minor, c->micro);
-    c->package = g_strdup(package ? json_node_get_string(package) : "");
-    return TRUE;
-}
-
 static QmpClient *client_new(int fd, const char *const *capabilities,
                              gint64 deadline, GError **errp)
 {
@@ -638,12 +459,9 @@ static QmpClient *client_new(int fd, const char *const *capabilities,
     JsonNode *msg;
     JsonNode *ret;
     GError *err = NULL;
-    g_autoptr(JsonObject) args = NULL;
-    int flags = fcntl(fd, F_GETFL);
+    g_autoptr(JsonObject) args = qmp_capabilities_arguments(capabilities);
 
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_IO, "fcntl: %s",
-                    g_strerror(errno));
+    if (!qmp_set_nonblocking(fd, errp)) {
         close(fd);
         return NULL;
     }
@@ -651,23 +469,15 @@ static QmpClient *client_new(int fd, const char *const *capabilities,
     c->fd = fd;
     c->reader = qmp_reader_new(0);
     g_queue_init(&c->events);
-    c->abandoned = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    qmp_dispatch_init(&c->dispatch);
 
     msg = client_read_message(c, deadline, "the QMP greeting", &err);
     if (!msg) {
         goto fail;
     }
-    if (!client_take_greeting(c, msg, &err)) {
+    if (!qmp_greeting_take(&c->greeting, msg, &err)) {
+        client_break(c, err);
         goto fail;
-    }
-    if (capabilities && capabilities[0]) {
-        JsonArray *enable = json_array_new();
-
-        for (const char *const *cap = capabilities; *cap; cap++) {
-            json_array_add_string_element(enable, *cap);
-        }
-        args = json_object_new();
-        json_object_set_array_member(args, "enable", enable);
     }
     ret = client_execute(c, "qmp_capabilities", args, -1, deadline, &err);
     if (!ret) {
@@ -687,44 +497,22 @@ QmpClient *qmp_connect_fd(int fd, const char *const *capabilities,
                           int timeout_ms, GError **errp)
 {
     g_return_val_if_fail(fd >= 0, NULL);
-    return client_new(fd, capabilities, deadline_from_timeout(timeout_ms),
+    return client_new(fd, capabilities, qmp_deadline_from_timeout(timeout_ms),
                       errp);
 }
 
 /* A connected non-blocking socket, or -1 with an error. */
 static int unix_connect(const char *path, gint64 deadline, GError **errp)
 {
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    g_autofree char *proxy = NULL;
-    const char *target = path;
-    int dirfd = -1;
+    struct sockaddr_un addr;
+    int dirfd;
     int fd = -1;
 
-    if (strlen(path) >= sizeof(addr.sun_path)) {
-        /* Too long for sun_path: go through the directory's fd. */
-        g_autofree char *dir = g_path_get_dirname(path);
-        g_autofree char *base = g_path_get_basename(path);
-
-        dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (dirfd < 0) {
-            g_set_error(errp, QMP_ERROR, QMP_ERROR_IO,
-                        "cannot connect to %s: %s", path, g_strerror(errno));
-            return -1;
-        }
-        proxy = g_strdup_printf("/proc/self/fd/%d/%s", dirfd, base);
-        target = proxy;
-        if (strlen(target) >= sizeof(addr.sun_path)) {
-            g_set_error(errp, QMP_ERROR, QMP_ERROR_INVALID,
-                        "socket name too long: %s", path);
-            goto fail;
-        }
+    if (!qmp_unix_address(path, &addr, &dirfd, errp)) {
+        return -1;
     }
-    memcpy(addr.sun_path, target, strlen(target) + 1);
-
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    fd = qmp_unix_socket(errp);
     if (fd < 0) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_IO, "socket: %s",
-                    g_strerror(errno));
         goto fail;
     }
     for (;;) {
@@ -787,7 +575,7 @@ QmpClient *qmp_connect_unix_with_caps(const char *path,
                                       const char *const *capabilities,
                                       int timeout_ms, GError **errp)
 {
-    gint64 deadline = deadline_from_timeout(timeout_ms);
+    gint64 deadline = qmp_deadline_from_timeout(timeout_ms);
     int fd;
 
     g_return_val_if_fail(path != NULL, NULL);
@@ -813,12 +601,8 @@ void qmp_close(QmpClient *client)
     }
     qmp_reader_free(client->reader);
     g_queue_clear_full(&client->events, (GDestroyNotify)json_node_unref);
-    if (client->greeting) {
-        json_node_unref(client->greeting);
-    }
-    g_free(client->version);
-    g_free(client->package);
-    g_hash_table_destroy(client->abandoned);
+    qmp_greeting_clear(&client->greeting);
+    qmp_dispatch_clear(&client->dispatch);
     g_clear_error(&client->send_error);
     g_clear_error(&client->recv_error);
     g_free(client);
@@ -835,49 +619,27 @@ int qmp_client_get_fd(const QmpClient *client)
 JsonObject *qmp_client_greeting(const QmpClient *client)
 {
     g_return_val_if_fail(client != NULL, NULL);
-    return client->greeting_qmp;
+    return client->greeting.qmp;
 }
 
 const char *qmp_client_qemu_version(const QmpClient *client, int *major,
                                     int *minor, int *micro)
 {
     g_return_val_if_fail(client != NULL, NULL);
-    if (major) {
-        *major = client->major;
-    }
-    if (minor) {
-        *minor = client->minor;
-    }
-    if (micro) {
-        *micro = client->micro;
-    }
-    return client->version;
+    return qmp_greeting_version(&client->greeting, major, minor, micro);
 }
 
 const char *qmp_client_qemu_package(const QmpClient *client)
 {
     g_return_val_if_fail(client != NULL, NULL);
-    return client->package;
+    return client->greeting.package;
 }
 
 gboolean qmp_client_has_capability(const QmpClient *client, const char *name)
 {
-    JsonNode *caps;
-
     g_return_val_if_fail(client != NULL, FALSE);
     g_return_val_if_fail(name != NULL, FALSE);
-    caps = json_object_get_member(client->greeting_qmp, "capabilities");
-    if (!caps || !JSON_NODE_HOLDS_ARRAY(caps)) {
-        return FALSE;
-    }
-    for (guint i = 0; i < json_array_get_length(json_node_get_array(caps)); i++) {
-        JsonNode *cap = json_array_get_element(json_node_get_array(caps), i);
-
-        if (node_is_string(cap) && strcmp(json_node_get_string(cap), name) == 0) {
-            return TRUE;
-        }
-    }
-    return FALSE;
+    return qmp_greeting_has_capability(&client->greeting, name);
 }
 
 void qmp_client_set_max_message_size(QmpClient *client, gsize max_message_size)
