@@ -640,15 +640,18 @@ typedef struct Agg {
     GuestKind guest;
 } Agg;
 
+/* The series of an Agg other than ph[], for agg_init() and agg_free() */
+#define AGG_SERIES(a) { \
+        &(a)->clone, &(a)->resume, &(a)->arrival, &(a)->ready, &(a)->qmp, \
+        &(a)->pause, &(a)->pause_trace, &(a)->pause_events, &(a)->uss, \
+        &(a)->pss, &(a)->rss, &(a)->uss_dirty, &(a)->pss_dirty, &(a)->wall, \
+        &(a)->ready_wall, &(a)->rate, &(a)->lag_parent, &(a)->lag_child, \
+        &(a)->ph_parent_fork, &(a)->tick, &(a)->ph_parent_first, \
+    }
+
 static void agg_init(Agg *a)
 {
-    GArray **all[] = {
-        &a->clone, &a->resume, &a->arrival, &a->ready, &a->qmp, &a->pause,
-        &a->pause_trace, &a->pause_events, &a->uss, &a->pss, &a->rss,
-        &a->uss_dirty, &a->pss_dirty, &a->wall, &a->ready_wall, &a->rate,
-        &a->lag_parent, &a->lag_child, &a->ph_parent_fork,
-        &a->tick, &a->ph_parent_first,
-    };
+    GArray **all[] = AGG_SERIES(a);
 
     memset(a, 0, sizeof(*a));
     for (guint i = 0; i < G_N_ELEMENTS(all); i++) {
@@ -662,13 +665,7 @@ static void agg_init(Agg *a)
 
 static void agg_free(Agg *a)
 {
-    GArray **all[] = {
-        &a->clone, &a->resume, &a->arrival, &a->ready, &a->qmp, &a->pause,
-        &a->pause_trace, &a->pause_events, &a->uss, &a->pss, &a->rss,
-        &a->uss_dirty, &a->pss_dirty, &a->wall, &a->ready_wall, &a->rate,
-        &a->lag_parent, &a->lag_child, &a->ph_parent_fork,
-        &a->tick, &a->ph_parent_first,
-    };
+    GArray **all[] = AGG_SERIES(a);
 
     for (guint i = 0; i < G_N_ELEMENTS(all); i++) {
         g_array_free(*all[i], true);

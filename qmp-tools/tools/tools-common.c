@@ -56,26 +56,29 @@ static void tool_print_short_usage(const Tool *tool)
     fprintf(stderr, "Try '%s --help' for more information.\n", tool->name);
 }
 
+static void tool_vmessage(const Tool *tool, const char *fmt, va_list ap)
+{
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+
+    fprintf(stderr, "%s: %s\n", tool->name, msg);
+}
+
 void tool_message(const Tool *tool, const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *msg = NULL;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    tool_vmessage(tool, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s\n", tool->name, msg);
 }
 
 int tool_usage_error(const Tool *tool, const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *msg = NULL;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    tool_vmessage(tool, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s\n", tool->name, msg);
     tool_print_short_usage(tool);
     return TOOL_EXIT_USAGE;
 }

@@ -67,7 +67,7 @@ static gboolean child_info_from_json(JsonNode *node, ChildInfo *ci)
            tool_json_get_string(o, "state", &ci->state);
 }
 
-/* The "children" array of a query-vmfork return value, or NULL. */
+/* The "children" array of a query-vmfork or vmfork return value, or NULL. */
 static JsonArray *query_children(JsonNode *info)
 {
     JsonNode *children;
@@ -262,17 +262,11 @@ static JsonObject *fork_arguments(void)
 /* Fills @children from the vmfork reply; FALSE if it is malformed. */
 static gboolean fork_parse_reply(JsonNode *ret, GArray *children)
 {
-    JsonNode *list;
-    JsonArray *array;
+    JsonArray *array = query_children(ret);
 
-    if (!JSON_NODE_HOLDS_OBJECT(ret)) {
+    if (!array) {
         return FALSE;
     }
-    list = json_object_get_member(json_node_get_object(ret), "children");
-    if (!list || !JSON_NODE_HOLDS_ARRAY(list)) {
-        return FALSE;
-    }
-    array = json_node_get_array(list);
     for (guint i = 0; i < json_array_get_length(array); i++) {
         JsonNode *node = json_array_get_element(array, i);
         JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ?

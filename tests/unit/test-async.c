@@ -26,32 +26,7 @@
 #include <qmp/adapters/glib.h>
 #include <qmp/async.h>
 
-#include "qmp-peer.h"
-
-#define TIMEOUT_MS 5000
-
-/* Asserts @cond and leaves the test when it does not hold. */
-#define REQUIRE(cond) \
-    do { \
-        gboolean ok_ = (cond); \
-        g_assert_true(ok_ && #cond); \
-        if (!ok_) { \
-            return; \
-        } \
-    } while (0)
-
-/* Asserts that @err is unset and leaves the test when it is set. */
-#define REQUIRE_NO_ERROR(err) \
-    do { \
-        g_assert_no_error(err); \
-        if (err) { \
-            return; \
-        } \
-    } while (0)
-
-#define EVENT(name, data) \
-    "{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 1}, " \
-    "\"event\": \"" name "\", \"data\": " data "}\r\n"
+#include "test-util.h"
 
 typedef struct Fixture Fixture;
 
@@ -305,13 +280,8 @@ static Call *find_call(Fixture *f, const char *label)
 /* Frees the client and checks that the peer played its script to the end. */
 static gboolean finish(Fixture *f)
 {
-    g_autoptr(GError) err = NULL;
-    gboolean ok;
-
     g_clear_pointer(&f->client, qmp_async_client_free);
-    ok = qmp_peer_finish(f->peer, TIMEOUT_MS, &err);
-    g_assert_no_error(err);
-    return ok;
+    return peer_finished(f->peer);
 }
 
 /* Checks the whole log against @expected (NULL-terminated). */
@@ -341,16 +311,8 @@ static void assert_log(Fixture *f, const char *const *expected)
 /* Checks that the peer received @json (JSON equal) as message @index. */
 static void assert_received(Fixture *f, guint index, const char *json)
 {
-    g_autoptr(JsonNode) expected = json_from_string(json, NULL);
-    JsonNode *got = qmp_peer_received(f->peer, index);
-
-    g_assert_nonnull(expected);
-    g_assert_nonnull(got);
-    if (got && expected && !json_node_equal(expected, got)) {
-        g_autofree char *text = json_to_string(got, FALSE);
-
-        g_test_message("message %u: expected %s, got %s", index, json, text);
-        g_test_fail();
+    if (!assert_json(qmp_peer_received(f->peer, index), json)) {
+        g_test_message("(in message %u)", index);
     }
 }
 
@@ -358,11 +320,6 @@ static void assert_received(Fixture *f, guint index, const char *json)
 static char *big_arguments(void)
 {
     return g_strdup_printf("{\"data\": \"%0*d\"}", 1 << 20, 0);
-}
-
-static gint64 elapsed_ms(gint64 start_us)
-{
-    return (g_get_monotonic_time() - start_us) / 1000;
 }
 
 /* ---- connecting ------------------------------------------------------- */

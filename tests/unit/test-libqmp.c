@@ -18,32 +18,7 @@
 
 #include <qmp/qmp.h>
 
-#include "qmp-peer.h"
-
-#define TIMEOUT_MS 5000
-
-/* Asserts @cond and leaves the test when it does not hold. */
-#define REQUIRE(cond) \
-    do { \
-        gboolean ok_ = (cond); \
-        g_assert_true(ok_ && #cond); \
-        if (!ok_) { \
-            return; \
-        } \
-    } while (0)
-
-/* Asserts that @err is unset and leaves the test when it is set. */
-#define REQUIRE_NO_ERROR(err) \
-    do { \
-        g_assert_no_error(err); \
-        if (err) { \
-            return; \
-        } \
-    } while (0)
-
-#define EVENT(name, data) \
-    "{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 1}, " \
-    "\"event\": \"" name "\", \"data\": " data "}\r\n"
+#include "test-util.h"
 
 typedef struct {
     QmpPeer *peer;
@@ -71,27 +46,8 @@ static gboolean start(Fixture *f, const QmpPeerStep *script)
 /* Closes the client and checks that the peer played its script to the end. */
 static gboolean finish(Fixture *f)
 {
-    g_autoptr(GError) err = NULL;
-    gboolean ok;
-
     g_clear_pointer(&f->client, qmp_close);
-    ok = qmp_peer_finish(f->peer, TIMEOUT_MS, &err);
-    g_assert_no_error(err);
-    return ok;
-}
-
-/* Checks that @node is JSON equal to the text @json. */
-static void assert_json(JsonNode *node, const char *json)
-{
-    g_autoptr(JsonNode) expected = json_from_string(json, NULL);
-    g_autofree char *got = node ? json_to_string(node, FALSE) : NULL;
-
-    g_assert_nonnull(expected);
-    g_assert_nonnull(node);
-    if (node && expected && !json_node_equal(expected, node)) {
-        g_test_message("expected %s, got %s", json, got);
-        g_test_fail();
-    }
+    return peer_finished(f->peer);
 }
 
 static void assert_error_contains(const GError *err, const char *part)
@@ -100,11 +56,6 @@ static void assert_error_contains(const GError *err, const char *part)
         g_test_message("error '%s' does not contain '%s'", err->message, part);
         g_test_fail();
     }
-}
-
-static gint64 elapsed_ms(gint64 start_us)
-{
-    return (g_get_monotonic_time() - start_us) / 1000;
 }
 
 /* ---- connecting ------------------------------------------------------- */

@@ -22,25 +22,10 @@
 
 #include <gio/gio.h>
 
-#include "qmp-peer.h"
+#include "test-util.h"
 
-#define TIMEOUT_MS 5000
 /* A tool that runs longer than this is killed and the test fails. */
 #define TOOL_DEADLINE_MS 20000
-
-/* Asserts @cond and leaves the test when it does not hold. */
-#define REQUIRE(cond) \
-    do { \
-        gboolean ok_ = (cond); \
-        g_assert_true(ok_ && #cond); \
-        if (!ok_) { \
-            return; \
-        } \
-    } while (0)
-
-#define EVENT(name, data) \
-    "{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 1}, " \
-    "\"event\": \"" name "\", \"data\": " data "}\r\n"
 
 /* The reply to vmfork with two children, 101 and 102. */
 #define TWO_CHILDREN \
@@ -236,16 +221,6 @@ static gboolean run_tool(ToolRun *r, const char *input, int pass_fd, ...)
 
 /* ---- peers and checks ---------------------------------------------------- */
 
-/* Checks that @peer played its script to the end (the tool has exited). */
-static gboolean peer_finished(QmpPeer *peer)
-{
-    g_autoptr(GError) err = NULL;
-    gboolean ok = qmp_peer_finish(peer, TIMEOUT_MS, &err);
-
-    g_assert_no_error(err);
-    return ok;
-}
-
 /* A script that answers one command @cmd with @reply_json, then @extra. */
 static QmpPeer *peer_answering(const char *cmd, const char *reply_json,
                                const QmpPeerStep *extra)
@@ -278,19 +253,6 @@ static JsonNode *received_arguments(QmpPeer *peer, guint index)
         return NULL;
     }
     return json_object_get_member(json_node_get_object(msg), "arguments");
-}
-
-static void assert_json_equal(JsonNode *got, const char *expected_text)
-{
-    g_autoptr(JsonNode) expected = json_from_string(expected_text, NULL);
-    g_autofree char *got_text = got ? json_to_string(got, FALSE)
-                                    : g_strdup("(none)");
-
-    g_assert_nonnull(expected);
-    if (!got || !json_node_equal(got, expected)) {
-        g_test_message("expected %s, got %s", expected_text, got_text);
-        g_assert_cmpstr(got_text, ==, expected_text);
-    }
 }
 
 /* Parses the tool's stdout as one JSON value (NULL after an assertion). */
@@ -331,6 +293,19 @@ static const char *missing_socket(Fixture *f)
     return f->missing;
 }
 
+/* Runs the tool lines @cases (@n) and checks that each is a usage error. */
+static void assert_usage_errors(Fixture *f, const char *const (*cases)[8],
+                                guint n, const char *usage)
+{
+    for (guint i = 0; i < n; i++) {
+        REQUIRE(run_toolv(&f->run, NULL, -1, cases[i]));
+        g_test_message("case %u: %s", i, f->run.err);
+        g_assert_cmpint(f->run.status, ==, 2);
+        g_assert_cmpstr(f->run.out, ==, "");
+        g_assert_nonnull(strstr(f->run.err, usage));
+    }
+}
+
 /* Whether process @pid exists and is not a zombie. */
 static gboolean process_is_running(const char *pid)
 {
@@ -363,7 +338,7 @@ static void qmp_call_prints_return_value(Fixture *f, gconstpointer data)
     /* stdout is not a terminal: compact, one line. */
     g_assert_cmpuint(count_lines(f->run.out), ==, 1);
     out = stdout_json(&f->run);
-    assert_json_equal(out, "{\"status\": \"running\", \"running\": true}");
+    assert_json(out, "{\"status\": \"running\", \"running\": true}");
     g_assert_null(received_arguments(f->peer, 1));
 }
 
@@ -379,11 +354,11 @@ static void qmp_call_sends_arguments_and_pretty_prints(Fixture *f,
     REQUIRE(peer_finished(f->peer));
 
     g_assert_cmpint(f->run.status, ==, 0);
-    assert_json_equal(received_arguments(f->peer, 1),
-                      "{\"device\": \"d0\", \"size\": 1024}");
+    assert_json(received_arguments(f->peer, 1),
+                "{\"device\": \"d0\", \"size\": 1024}");
     assert_matches(f->run.out, "^\\{\n  \"a\" ?: \\[\n");
     out = stdout_json(&f->run);
-    assert_json_equal(out, "{\"a\": [1, 2]}");
+    assert_json(out, "{\"a\": [1, 2]}");
 }
 
 static void qmp_call_reads_arguments_from_stdin(Fixture *f,
@@ -397,7 +372,7 @@ static void qmp_call_reads_arguments_from_stdin(Fixture *f,
 
     g_assert_cmpint(f->run.status, ==, 0);
     g_assert_cmpstr(f->run.out, ==, "{}\n");
-    assert_json_equal(received_arguments(f->peer, 1), "{\"fdname\": \"x\"}");
+    assert_json(received_arguments(f->peer, 1), "{\"fdname\": \"x\"}");
 }
 
 static void qmp_call_passes_fd_with_scm_rights(Fixture *f,
@@ -504,13 +479,7 @@ static void qmp_call_bad_usage_exits_2(Fixture *f, gconstpointer data)
     };
 
     (void)data;
-    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
-        REQUIRE(run_toolv(&f->run, NULL, -1, cases[i]));
-        g_test_message("case %u: %s", i, f->run.err);
-        g_assert_cmpint(f->run.status, ==, 2);
-        g_assert_cmpstr(f->run.out, ==, "");
-        g_assert_nonnull(strstr(f->run.err, "Usage: qmp-call"));
-    }
+    assert_usage_errors(f, cases, G_N_ELEMENTS(cases), "Usage: qmp-call");
 }
 
 /* ---- every tool -------------------------------------------------------- */
@@ -577,10 +546,10 @@ static void fork_sends_arguments_and_waits_for_ready(Fixture *f,
     g_assert_cmpint(f->run.status, ==, 0);
     g_assert_cmpstr(f->run.err, ==, "");
     g_assert_cmpuint(qmp_peer_n_received(f->peer), ==, 2);
-    assert_json_equal(received_arguments(f->peer, 1),
-                      "{\"count\": 2, \"monitor\": \"/tmp/c-%i.sock\", "
-                      "\"serial\": \"/tmp/s-%p.log\", \"start\": false, "
-                      "\"parent\": \"paused\", \"overlay-dir\": \"/tmp/ov\"}");
+    assert_json(received_arguments(f->peer, 1),
+                "{\"count\": 2, \"monitor\": \"/tmp/c-%i.sock\", "
+                "\"serial\": \"/tmp/s-%p.log\", \"start\": false, "
+                "\"parent\": \"paused\", \"overlay-dir\": \"/tmp/ov\"}");
 
     out = stdout_json(&f->run);
     REQUIRE(out && JSON_NODE_HOLDS_OBJECT(out));
@@ -631,7 +600,7 @@ static void fork_by_default_sends_count_1_and_prints_lines(Fixture *f,
 
     g_assert_cmpint(f->run.status, ==, 0);
     g_assert_cmpstr(f->run.err, ==, "");
-    assert_json_equal(received_arguments(f->peer, 1), "{\"count\": 1}");
+    assert_json(received_arguments(f->peer, 1), "{\"count\": 1}");
     assert_matches(f->run.out,
                    "\\Apid 4242 clone-id 7 monitor /run/vm.qmp.fork-4242 "
                    "ready [0-9]+\\.[0-9]{3} ms\n"
@@ -728,7 +697,7 @@ static void ls_json_prints_query_vmfork(Fixture *f, gconstpointer data)
     g_assert_cmpint(f->run.status, ==, 0);
     g_assert_cmpstr(f->run.err, ==, "");
     out = stdout_json(&f->run);
-    assert_json_equal(out, QUERY_VMFORK);
+    assert_json(out, QUERY_VMFORK);
 }
 
 static void ls_prints_identity_and_table(Fixture *f, gconstpointer data)
@@ -932,13 +901,7 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
     };
 
     (void)data;
-    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
-        REQUIRE(run_toolv(&f->run, NULL, -1, cases[i]));
-        g_test_message("case %u: %s", i, f->run.err);
-        g_assert_cmpint(f->run.status, ==, 2);
-        g_assert_cmpstr(f->run.out, ==, "");
-        g_assert_nonnull(strstr(f->run.err, "Usage: vmfork"));
-    }
+    assert_usage_errors(f, cases, G_N_ELEMENTS(cases), "Usage: vmfork");
 }
 
 static void vmfork_missing_socket_exits_3(Fixture *f, gconstpointer data)
