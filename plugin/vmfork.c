@@ -318,9 +318,9 @@ static int check_ram_block(RAMBlock *rb, void *opaque)
     GString *why = opaque;
 
     if (qemu_ram_is_shared(rb)) {
-        vmfork_blocker_add(why, "RAM block '%s' is shared memory, which parent and "
-                    "child would both write (use a private memory backend)",
-                    qemu_ram_get_idstr(rb));
+        vmfork_blocker_add(why, "RAM block '%s' is shared memory, which "
+                           "parent and child would both write (use a "
+                           "private memory backend)", qemu_ram_get_idstr(rb));
     }
     return 0;
 }
@@ -335,9 +335,9 @@ static int check_device(Object *obj, void *opaque)
     }
     if (g_str_has_prefix(type, "vfio") || g_str_has_prefix(type, "vhost-") ||
         g_str_has_prefix(type, "ivshmem")) {
-        vmfork_blocker_add(why, "device '%s' (%s) owns host resources that a child "
-                    "cannot share or re-create",
-                    object_get_canonical_path_component(obj), type);
+        vmfork_blocker_add(why, "device '%s' (%s) owns host resources that "
+                           "a child cannot share or re-create",
+                           object_get_canonical_path_component(obj), type);
     }
     return 0;
 }
@@ -362,9 +362,9 @@ static void check_netdevs(GString *why)
 
         if (type != NET_CLIENT_DRIVER_USER &&
             type != NET_CLIENT_DRIVER_HUBPORT) {
-            vmfork_blocker_add(why, "netdev '%s' (%s) cannot be forked (only user "
-                        "networking can)", ncs[i]->name,
-                        NetClientDriver_str(type));
+            vmfork_blocker_add(why, "netdev '%s' (%s) cannot be forked "
+                               "(only user networking can)", ncs[i]->name,
+                               NetClientDriver_str(type));
         }
     }
 }
@@ -380,8 +380,8 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
         }
     }
     if (state != RUN_STATE_RUNNING && state != RUN_STATE_PAUSED) {
-        vmfork_blocker_add(why, "the VM is in state '%s' (it must be running or "
-                    "paused)", RunState_str(state));
+        vmfork_blocker_add(why, "the VM is in state '%s' (it must be "
+                           "running or paused)", RunState_str(state));
     }
     if (migration_is_running()) {
         vmfork_blocker_add(why, "a migration is in progress");
@@ -390,7 +390,8 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
         Job *job = job_next_locked(NULL);
 
         if (job) {
-            vmfork_blocker_add(why, "job '%s' is running", job->id ? job->id : "");
+            vmfork_blocker_add(why, "job '%s' is running",
+                               job->id ? job->id : "");
         }
     }
     if (replay_mode != REPLAY_MODE_NONE) {
@@ -404,12 +405,14 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
             error_free(err);
         }
     } else if (!tcg_enabled()) {
-        vmfork_blocker_add(why, "only the KVM and TCG accelerators can be forked");
+        vmfork_blocker_add(why, "only the KVM and TCG accelerators can be "
+                           "forked");
     } else if (object_property_find(OBJECT(current_accel()), "split-wx") &&
                object_property_get_bool(OBJECT(current_accel()), "split-wx",
                                         NULL)) {
-        vmfork_blocker_add(why, "TCG split-wx maps the code buffer shared, so "
-                    "parent and child would translate into one buffer");
+        vmfork_blocker_add(why, "TCG split-wx maps the code buffer shared, "
+                           "so parent and child would translate into one "
+                           "buffer");
     }
     qemu_ram_foreach_block(check_ram_block, why);
     object_child_foreach_recursive(object_get_root(), check_device, why);
@@ -489,6 +492,13 @@ static bool check_socket_template(const char *what, const char *tmpl,
         }
     }
     return true;
+}
+
+static void vmfork_request_free(VmforkRequest *req)
+{
+    g_free(req->monitor_tmpl);
+    g_free(req->serial_tmpl);
+    g_free(req->overlay_dir);
 }
 
 static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
@@ -755,9 +765,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                 /* The parent is gone: nobody to tell, run anyway */
             }
             close(status[1]);
-            g_free(req.monitor_tmpl);
-            g_free(req.serial_tmpl);
-            g_free(req.overlay_dir);
+            vmfork_request_free(&req);
             /* This reply goes to the parent's client connection, detached */
             return result;
         }
@@ -806,15 +814,11 @@ resume:
                                    "children share the parent's guest RNG "
                                    "state (add -device vmgenid)");
     }
-    g_free(req.monitor_tmpl);
-    g_free(req.serial_tmpl);
-    g_free(req.overlay_dir);
+    vmfork_request_free(&req);
     return result;
 
 fail:
-    g_free(req.monitor_tmpl);
-    g_free(req.serial_tmpl);
-    g_free(req.overlay_dir);
+    vmfork_request_free(&req);
     qapi_free_VmforkResult(result);
     return NULL;
 }
