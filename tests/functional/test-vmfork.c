@@ -749,7 +749,8 @@ static void linux_fork_disks_are_private(void)
     for (int i = 0; i < 512; i++) {
         g_assert_cmpint(base_data[200 * 512 + i], ==, 0);
     }
-    /* Every overlay is a clean qcow2 image */
+    /* Every overlay is a clean qcow2 image (backed by the base: check all
+     * before removing any file) */
     d = g_dir_open(dir, 0, NULL);
     while ((name = g_dir_read_name(d))) {
         g_autofree char *path = g_build_filename(dir, name, NULL);
@@ -759,9 +760,14 @@ static void linux_fork_disks_are_private(void)
             g_assert_cmpint(run_qemu_img_check(path), ==, 0);
             overlays++;
         }
-        g_unlink(path);
     }
     g_assert_cmpuint(overlays, ==, 2);
+    g_dir_rewind(d);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        g_unlink(path);
+    }
     g_rmdir(dir);
     vm_cleanup_all();
 }
