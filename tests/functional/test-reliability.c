@@ -171,6 +171,113 @@ static void children_outlive_killed_parent(void)
     vm_cleanup_all();
 }
 
+/* vmfork while a migration runs: refused, and the guest runs on */
+static void fork_refused_during_migration(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *state = NULL;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    /* A migration that runs for long: 4 KiB/s for 64 MiB of RAM */
+    json_node_unref(vm_qmp(vm, "migrate-set-parameters",
+                           "{\"max-bandwidth\": 4096}"));
+    json_node_unref(vm_qmp(vm, "migrate",
+                           "{\"uri\": \"exec:cat >/dev/null\"}"));
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(qmp_error_desc(err), "migration is in progress"));
+    json_node_unref(vm_qmp(vm, "migrate_cancel", NULL));
+    state = vm_runstate(vm);
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* A VM waiting for an incoming migration is refused, naming its state */
+static void fork_refused_during_incoming(void)
+{
+    const char *extra[] = { "-incoming", "defer", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra, .no_boot = true };
+    g_autoptr(GError) err = NULL;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(qmp_error_desc(err), "inmigrate"));
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* Two monitors asking at once: both forks happen, one after the other */
+typedef struct SecondFork {
+    QmpClient *qmp;
+    char *args;
+    JsonNode *reply;
+    GError *err;
+} SecondFork;
+
+static gpointer second_fork(gpointer data)
+{
+    SecondFork *f = data;
+
+    f->reply = qmp_execute_json(f->qmp, "vmfork", f->args, 30000, &f->err);
+    return NULL;
+}
+
+static void fork_from_two_monitors(void)
+{
+    const char *extra[] = {
+        "-qmp", "unix:@DIR@/qmp2.sock,server=on,wait=off", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *second = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonArray) c1 = NULL;
+    SecondFork f = { 0 };
+    GThread *t;
+    Vm *vm;
+    pid_t p1, p2;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    second = g_strdup_printf("%s/qmp2.sock", vm->dir);
+    f.qmp = qmp_connect_unix(second, 30000, &err);
+    g_assert_no_error(err);
+    f.args = g_strdup_printf("{\"monitor\": \"%s/second-%%p.qmp\"}",
+                             vm->dir);
+    t = g_thread_new("second-monitor", second_fork, &f);
+    c1 = vm_fork(vm, NULL);
+    g_thread_join(t);
+    g_assert_no_error(f.err);
+    p1 = json_object_get_int_member(json_array_get_object_element(c1, 0),
+                                    "pid");
+    p2 = json_object_get_int_member(json_array_get_object_element(
+        json_object_get_array_member(json_node_get_object(f.reply),
+                                     "children"), 0), "pid");
+    g_test_message("children %d and %d", p1, p2);
+    g_assert_cmpint(p1, !=, p2);
+    json_node_unref(f.reply);
+    g_free(f.args);
+    qmp_close(f.qmp);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -178,5 +285,11 @@ int main(int argc, char **argv)
                     storm_leaves_parent_flat);
     g_test_add_func("/reliability/tiny/tcg/children-outlive-killed-parent",
                     children_outlive_killed_parent);
+    g_test_add_func("/reliability/tiny/tcg/refused-during-migration",
+                    fork_refused_during_migration);
+    g_test_add_func("/reliability/tiny/tcg/refused-during-incoming",
+                    fork_refused_during_incoming);
+    g_test_add_func("/reliability/tiny/tcg/two-monitors-at-once",
+                    fork_from_two_monitors);
     return g_test_run();
 }

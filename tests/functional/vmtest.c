@@ -340,7 +340,10 @@ Vm *vm_start(const VmOptions *o)
         ARG("-kernel"); ARG("%s", g_getenv("VMFORK_TINY"));
     }
     for (const char *const *e = o->extra; e && *e; e++) {
-        ARG("%s", *e);
+        g_autoptr(GString) arg = g_string_new(*e);
+
+        g_string_replace(arg, "@DIR@", dir, 0);
+        ARG("%s", arg->str);
     }
 #undef ARG
     g_ptr_array_add(argv, NULL);
@@ -357,6 +360,9 @@ Vm *vm_start(const VmOptions *o)
     /* Connected before the guest runs (-S): no output is lost */
     vm->serial_fd = connect_retry(vm->pid, serial, QMP_TIMEOUT_MS);
     g_assert_cmpint(vm->serial_fd, >=, 0);
+    if (o->no_boot) {
+        return vm;
+    }
     json_node_unref(vm_qmp(vm, "cont", NULL));
 
     if (o->guest == GUEST_LINUX) {

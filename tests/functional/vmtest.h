@@ -29,7 +29,9 @@ typedef struct VmOptions {
     const char *accel;          /* "tcg" (default) or "kvm" */
     int mem_mib;                /* default 512 (Linux) / 64 (tiny) */
     int smp;                    /* default 1 */
-    const char *const *extra;   /* more QEMU arguments, NULL-terminated */
+    const char *const *extra;   /* more QEMU arguments, NULL-terminated;
+                                 * "@DIR@" stands for the test directory */
+    bool no_boot;               /* leave the VM as QEMU starts it (-S) */
 } VmOptions;
 
 typedef struct Vm {
