@@ -7,12 +7,17 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
+#define _GNU_SOURCE     /* unshare() */
 #include "vmtest.h"
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
+#include <glib/gstdio.h>
 #include <unistd.h>
 
 #define EVENT_TIMEOUT_MS 30000
@@ -278,6 +283,73 @@ static void fork_from_two_monitors(void)
     vm_cleanup_all();
 }
 
+/*
+ * An overlay directory that fills up: a clear error, no overlay left
+ * behind, and the parent runs on with its disk as before.
+ */
+static void fork_overlay_dir_full(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-full-XXXXXX", NULL);
+    g_autofree char *base = NULL, *drive = NULL, *args = NULL;
+    const char *extra[] = { "-drive", NULL, NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GDir) d = NULL;
+    g_autofree char *state = NULL;
+    const char *name;
+    guint left = 0;
+    Vm *vm;
+
+    if (geteuid() != 0) {
+        g_test_skip("needs root to mount a small tmpfs");
+        g_rmdir(dir);
+        return;
+    }
+    if (vm_skip_if_missing(&o)) {
+        g_rmdir(dir);
+        return;
+    }
+    /*
+     * Room for about two empty qcow2 overlays, not for six.  In a mount
+     * namespace of this test program's own, so that the mount goes away
+     * with it whatever happens.
+     */
+    vm_register_dir(dir);
+    g_assert_cmpint(unshare(CLONE_NEWNS), ==, 0);
+    g_assert_cmpint(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), ==, 0);
+    g_assert_cmpint(mount("vmtest", dir, "tmpfs", 0, "size=512k"), ==, 0);
+    base = g_strdup_printf("%s/base-%d.raw", g_get_tmp_dir(), getpid());
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 1 << 20), ==, 0);
+    drive = g_strdup_printf("file=%s,format=raw,if=virtio", base);
+    extra[1] = drive;
+
+    vm = vm_start(&o);
+    args = g_strdup_printf("{\"count\": 5, \"overlay-dir\": \"%s\"}",
+                           dir);
+    err = vm_qmp_error(vm, "vmfork", args);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_cmpstr(qmp_error_class(err), ==, "GenericError");
+    g_assert_nonnull(strstr(qmp_error_desc(err), "virtio0"));
+
+    d = g_dir_open(dir, 0, NULL);
+    while ((name = g_dir_read_name(d))) {
+        g_test_message("left behind: %s", name);
+        left++;
+    }
+    g_assert_cmpuint(left, ==, 0);
+    state = vm_runstate(vm);
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    if (umount2(dir, MNT_DETACH) < 0) {
+        g_test_message("umount %s: %s", dir, g_strerror(errno));
+    }
+    vm_cleanup_all();
+    unlink(base);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -291,5 +363,7 @@ int main(int argc, char **argv)
                     fork_refused_during_incoming);
     g_test_add_func("/reliability/tiny/tcg/two-monitors-at-once",
                     fork_from_two_monitors);
+    g_test_add_func("/reliability/tiny/tcg/overlay-dir-full",
+                    fork_overlay_dir_full);
     return g_test_run();
 }

@@ -712,6 +712,7 @@ static void linux_fork_disks_are_private(void)
         g_rmdir(dir);
         return;
     }
+    vm_register_dir(dir);
     g_assert_true(g_file_set_contents(base, "", 0, NULL));
     g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
     parent = vm_start(&o);

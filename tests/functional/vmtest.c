@@ -81,6 +81,7 @@ static void harness_init(void)
     /* Children of a QEMU that dies are reparented to us, and reaped here */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGABRT, on_abort);
+    signal(SIGTRAP, on_abort);      /* g_error() under GTest */
     signal(SIGSEGV, on_abort);
     signal(SIGTERM, on_abort);
     signal(SIGINT, on_abort);
@@ -99,8 +100,9 @@ static void register_group(pid_t pgid)
     g_error("vmtest: too many QEMU process groups");
 }
 
-static void register_dir(const char *dir)
+void vm_register_dir(const char *dir)
 {
+    harness_init();
     for (int i = 0; i < MAX_DIRS; i++) {
         if (!dirs[i][0]) {
             g_strlcpy(dirs[i], dir, sizeof(dirs[i]));
@@ -312,7 +314,7 @@ Vm *vm_start(const VmOptions *o)
     harness_init();
     dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
     g_assert_nonnull(dir);
-    register_dir(dir);
+    vm_register_dir(dir);
     vm = vm_new(o->guest, dir);
     vm->qmp_path = g_build_filename(dir, "qmp.sock", NULL);
     serial = g_build_filename(dir, "serial.sock", NULL);

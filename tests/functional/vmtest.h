@@ -67,6 +67,9 @@ Vm *vm_attach_child(Vm *parent, JsonObject *child);
 /* Ask QEMU to quit (child or parent) and wait until the process is gone */
 void vm_quit(Vm *vm);
 
+/* Remove this directory's files too at vm_cleanup_all() or an abort */
+void vm_register_dir(const char *dir);
+
 /* Stop every QEMU this program started, reap them, remove their files */
 void vm_cleanup_all(void);
 
