@@ -350,6 +350,46 @@ static void fork_overlay_dir_full(void)
     unlink(base);
 }
 
+/* A user IOThread: stopped for the fork, running again in both VMs */
+static void fork_with_iothread(void)
+{
+    const char *extra[] = { "-object", "iothread,id=io0", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autoptr(JsonArray) children = NULL;
+    JsonNode *q;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    children = vm_fork(vm, NULL);
+    child = vm_attach_child(vm, json_array_get_object_element(children, 0));
+    for (Vm *v = vm; v; v = v == vm ? child : NULL) {
+        JsonArray *threads;
+
+        q = vm_qmp(v, "query-iothreads", NULL);
+        threads = json_node_get_array(q);
+        g_assert_cmpuint(json_array_get_length(threads), ==, 1);
+        g_assert_cmpint(json_object_get_int_member(
+            json_array_get_object_element(threads, 0), "thread-id"), >, 0);
+        /* the thread exists in this process */
+        {
+            g_autofree char *task = g_strdup_printf(
+                "/proc/%d/task/%" G_GINT64_FORMAT, v->pid,
+                json_object_get_int_member(
+                    json_array_get_object_element(threads, 0), "thread-id"));
+
+            g_assert_true(g_file_test(task, G_FILE_TEST_IS_DIR));
+        }
+        json_node_unref(q);
+        g_assert_cmpint(vm_tiny_next_seq(v, 30000), >, 0);
+    }
+    vm_quit(child);     /* joins the child's own IOThread: no hang */
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -365,5 +405,6 @@ int main(int argc, char **argv)
                     fork_from_two_monitors);
     g_test_add_func("/reliability/tiny/tcg/overlay-dir-full",
                     fork_overlay_dir_full);
+    g_test_add_func("/reliability/tiny/tcg/iothread", fork_with_iothread);
     return g_test_run();
 }
