@@ -291,6 +291,7 @@ static void fork_overlay_dir_full(void)
 {
     g_autofree char *dir = g_dir_make_tmp("vmtest-full-XXXXXX", NULL);
     g_autofree char *base = NULL, *drive = NULL, *args = NULL;
+    g_autofree char *base_dir = NULL;
     const char *extra[] = { "-drive", NULL, NULL };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
     g_autoptr(GError) err = NULL;
@@ -318,7 +319,9 @@ static void fork_overlay_dir_full(void)
     g_assert_cmpint(unshare(CLONE_NEWNS), ==, 0);
     g_assert_cmpint(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), ==, 0);
     g_assert_cmpint(mount("vmtest", dir, "tmpfs", 0, "size=512k"), ==, 0);
-    base = g_strdup_printf("%s/base-%d.raw", g_get_tmp_dir(), getpid());
+    base_dir = g_dir_make_tmp("vmtest-base-XXXXXX", NULL);
+    vm_register_dir(base_dir);
+    base = g_build_filename(base_dir, "base.raw", NULL);
     g_assert_true(g_file_set_contents(base, "", 0, NULL));
     g_assert_cmpint(truncate(base, 1 << 20), ==, 0);
     drive = g_strdup_printf("file=%s,format=raw,if=virtio", base);
@@ -346,8 +349,7 @@ static void fork_overlay_dir_full(void)
     if (umount2(dir, MNT_DETACH) < 0) {
         g_test_message("umount %s: %s", dir, g_strerror(errno));
     }
-    vm_cleanup_all();
-    unlink(base);
+    vm_cleanup_all();       /* removes base_dir and dir */
 }
 
 /* A user IOThread: stopped for the fork, running again in both VMs */
