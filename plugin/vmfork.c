@@ -453,11 +453,27 @@ static char *monitor_socket_path(void)
     return g_strdup(addr->u.q_unix.path);
 }
 
+/* With several children, a template must give each its own path */
+static bool check_template_per_child(const char *what, const char *tmpl,
+                                     int count, Error **errp)
+{
+    if (count > 1 && !strstr(tmpl, "%i") && !strstr(tmpl, "%p")) {
+        error_setg(errp, "vmfork: with count > 1, the %s template "
+                   "needs %%i or %%p", what);
+        return false;
+    }
+    return true;
+}
+
 /* A child's socket path: not in use, and short enough for sun_path */
 static bool check_socket_template(const char *what, const char *tmpl,
                                   int count, Error **errp)
 {
     struct sockaddr_un sun;
+
+    if (!check_template_per_child(what, tmpl, count, errp)) {
+        return false;
+    }
 
     for (int i = 0; i < count; i++) {
         /* the longest pid (PID_MAX_LIMIT is 2^22) */
@@ -483,11 +499,6 @@ static bool check_socket_template(const char *what, const char *tmpl,
         if (access(dir, W_OK | X_OK) < 0) {
             error_setg_errno(errp, errno, "vmfork: cannot create %s '%s' "
                              "in '%s'", what, path, dir);
-            return false;
-        }
-        if (count > 1 && !strstr(tmpl, "%i") && !strstr(tmpl, "%p")) {
-            error_setg(errp, "vmfork: with count > 1, the %s template "
-                       "needs %%i or %%p", what);
             return false;
         }
     }
@@ -572,10 +583,7 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                        "serial port");
             return false;
         }
-        if (req->count > 1 && !strstr(serial, "%i") &&
-            !strstr(serial, "%p")) {
-            error_setg(errp, "vmfork: with count > 1, the serial template "
-                       "needs %%i or %%p");
+        if (!check_template_per_child("serial", serial, req->count, errp)) {
             return false;
         }
         req->serial_tmpl = g_strdup(serial);
