@@ -35,6 +35,7 @@ static int64_t child_t0;
 static void phase_done(const char *phase)
 {
     trace_vmfork_child_phase(phase, g_get_monotonic_time() - child_t0);
+    vmfork_fault_child_phase(phase);
 }
 
 /* The child must never read the parent's standard input */
@@ -220,6 +221,7 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
                         QIOChannelBuffer *kvm_state, Error **errp)
 {
     child_t0 = g_get_monotonic_time();
+    vmfork_fault_child_phase("forked");
 
     /* Exit paths and permission changes must not touch the parent's */
     qemu_forget_pidfile();

@@ -54,4 +54,8 @@ bool vmfork_child_new_identity(Error **errp);
 /* vmfork.c: fresh worker pools for every AioContext of the child */
 void vmfork_reset_thread_pools(void);
 
+/* fault.c: the faults VMFORK_FAULT asks for (reliability tests) */
+void vmfork_fault_child_phase(const char *phase);
+bool vmfork_fault_fork_fails(int index);
+
 #endif

@@ -216,6 +216,19 @@ static void vmfork_child_status_read(void *opaque)
     c->status_fd = -1;
 }
 
+/*
+ * A child that was killed could not remove its monitor socket: the parent
+ * that named the path removes it (a child that quits removes its own).
+ */
+static void vmfork_child_remove_socket(VmforkChildRecord *c)
+{
+    struct stat st;
+
+    if (lstat(c->monitor, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        unlink(c->monitor);
+    }
+}
+
 static void vmfork_child_exit_read(void *opaque)
 {
     VmforkChildRecord *c = opaque;
@@ -239,6 +252,9 @@ static void vmfork_child_exit_read(void *opaque)
         c->exit_status = 128 + WTERMSIG(wstatus);
     } else {
         c->exit_status = WEXITSTATUS(wstatus);
+    }
+    if (WIFSIGNALED(wstatus)) {
+        vmfork_child_remove_socket(c);
     }
     trace_vmfork_child_exited(c->pid, c->exit_status);
     qapi_event_send_vmfork_child_exited(c->pid, c->clone_id, c->exit_status);
@@ -741,7 +757,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             break;
         }
         rcu_enable_atfork();
-        pid = fork();
+        pid = vmfork_fault_fork_fails(i) ? -1 : fork();
         rcu_disable_atfork();
         if (pid < 0) {
             error_setg_errno(errp, errno, "vmfork: fork() failed");
@@ -769,6 +785,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             if (req.start) {
                 vm_start();
             }
+            vmfork_fault_child_phase("started");
             if (write(status[1], "R", 1) != 1) {
                 /* The parent is gone: nobody to tell, run anyway */
             }

@@ -9,33 +9,44 @@
 # Changed key: the tree is reset to the release, the series re-applied and
 # ninja rebuilds only what changed (ccache when installed).
 #
-# Usage: build-qemu.sh [--force]
+# --sanitize builds the same tree a second time, with AddressSanitizer and
+# UndefinedBehaviorSanitizer, in its own build directory, into
+# build/qemu-sanitize/ (make check-sanitize runs the vmfork tests on it).
+#
+# Usage: build-qemu.sh [--force] [--sanitize]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 
-force=0
-case "${1:-}" in
-    --force) force=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--force]" >&2; exit 2 ;;
-esac
+force=0 flavour=
+for arg in "$@"; do
+    case "$arg" in
+        --force) force=1 ;;
+        --sanitize) flavour=-sanitize ;;
+        *) echo "usage: $0 [--force] [--sanitize]" >&2; exit 2 ;;
+    esac
+done
 
 CONFIGURE_FLAGS=("${QEMU_CONFIGURE_FLAGS[@]}" --disable-werror)
+if [ -n "$flavour" ]; then
+    CONFIGURE_FLAGS+=(--enable-asan --enable-ubsan)
+fi
 
 work="$VMFORK_CACHE/qemu-$QEMU_VERSION"
 src="$work/src"
-bld="$work/build"
-out="$VMFORK_BUILD/qemu"
+bld="$work/build$flavour"
+out="$VMFORK_BUILD/qemu$flavour"
 
-series_key() {
+# The source tree depends on the series only; each build on its flags too.
+tree_key() {
     {
-        echo "$QEMU_SHA256 ${CONFIGURE_FLAGS[*]}"
+        echo "$QEMU_SHA256"
         cd "$VMFORK_TOP"
         find qemu-patches plugin -type f | LC_ALL=C sort | xargs -r sha256sum
     } | sha256sum | cut -c1-16
 }
-key=$(series_key)
+tkey=$(tree_key)
+key=$(echo "$tkey ${CONFIGURE_FLAGS[*]}" | sha256sum | cut -c1-16)
 
 if [ "$force" = 0 ] && [ -f "$out/.key" ] && [ "$(cat "$out/.key")" = "$key" ] &&
    [ -x "$out/qemu-system-x86_64" ] && [ -x "$out/qemu-img" ]; then
@@ -63,8 +74,8 @@ fi
 
 # 2. The series on top: reset only rewrites files that differ, so ninja
 #    rebuilds what the series touches, not the world.
-if [ "$force" = 1 ] || [ "$(cat "$work/applied.key" 2>/dev/null)" != "$key" ]; then
-    log "applying qemu-patches/series and plugin/ (key $key)"
+if [ "$force" = 1 ] || [ "$(cat "$work/applied.key" 2>/dev/null)" != "$tkey" ]; then
+    log "applying qemu-patches/series and plugin/ (key $tkey)"
     rm -f "$work/applied.key"
     git_q am --abort >/dev/null 2>&1 || true
     git_q checkout -q -B vmfork upstream
@@ -79,18 +90,18 @@ if [ "$force" = 1 ] || [ "$(cat "$work/applied.key" 2>/dev/null)" != "$key" ]; t
         mkdir -p "$src/system/vmfork"
         cp -a "$VMFORK_TOP/plugin/." "$src/system/vmfork/"
     fi
-    echo "$key" > "$work/applied.key"
+    echo "$tkey" > "$work/applied.key"
 fi
 
 # 3. Configure once per set of flags (meson re-runs itself when build files change).
 export PATH="/usr/lib/ccache:$PATH"
 flags_now="${CONFIGURE_FLAGS[*]}"
-if [ ! -f "$bld/build.ninja" ] || [ "$(cat "$work/configured.flags" 2>/dev/null)" != "$flags_now" ]; then
-    log "configuring QEMU $QEMU_VERSION"
+if [ ! -f "$bld/build.ninja" ] || [ "$(cat "$bld.flags" 2>/dev/null)" != "$flags_now" ]; then
+    log "configuring QEMU $QEMU_VERSION${flavour:+ ($flavour)}"
     rm -rf "$bld" && mkdir -p "$bld"
-    (cd "$bld" && "$src/configure" --python=/usr/bin/python3 "${CONFIGURE_FLAGS[@]}") > "$work/configure.log" 2>&1 ||
-        { tail -30 "$work/configure.log" >&2; echo "build-qemu: configure failed, see $work/configure.log" >&2; exit 1; }
-    echo "$flags_now" > "$work/configured.flags"
+    (cd "$bld" && "$src/configure" --python=/usr/bin/python3 "${CONFIGURE_FLAGS[@]}") > "$bld.configure.log" 2>&1 ||
+        { tail -30 "$bld.configure.log" >&2; echo "build-qemu: configure failed, see $bld.configure.log" >&2; exit 1; }
+    echo "$flags_now" > "$bld.flags"
 fi
 
 # 4. Build with progress.

@@ -392,6 +392,207 @@ static void fork_with_iothread(void)
     vm_cleanup_all();
 }
 
+/*
+ * A child killed at each phase of its re-initialisation (VMFORK_FAULT,
+ * plugin/fault.c): the parent reports each exit, reaps it, removes the
+ * monitor socket it left, keeps no fd of it, and its guest runs on.
+ */
+static const char *const child_phases[] = {
+    "forked", "fds", "threads", "io", "accel", "monitor", "started",
+};
+
+static void child_killed_at_each_phase(gconstpointer accel)
+{
+    for (guint p = 0; p < G_N_ELEMENTS(child_phases); p++) {
+        VmOptions o = { .guest = GUEST_TINY, .accel = accel };
+        g_autofree char *fault = g_strdup_printf("kill-child:%s",
+                                                 child_phases[p]);
+        g_autoptr(JsonArray) children = NULL;
+        g_autoptr(GError) none = NULL;
+        g_autofree char *state = NULL;
+        JsonNode *q, *ready;
+        guint fds0;
+        Vm *vm;
+
+        if (vm_skip_if_missing(&o)) {
+            return;
+        }
+        g_setenv("VMFORK_FAULT", fault, TRUE);
+        vm = vm_start(&o);
+        g_unsetenv("VMFORK_FAULT");
+        fds0 = count_dir("/proc/%d/fd", vm->pid);
+
+        children = vm_fork(vm, "{\"count\": 2}");
+        for (guint i = 0; i < 2; i++) {
+            g_autoptr(GError) err = NULL;
+            JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                          EVENT_TIMEOUT_MS, &err);
+            JsonObject *d;
+            pid_t pid;
+
+            g_assert_no_error(err);
+            d = qmp_event_data(ev);
+            pid = json_object_get_int_member(d, "pid");
+            g_test_message("%s: child %d exit status %" G_GINT64_FORMAT,
+                           fault, pid,
+                           json_object_get_int_member(d, "status"));
+            g_assert_cmpint(json_object_get_int_member(d, "status"), ==,
+                            128 + SIGKILL);
+            g_assert_true(pid_wait_gone(pid, 5000));
+            json_node_unref(ev);
+        }
+        /* None got as far as telling the parent it runs */
+        ready = qmp_wait_event(vm->qmp, "VMFORK_CHILD_READY", 100, &none);
+        g_assert_null(ready);
+        for (guint i = 0; i < 2; i++) {
+            const char *mon = json_object_get_string_member(
+                json_array_get_object_element(children, i), "monitor");
+
+            g_assert_false(g_file_test(mon, G_FILE_TEST_EXISTS));
+        }
+        q = vm_qmp(vm, "query-vmfork", NULL);
+        {
+            JsonArray *c = json_object_get_array_member(
+                json_node_get_object(q), "children");
+
+            g_assert_cmpuint(json_array_get_length(c), ==, 2);
+            for (guint i = 0; i < 2; i++) {
+                JsonObject *ci = json_array_get_object_element(c, i);
+
+                g_assert_cmpstr(json_object_get_string_member(ci, "state"),
+                                ==, "exited");
+            }
+        }
+        json_node_unref(q);
+        g_assert_cmpuint(count_dir("/proc/%d/fd", vm->pid), ==, fds0);
+        state = vm_runstate(vm);
+        g_assert_cmpstr(state, ==, "running");
+        g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+        vm_quit(vm);
+        vm_cleanup_all();
+    }
+}
+
+/* The parent's disk is the image it had, and the overlay dir is empty */
+static void assert_disk_unchanged(Vm *vm, const char *image,
+                                  const char *overlay_dir)
+{
+    g_autoptr(GDir) d = g_dir_open(overlay_dir, 0, NULL);
+    JsonNode *q = vm_qmp(vm, "query-block", NULL);
+    JsonObject *dev = json_array_get_object_element(json_node_get_array(q),
+                                                    0);
+    const char *file = json_object_get_string_member(
+        json_object_get_object_member(dev, "inserted"), "file");
+    const char *name;
+
+    g_assert_cmpstr(file, ==, image);
+    json_node_unref(q);
+    while ((name = g_dir_read_name(d))) {
+        g_test_message("left behind: %s", name);
+        g_assert_not_reached();
+    }
+}
+
+static char *tiny_disk(const char *dir)
+{
+    g_autofree char *base = g_build_filename(dir, "base.raw", NULL);
+
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 1 << 20), ==, 0);
+    return g_steal_pointer(&base);
+}
+
+/*
+ * fork() fails for the second of three children (VMFORK_FAULT): a clear
+ * error, the first child is killed and reaped, the overlays go and the
+ * parent runs on with its disk as before.  Not half-forked.
+ */
+static void fork_failure_injected(void)
+{
+    const char *extra[] = { "-drive", NULL, NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-fail-XXXXXX", NULL);
+    g_autofree char *ovl = g_build_filename(dir, "overlays", NULL);
+    g_autofree char *image = NULL, *drive = NULL, *args = NULL;
+    g_autofree char *state = NULL;
+    g_autoptr(GError) err = NULL, evErr = NULL;
+    JsonNode *ev;
+    Vm *vm;
+
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        vm_cleanup_all();
+        return;
+    }
+    g_assert_cmpint(g_mkdir(ovl, 0700), ==, 0);
+    image = tiny_disk(dir);
+    drive = g_strdup_printf("file=%s,format=raw,if=virtio", image);
+    extra[1] = drive;
+    g_setenv("VMFORK_FAULT", "fail-fork:2", TRUE);
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+
+    args = g_strdup_printf("{\"count\": 3, \"overlay-dir\": \"%s\"}", ovl);
+    err = vm_qmp_error(vm, "vmfork", args);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_cmpstr(qmp_error_class(err), ==, "GenericError");
+    g_assert_nonnull(strstr(qmp_error_desc(err), "fork() failed"));
+    g_assert_nonnull(strstr(qmp_error_desc(err), g_strerror(EAGAIN)));
+
+    /* The one child that was forked is gone, and reported */
+    ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &evErr);
+    g_assert_no_error(evErr);
+    g_assert_true(pid_wait_gone(json_object_get_int_member(
+        qmp_event_data(ev), "pid"), 5000));
+    json_node_unref(ev);
+
+    assert_disk_unchanged(vm, image, ovl);
+    state = vm_runstate(vm);
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/*
+ * fork() denied for real, by a seccomp filter as libvirt's sandbox sets
+ * (spawn=deny): a clear error, and the parent runs on.
+ */
+static void fork_denied_by_seccomp(void)
+{
+    const char *wrapper[] = { g_getenv("VMFORK_NOFORK_EXEC"), NULL };
+    VmOptions o = { .guest = GUEST_TINY, .wrapper = wrapper };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *state = NULL;
+    JsonNode *q;
+    Vm *vm;
+
+    if (!wrapper[0] || !g_file_test(wrapper[0], G_FILE_TEST_IS_EXECUTABLE)) {
+        g_test_skip("nofork-exec not built (VMFORK_NOFORK_EXEC)");
+        return;
+    }
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(qmp_error_desc(err), "fork() failed"));
+    g_assert_nonnull(strstr(qmp_error_desc(err), g_strerror(EPERM)));
+    q = vm_qmp(vm, "query-vmfork", NULL);
+    g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+        json_node_get_object(q), "children")), ==, 0);
+    json_node_unref(q);
+    state = vm_runstate(vm);
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -408,5 +609,13 @@ int main(int argc, char **argv)
     g_test_add_func("/reliability/tiny/tcg/overlay-dir-full",
                     fork_overlay_dir_full);
     g_test_add_func("/reliability/tiny/tcg/iothread", fork_with_iothread);
+    g_test_add_data_func("/reliability/tiny/tcg/child-killed-at-each-phase",
+                         "tcg", child_killed_at_each_phase);
+    g_test_add_data_func("/reliability/tiny/kvm/child-killed-at-each-phase",
+                         "kvm", child_killed_at_each_phase);
+    g_test_add_func("/reliability/tiny/tcg/fork-failure-injected",
+                    fork_failure_injected);
+    g_test_add_func("/reliability/tiny/tcg/fork-denied-by-seccomp",
+                    fork_denied_by_seccomp);
     return g_test_run();
 }

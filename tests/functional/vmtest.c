@@ -151,9 +151,18 @@ static const char *env_path(const char *var)
     return v && *v ? v : NULL;
 }
 
-const char *vm_missing(GuestKind guest, const char *accel)
+/* The QEMU under test: $VMFORK_QEMU (such as the sanitizer build), else
+ * the one meson names */
+static const char *qemu_binary(void)
 {
     const char *qemu = env_path("VMFORK_QEMU");
+
+    return qemu ? qemu : env_path("VMFORK_QEMU_BUILT");
+}
+
+const char *vm_missing(GuestKind guest, const char *accel)
+{
+    const char *qemu = qemu_binary();
 
     if (!qemu || !g_file_test(qemu, G_FILE_TEST_IS_EXECUTABLE)) {
         return "patched QEMU not built (VMFORK_QEMU)";
@@ -321,7 +330,10 @@ Vm *vm_start(const VmOptions *o)
     log = g_build_filename(dir, "qemu.log", NULL);
 
 #define ARG(...) g_ptr_array_add(argv, g_strdup_printf(__VA_ARGS__))
-    ARG("%s", g_getenv("VMFORK_QEMU"));
+    for (const char *const *w = o->wrapper; w && *w; w++) {
+        ARG("%s", *w);
+    }
+    ARG("%s", qemu_binary());
     ARG("-accel"); ARG("%s", accel);
     ARG("-M"); ARG("pc");
     ARG("-m"); ARG("%d", mem);

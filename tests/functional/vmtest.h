@@ -32,6 +32,7 @@ typedef struct VmOptions {
     const char *const *extra;   /* more QEMU arguments, NULL-terminated;
                                  * "@DIR@" stands for the test directory */
     bool no_boot;               /* leave the VM as QEMU starts it (-S) */
+    const char *const *wrapper; /* a command that execs QEMU, NULL-ended */
 } VmOptions;
 
 typedef struct Vm {

@@ -1,0 +1,61 @@
+/*
+ * vmfork: fault injection for the reliability tests
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A child can die at any point of its re-initialisation, and fork() can
+ * fail; the parent must stay unaffected either way.  The tests cannot
+ * time a kill -9 into a window of a few hundred microseconds, nor make
+ * fork() fail for root without also failing the thread creation around
+ * it, so QEMU's environment can ask for the fault:
+ *
+ *   VMFORK_FAULT=kill-child:PHASE   each child kills itself with SIGKILL
+ *                                   when it reaches PHASE ("forked",
+ *                                   "fds", "threads", "io", "accel",
+ *                                   "monitor" or "started")
+ *   VMFORK_FAULT=fail-fork:N        the Nth fork() of each command (from
+ *                                   1) fails with EAGAIN
+ *
+ * Read at each use, never cached: a debugging aid with no cost when unset.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/cutils.h"
+#include "vmfork-internal.h"
+#include "trace.h"
+
+static const char *fault_arg(const char *kind)
+{
+    const char *v = g_getenv("VMFORK_FAULT");
+    const char *rest;
+
+    if (v && strstart(v, kind, &rest) && *rest == ':') {
+        return rest + 1;
+    }
+    return NULL;
+}
+
+void vmfork_fault_child_phase(const char *phase)
+{
+    const char *at = fault_arg("kill-child");
+
+    if (at && !strcmp(at, phase)) {
+        trace_vmfork_fault_kill_child(phase);
+        raise(SIGKILL);
+    }
+}
+
+bool vmfork_fault_fork_fails(int index)
+{
+    const char *n = fault_arg("fail-fork");
+    int nth;
+
+    if (n && !qemu_strtoi(n, NULL, 10, &nth) && nth == index + 1) {
+        trace_vmfork_fault_fail_fork(index);
+        errno = EAGAIN;
+        return true;
+    }
+    return false;
+}
