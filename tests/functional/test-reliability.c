@@ -593,6 +593,231 @@ static void fork_denied_by_seccomp(void)
     vm_cleanup_all();
 }
 
+static int data_forks(void)
+{
+    const char *v = g_getenv("VMFORK_DATA_FORKS");
+
+    return v ? atoi(v) : 50;
+}
+
+/* A Linux VM with a 64 MiB disk, overlays in the same directory */
+static Vm *linux_with_disk(char **dir_out, char **fork_args)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-data-XXXXXX", NULL);
+    g_autofree char *base = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *drive = g_strdup_printf(
+        "file=%s,format=raw,if=virtio,cache=writeback", base);
+    const char *extra[] = { "-drive", drive, NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return NULL;
+    }
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 64 << 20), ==, 0);
+    *fork_args = g_strdup_printf("\"overlay-dir\": \"%s\"", dir);
+    *dir_out = g_steal_pointer(&dir);
+    return vm_start(&o);
+}
+
+/* Every qcow2 image in dir is clean (all checked before any is removed) */
+static void qemu_img_check_all(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    guint n = 0;
+
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        g_autofree char *cmd = NULL, *err = NULL;
+        int status;
+
+        if (!g_str_has_suffix(name, ".qcow2")) {
+            continue;
+        }
+        cmd = g_strdup_printf("%s check -q %s", g_getenv("VMFORK_QEMU_IMG"),
+                              path);
+        g_assert_true(g_spawn_command_line_sync(cmd, NULL, &err, &status,
+                                                NULL));
+        if (status) {
+            g_test_message("qemu-img check %s: %s", name, err);
+        }
+        g_assert_cmpint(status, ==, 0);
+        n++;
+    }
+    g_test_message("qemu-img check: %u overlays clean", n);
+}
+
+/*
+ * A guest fsyncs numbered records without a break while it is forked again
+ * and again: the parent loses no acknowledged write, and every child's
+ * disk holds exactly the records its own RAM says were acknowledged (a
+ * prefix from the parent, then its own), never a write of another VM.
+ */
+static void fsync_writes_across_forks(void)
+{
+    g_autofree char *dir = NULL, *fork_args = NULL, *args = NULL;
+    g_autofree char *id_p = NULL, *runs = NULL, *want = NULL;
+    int n = data_forks();
+    guint64 last_prefix = 0, acked;
+    Vm *parent = linux_with_disk(&dir, &fork_args);
+
+    if (!parent) {
+        vm_cleanup_all();
+        return;
+    }
+    id_p = vm_clone_id_word(parent);
+    vm_writer_start(parent, "/dev/vda 2000");
+    args = g_strdup_printf("{%s}", fork_args);
+    g_usleep(200 * 1000);
+
+    for (int i = 0; i < n; i++) {
+        g_autoptr(JsonArray) c = vm_fork(parent, args);
+        Vm *child = vm_attach_child(parent,
+                                    json_array_get_object_element(c, 0));
+        g_autofree char *runs_c = NULL;
+        g_auto(GStrv) r = NULL;
+        guint64 from_parent;
+
+        acked = vm_writer_stop(child);
+        runs_c = vm_writer_check(child, "/dev/vda", acked);
+        r = g_strsplit_set(runs_c, ":,", -1);
+        /* the parent's records up to the fork, then maybe its own */
+        g_assert_cmpuint(g_strv_length(r), <=, 4);
+        if (g_str_equal(r[0], id_p)) {
+            from_parent = g_ascii_strtoull(r[1], NULL, 10);
+            g_assert_true(!r[2] || !g_str_equal(r[2], id_p));
+        } else {
+            from_parent = 0;        /* the "-" of an empty disk, or its own */
+            g_assert_null(r[2]);
+        }
+        g_assert_cmpuint(from_parent, >=, last_prefix);
+        last_prefix = from_parent;
+        vm_quit(child);
+    }
+    acked = vm_writer_stop(parent);
+    runs = vm_writer_check(parent, "/dev/vda", acked);
+    g_assert_cmpuint(acked, >=, last_prefix);
+    want = g_strdup_printf("%s:%s", id_p, strchr(runs, ':') + 1);
+    g_assert_cmpstr(runs, ==, want);
+    g_test_message("%d forks, %" G_GUINT64_FORMAT " records acknowledged "
+                   "by the parent", n, acked);
+    vm_quit(parent);
+    qemu_img_check_all(dir);
+    vm_cleanup_all();
+}
+
+/*
+ * Fork storm while the guest keeps a vCPU busy and writes to its disk:
+ * half the children quit at once, half live on (paused) to the end.  The
+ * parent holds one pidfd per living child and one backing image per fork,
+ * nothing else grows, and no write was lost.
+ */
+static void storm_under_load(void)
+{
+    g_autofree char *dir = NULL, *fork_args = NULL;
+    g_autofree char *args_quit = NULL, *args_live = NULL, *runs = NULL;
+    g_autoptr(GArray) living = g_array_new(FALSE, FALSE, sizeof(pid_t));
+    int n = storm_size();
+    guint fds0, threads0, fds1, threads1, fds2;
+    guint64 rss0, rss1, acked;
+    Vm *vm = linux_with_disk(&dir, &fork_args);
+
+    if (!vm) {
+        vm_cleanup_all();
+        return;
+    }
+    vm_writer_start(vm, "/dev/vda 1000");
+    g_free(vm_agent(vm, "sh nohup sh -c 'while :; do :; done' "
+                    ">/dev/null 2>&1 &"));
+    args_quit = g_strdup_printf("{%s}", fork_args);
+    args_live = g_strdup_printf("{%s, \"start\": false}", fork_args);
+    /* Warm up: the first forks allocate what later ones reuse */
+    for (int i = 0; i < 2; i++) {
+        g_autoptr(JsonArray) c = vm_fork(vm, args_quit);
+        g_autoptr(GError) err = NULL;
+
+        kill(json_object_get_int_member(json_array_get_object_element(c, 0),
+                                        "pid"), SIGKILL);
+        json_node_unref(qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                       EVENT_TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+    }
+    fds0 = count_dir("/proc/%d/fd", vm->pid);
+    threads0 = count_dir("/proc/%d/task", vm->pid);
+    rss0 = rss_kib(vm->pid);
+
+    for (int i = 0; i < n; i++) {
+        bool live = i % 2;
+        g_autoptr(JsonArray) c = vm_fork(vm, live ? args_live : args_quit);
+        JsonObject *child = json_array_get_object_element(c, 0);
+        pid_t pid = json_object_get_int_member(child, "pid");
+
+        if (live) {
+            g_array_append_val(living, pid);
+        } else {
+            Vm *cv = vm_attach_child(vm, child);
+
+            vm_quit(cv);
+        }
+    }
+    for (int i = 0; i < n - (int)living->len; i++) {
+        g_autoptr(GError) err = NULL;
+
+        json_node_unref(qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                       EVENT_TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+    }
+    /* Every child came up (its status pipe is closed) */
+    for (int i = 0; i < n; i++) {
+        g_autoptr(GError) err = NULL;
+
+        json_node_unref(qmp_wait_event(vm->qmp, "VMFORK_CHILD_READY",
+                                       EVENT_TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+    }
+    fds1 = count_dir("/proc/%d/fd", vm->pid);
+    threads1 = count_dir("/proc/%d/task", vm->pid);
+    rss1 = rss_kib(vm->pid);
+    for (guint i = 0; i < living->len; i++) {
+        g_assert_cmpint(kill(g_array_index(living, pid_t, i), SIGKILL), ==,
+                        0);
+    }
+    for (guint i = 0; i < living->len; i++) {
+        g_autoptr(GError) err = NULL;
+        JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                      EVENT_TIMEOUT_MS, &err);
+
+        g_assert_no_error(err);
+        g_assert_true(pid_wait_gone(json_object_get_int_member(
+            qmp_event_data(ev), "pid"), 5000));
+        json_node_unref(ev);
+    }
+    fds2 = count_dir("/proc/%d/fd", vm->pid);
+    g_test_message("%d forks under load, %u living on: fds %u -> %u -> %u, "
+                   "threads %u -> %u, RSS %" G_GUINT64_FORMAT " -> %"
+                   G_GUINT64_FORMAT " KiB", n, living->len, fds0, fds1, fds2,
+                   threads0, threads1, rss0, rss1);
+    /*
+     * Each fork gives the parent's disk a new active layer and keeps the
+     * one before as its backing image (the children's too): one image fd
+     * per fork and writable disk, by design.  Beyond that, one pidfd per
+     * living child, and nothing else.
+     */
+    g_assert_cmpuint(fds1, ==, fds0 + n + living->len);
+    g_assert_cmpuint(fds2, ==, fds0 + n);
+    g_assert_cmpuint(threads1, <=, threads0 + 2);
+    g_assert_cmpuint(rss1, <, rss0 + 16 * 1024);
+
+    acked = vm_writer_stop(vm);
+    runs = vm_writer_check(vm, "/dev/vda", acked);
+    g_assert_null(strchr(runs, ','));       /* its own records only */
+    vm_quit(vm);
+    qemu_img_check_all(dir);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -617,5 +842,9 @@ int main(int argc, char **argv)
                     fork_failure_injected);
     g_test_add_func("/reliability/tiny/tcg/fork-denied-by-seccomp",
                     fork_denied_by_seccomp);
+    g_test_add_func("/reliability/linux/tcg/fsync-writes-across-forks",
+                    fsync_writes_across_forks);
+    g_test_add_func("/reliability/linux/tcg/storm-under-load",
+                    storm_under_load);
     return g_test_run();
 }

@@ -773,6 +773,100 @@ static void linux_fork_disks_are_private(void)
     vm_cleanup_all();
 }
 
+static char *file_sha256(const char *path)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len);
+}
+
+/*
+ * Disk writes while the fork happens: the guest's writer fsyncs numbered
+ * records one after the other across the fork, and goes on in both VMs.
+ * Each sees every write it acknowledged, the ones from before the fork
+ * included, and records of its own identity after them, never the other's.
+ */
+static void linux_fork_disk_writes_during_fork(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-wdisk-XXXXXX", NULL);
+    g_autofree char *base = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *drive = g_strdup_printf(
+        "file=%s,format=raw,if=virtio,cache=writeback", base);
+    const char *extra[] = { "-drive", drive, NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *args = NULL, *id_p = NULL, *id_c = NULL;
+    g_autofree char *runs_p = NULL, *runs_c = NULL, *want_p = NULL;
+    g_autofree char *sum_fork = NULL, *sum_end = NULL;
+    g_auto(GStrv) rc = NULL;
+    g_autoptr(GDir) d = NULL;
+    const char *name;
+    guint64 acked_p, acked_c, before, after_p;
+    guint overlays = 0;
+    Vm *parent, *child;
+
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        vm_cleanup_all();
+        return;
+    }
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 64 << 20), ==, 0);
+    parent = vm_start(&o);
+    id_p = vm_clone_id_word(parent);
+    vm_writer_start(parent, "/dev/vda");
+    g_usleep(300 * 1000);
+
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    child = fork_one(parent, args);
+    sum_fork = file_sha256(base);
+    id_c = vm_clone_id_word(child);
+    g_assert_cmpstr(id_c, !=, id_p);
+    g_usleep(300 * 1000);
+    acked_p = vm_writer_stop(parent);
+    acked_c = vm_writer_stop(child);
+
+    /* The parent: its own records only, every acknowledged one */
+    runs_p = vm_writer_check(parent, "/dev/vda", acked_p);
+    after_p = g_ascii_strtoull(strchr(runs_p, ':') + 1, NULL, 10);
+    want_p = g_strdup_printf("%s:%" G_GUINT64_FORMAT, id_p, after_p);
+    g_assert_cmpstr(runs_p, ==, want_p);
+
+    /* The child: the parent's records up to the fork, then its own */
+    runs_c = vm_writer_check(child, "/dev/vda", acked_c);
+    rc = g_strsplit_set(runs_c, ":,", -1);
+    g_assert_cmpuint(g_strv_length(rc), ==, 4);
+    g_assert_cmpstr(rc[0], ==, id_p);
+    g_assert_cmpstr(rc[2], ==, id_c);
+    before = g_ascii_strtoull(rc[1], NULL, 10);
+    g_test_message("%" G_GUINT64_FORMAT " records before the fork, then "
+                   "%" G_GUINT64_FORMAT " in the parent and %s in the child",
+                   before, after_p - before, rc[3]);
+    g_assert_cmpuint(before, >, 0);                 /* written before */
+    g_assert_cmpuint(after_p, >, before);           /* and after, in both */
+    g_assert_cmpuint(g_ascii_strtoull(rc[3], NULL, 10), >, 0);
+
+    vm_quit(child);
+    vm_quit(parent);
+
+    /* Nothing wrote the base after the fork; every overlay is clean */
+    sum_end = file_sha256(base);
+    g_assert_cmpstr(sum_end, ==, sum_fork);
+    d = g_dir_open(dir, 0, NULL);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        if (g_str_has_suffix(name, ".qcow2")) {
+            g_test_message("qemu-img check %s", name);
+            g_assert_cmpint(run_qemu_img_check(path), ==, 0);
+            overlays++;
+        }
+    }
+    g_assert_cmpuint(overlays, ==, 2);
+    vm_cleanup_all();
+}
+
 /* ---- User networking ---------------------------------------------------- */
 
 static int free_tcp_port(void)
@@ -1134,6 +1228,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
     g_test_add_func("/vmfork/linux/tcg/disks-are-private",
                     linux_fork_disks_are_private);
+    g_test_add_func("/vmfork/linux/tcg/disk-writes-during-fork",
+                    linux_fork_disk_writes_during_fork);
     g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);

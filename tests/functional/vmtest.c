@@ -622,6 +622,47 @@ char *vm_agent(Vm *vm, const char *fmt, ...)
     }
 }
 
+char *vm_clone_id_word(Vm *vm)
+{
+    char *id = vm_agent(vm, "cloneid");
+
+    g_strdelimit(id, " ", '_');
+    return id;
+}
+
+void vm_writer_start(Vm *vm, const char *dev)
+{
+    g_free(vm_agent(vm, "wstart %s", dev));
+}
+
+guint64 vm_writer_stop(Vm *vm)
+{
+    g_autofree char *acked = vm_agent(vm, "wstop");
+
+    return g_ascii_strtoull(acked, NULL, 10);
+}
+
+char *vm_writer_check(Vm *vm, const char *dev, guint64 acked)
+{
+    /* Read a little past the acknowledged records: nothing may be there */
+    g_autofree char *reply = vm_agent(vm, "wcheck %s %" G_GUINT64_FORMAT,
+                                      dev, acked + 64);
+    g_auto(GStrv) f = g_strsplit(reply, " ", 3);
+    guint64 prefix, after;
+
+    g_assert_cmpuint(g_strv_length(f), ==, 3);
+    prefix = g_ascii_strtoull(f[0], NULL, 10);
+    after = g_ascii_strtoull(f[1], NULL, 10);
+    g_test_message("%s: %" G_GUINT64_FORMAT " acknowledged, on disk %s "
+                   "(%" G_GUINT64_FORMAT " valid after a gap)",
+                   dev, acked, f[2], after);
+    /* Every acknowledged write; at most one more (in flight at the stop) */
+    g_assert_cmpuint(prefix, >=, acked);
+    g_assert_cmpuint(prefix, <=, acked + 1);
+    g_assert_cmpuint(after, ==, 0);
+    return g_strdup(f[2]);
+}
+
 gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;

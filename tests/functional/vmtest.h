@@ -89,6 +89,17 @@ char *vm_read_line(Vm *vm, int timeout_ms);
  * asserting that the reply is OK */
 char *vm_agent(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
+/* Linux guest: the fw_cfg clone id as the disk writer records it */
+char *vm_clone_id_word(Vm *vm);
+/* Linux guest: start the agent's disk writer (fsync'd numbered records) */
+void vm_writer_start(Vm *vm, const char *dev);
+/* ... stop it: the number of records it had acknowledged */
+guint64 vm_writer_stop(Vm *vm);
+/* ... assert the device holds exactly the acknowledged records (one more
+ * at most) and nothing after; returns the clone ids that wrote them,
+ * "ID:COUNT[,ID:COUNT]..." in disk order */
+char *vm_writer_check(Vm *vm, const char *dev, guint64 acked);
+
 /* Tiny guest: the next counter line's sequence number (-1: timeout) */
 gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
 /* Tiny guest: a command ("h", "w SEED") and its reply line */

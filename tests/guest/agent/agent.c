@@ -594,6 +594,259 @@ static void cmd_tick(char *args)
     tick_next = now_ns(CLOCK_MONOTONIC) + tick_ns;
 }
 
+/* ---- Disk writer: fsync'd records for the data tests ------------------- */
+
+/*
+ * Record i lives in sector i of the device:
+ *   "VMFWREC1 <i, 12 digits> <clone id> <FNV-1a 64 of the part before, 16
+ *   hex>\n", zero-padded to 512 bytes.
+ * The clone id is the fw_cfg clone-id text (spaces as '_'; "none" without
+ * it), read again for each record, so records written after a fork carry
+ * the writer's new identity.
+ */
+#define REC_SIZE        512
+#define REC_MAGIC       "VMFWREC1"
+#define CHECK_CHUNK     (64 * 1024)
+
+static pid_t writer_pid;
+static volatile uint64_t *writer_acked;  /* shared with the writer process */
+
+static uint64_t fnv64(const char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+
+    while (n--) {
+        h ^= (uint8_t)*p++;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void clone_id_word(char *dst, size_t size)
+{
+    uint8_t id[64];
+    ssize_t n = read_file(CLONEID_PATH, id, sizeof(id) - 1);
+    size_t k = 0;
+
+    while (n > 0 && (id[n - 1] == 0 || id[n - 1] == '\n')) {
+        n--;
+    }
+    for (ssize_t i = 0; i < n && k + 1 < size; i++) {
+        dst[k++] = id[i] > 0x20 && id[i] <= 0x7e ? id[i] : '_';
+    }
+    if (!k) {
+        snprintf(dst, size, "none");
+        return;
+    }
+    dst[k] = 0;
+}
+
+static void record_make(char *rec, uint64_t seq)
+{
+    char id[64];
+    int n;
+
+    clone_id_word(id, sizeof(id));
+    memset(rec, 0, REC_SIZE);
+    n = snprintf(rec, REC_SIZE, REC_MAGIC " %012" PRIu64 " %s", seq, id);
+    snprintf(rec + n, REC_SIZE - n, " %016" PRIx64 "\n", fnv64(rec, n));
+}
+
+/* The clone id in a valid record number seq (into id), or -1 */
+static int record_check(const char *rec, uint64_t seq, char *id, size_t size)
+{
+    char magic[16], idw[64];
+    uint64_t s, h;
+    int n = 0;
+
+    if (memcmp(rec, REC_MAGIC " ", 9) ||
+        sscanf(rec, "%15s %" SCNu64 " %63s%n %" SCNx64, magic, &s, idw, &n,
+               &h) != 4 || s != seq || fnv64(rec, n) != h) {
+        return -1;
+    }
+    snprintf(id, size, "%s", idw);
+    return 0;
+}
+
+static int open_disk(const char *dev, int flags)
+{
+    int fd = open(dev, flags | O_DIRECT | O_CLOEXEC);
+
+    if (fd < 0 && errno == EINVAL) {
+        fd = open(dev, flags | O_CLOEXEC);      /* no O_DIRECT there */
+    }
+    return fd;
+}
+
+static void writer_run(int fd, uint64_t nr_records, uint64_t pause_us)
+{
+    char *rec;
+
+    if (posix_memalign((void **)&rec, 4096, REC_SIZE)) {
+        _exit(1);
+    }
+    for (uint64_t i = 0; i < nr_records; i++) {
+        record_make(rec, i);
+        if (pwrite(fd, rec, REC_SIZE, i * REC_SIZE) != REC_SIZE ||
+            fdatasync(fd) < 0) {
+            _exit(1);
+        }
+        *writer_acked = i + 1;
+        if (pause_us) {
+            usleep(pause_us);
+        }
+    }
+    for (;;) {
+        pause();            /* the device is full: idle until wstop */
+    }
+}
+
+static void cmd_wstart(char *args)
+{
+    char *dev = next_word(&args), *a = next_word(&args);
+    uint64_t pause_us = 0;
+    off_t size;
+    int fd;
+
+    if (!dev || (a && parse_u64(a, 0, &pause_us)) || !no_more_words(args)) {
+        reply_err("usage: wstart <block device> [<pause between records, us>]");
+        return;
+    }
+    if (writer_pid) {
+        reply_err("a writer runs already");
+        return;
+    }
+    if (!writer_acked) {
+        writer_acked = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (writer_acked == MAP_FAILED) {
+            writer_acked = NULL;
+            reply_err("mmap: %s", strerror(errno));
+            return;
+        }
+    }
+    fd = open_disk(dev, O_RDWR);
+    if (fd < 0 || (size = lseek(fd, 0, SEEK_END)) < 0) {
+        reply_err("%s: %s", dev, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return;
+    }
+    *writer_acked = 0;
+    writer_pid = fork();
+    if (writer_pid < 0) {
+        writer_pid = 0;
+        reply_err("fork: %s", strerror(errno));
+        close(fd);
+        return;
+    }
+    if (writer_pid == 0) {
+        close(tty);
+        writer_run(fd, size / REC_SIZE, pause_us);
+    }
+    close(fd);
+    out_printf("OK");
+    send_line();
+}
+
+static void cmd_wstop(char *args)
+{
+    if (!no_more_words(args)) {
+        reply_err("usage: wstop");
+        return;
+    }
+    if (!writer_pid) {
+        reply_err("no writer runs");
+        return;
+    }
+    kill(writer_pid, SIGKILL);
+    while (waitpid(writer_pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    writer_pid = 0;
+    out_printf("OK %" PRIu64, *writer_acked);
+    send_line();
+}
+
+/*
+ * Reads records 0..n-1 and replies "OK <valid prefix> <valid records after
+ * it> <id>:<count>[,<id>:<count>]..." (the runs of clone ids in the prefix,
+ * "-" when it is empty).
+ */
+static void cmd_wcheck(char *args)
+{
+    char *dev = next_word(&args), *a = next_word(&args);
+    char *chunk, id[64], run_id[64] = "";
+    uint64_t n, prefix = 0, after = 0, run = 0;
+    int fd, in_prefix = 1;
+
+    if (!dev || !a || !no_more_words(args) || parse_u64(a, 0, &n)) {
+        reply_err("usage: wcheck <block device> <records>");
+        return;
+    }
+    fd = open_disk(dev, O_RDONLY);
+    if (fd < 0) {
+        reply_err("%s: %s", dev, strerror(errno));
+        return;
+    }
+    if (posix_memalign((void **)&chunk, 4096, CHECK_CHUNK)) {
+        close(fd);
+        reply_err("out of memory");
+        return;
+    }
+    out_printf("OK ");
+    {
+        size_t head = out_len;  /* counts are inserted in front at the end */
+
+        for (uint64_t i = 0; i < n; i += CHECK_CHUNK / REC_SIZE) {
+            ssize_t r = pread(fd, chunk, CHECK_CHUNK, i * REC_SIZE);
+
+            if (r <= 0) {
+                break;
+            }
+            for (uint64_t j = 0; j < (uint64_t)r / REC_SIZE && i + j < n; j++) {
+                int ok = !record_check(chunk + j * REC_SIZE, i + j, id,
+                                       sizeof(id));
+
+                if (!ok) {
+                    in_prefix = 0;
+                } else if (!in_prefix) {
+                    after++;
+                } else {
+                    prefix++;
+                    if (run && strcmp(id, run_id)) {
+                        out_printf("%s%s:%" PRIu64, out_len > head ? "," : "",
+                                   run_id, run);
+                        run = 0;
+                    }
+                    snprintf(run_id, sizeof(run_id), "%s", id);
+                    run++;
+                }
+            }
+        }
+        if (run) {
+            out_printf("%s%s:%" PRIu64, out_len > head ? "," : "", run_id,
+                       run);
+        }
+        if (out_len == head) {
+            out_printf("-");
+        }
+        {
+            char counts[64];
+            int k = snprintf(counts, sizeof(counts), "%" PRIu64 " %" PRIu64
+                             " ", prefix, after);
+
+            out_reserve(k);
+            memmove(out + head + k, out + head, out_len - head);
+            memcpy(out + head, counts, k);
+            out_len += k;
+        }
+    }
+    free(chunk);
+    close(fd);
+    send_line();
+}
+
 static const struct {
     const char *name;
     void (*fn)(char *args);
@@ -611,6 +864,9 @@ static const struct {
     { "fwrite", cmd_fwrite },
     { "fread", cmd_fread },
     { "tick", cmd_tick },
+    { "wstart", cmd_wstart },
+    { "wstop", cmd_wstop },
+    { "wcheck", cmd_wcheck },
 };
 
 static void handle_line(char *line)
