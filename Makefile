@@ -8,7 +8,7 @@
 MESON_BUILD := build/meson
 TOOLS       := qmp-tools/vmfork qmp-tools/qmp-call bench/vmfork-bench
 
-.PHONY: all deps qemu tools check check-unit soak fuzz demo bench clean distclean help
+.PHONY: all deps qemu tools check check-unit check-sanitize soak fuzz demo bench clean distclean help
 
 all: deps qemu guests tools
 
@@ -18,6 +18,7 @@ help:
 	@echo "make check      build and run every test suite (meson test, TAP)"
 	@echo "make bench      run the benchmarks"
 	@echo "make soak       longer reliability runs (200-fork storms)"
+	@echo "make check-sanitize  the suites on an ASan+UBSan QEMU and libqmp (slow)"
 	@echo "make fuzz       fuzz libqmp's reader for FUZZ_SECONDS (60)"
 	@echo "make clean      remove build/ (the QEMU cache in ~/.cache/vmfork stays)"
 
@@ -58,6 +59,11 @@ fuzz: deps
 # Longer reliability runs than make check's bounded ones
 soak: all
 	VMFORK_STORM=200 meson test -C $(MESON_BUILD) --print-errorlogs test-reliability
+
+# A second QEMU build with ASan+UBSan runs the functional and reliability
+# suites; libqmp and the tools run their unit tests under ASan+UBSan
+check-sanitize: all
+	@scripts/check-sanitize.sh
 
 demo: all
 	@scripts/demo.sh
