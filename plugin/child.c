@@ -251,6 +251,9 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
         return false;
     }
 #endif
+    if (!vmfork_taps_child_switch(req, index, errp)) {
+        return false;
+    }
     phase_done("io");
     if (!vmfork_accel_child(kvm_state, errp)) {
         return false;

@@ -12,6 +12,8 @@
 #include "qapi/qapi-types-vmfork.h"
 #include "io/channel-buffer.h"
 
+typedef struct VmforkTapPlan VmforkTapPlan;
+
 /* One vmfork command, as validated in the parent before anything happens */
 typedef struct VmforkRequest {
     int count;
@@ -21,6 +23,7 @@ typedef struct VmforkRequest {
     bool parent_stays_paused;
     char *overlay_dir;          /* NULL: no writable disk allowed */
     int64_t hostfwd_offset;     /* 0: children get no host forwards */
+    GPtrArray *taps;            /* of VmforkTapPlan: tap.c */
 } VmforkRequest;
 
 /* Add a reason why the VM cannot be forked to a list of them */
@@ -33,6 +36,18 @@ bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp);
 bool vmfork_disks_parent_switch(Error **errp);
 bool vmfork_disks_child_switch(int index, Error **errp);
 void vmfork_disks_abort(void);
+
+/* tap.c: a tap of its own for each child */
+bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *taps,
+                       Error **errp);
+void vmfork_taps_check(const VmforkRequest *req, GString *why);
+bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp);
+bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
+                              Error **errp);
+
+/* With several children, a template must give each its own name */
+bool vmfork_check_template_per_child(const char *what, const char *tmpl,
+                                     int count, Error **errp);
 
 /* Expand "%i", "%p" and "%%" in a path template */
 char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,

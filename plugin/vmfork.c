@@ -358,7 +358,7 @@ static int check_device(Object *obj, void *opaque)
     return 0;
 }
 
-static void check_netdevs(GString *why)
+static void check_netdevs(const VmforkRequest *req, GString *why)
 {
 #ifdef CONFIG_SLIRP
     Error *err = NULL;
@@ -377,12 +377,14 @@ static void check_netdevs(GString *why)
         NetClientDriver type = ncs[i]->info->type;
 
         if (type != NET_CLIENT_DRIVER_USER &&
-            type != NET_CLIENT_DRIVER_HUBPORT) {
+            type != NET_CLIENT_DRIVER_HUBPORT &&
+            type != NET_CLIENT_DRIVER_TAP) {
             vmfork_blocker_add(why, "netdev '%s' (%s) cannot be forked "
-                               "(only user networking can)", ncs[i]->name,
-                               NetClientDriver_str(type));
+                               "(only user networking and taps can)",
+                               ncs[i]->name, NetClientDriver_str(type));
         }
     }
+    vmfork_taps_check(req, why);
 }
 
 static bool vmfork_check(const VmforkRequest *req, Error **errp)
@@ -433,7 +435,7 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
     qemu_ram_foreach_block(check_ram_block, why);
     object_child_foreach_recursive(object_get_root(), check_device, why);
     vmfork_disks_check(req->overlay_dir, why);
-    check_netdevs(why);
+    check_netdevs(req, why);
 
     if (why->len) {
         error_setg(errp, "vmfork: this VM cannot be forked: %s", why->str);
@@ -470,7 +472,7 @@ static char *monitor_socket_path(void)
 }
 
 /* With several children, a template must give each its own path */
-static bool check_template_per_child(const char *what, const char *tmpl,
+bool vmfork_check_template_per_child(const char *what, const char *tmpl,
                                      int count, Error **errp)
 {
     if (count > 1 && !strstr(tmpl, "%i") && !strstr(tmpl, "%p")) {
@@ -487,7 +489,7 @@ static bool check_socket_template(const char *what, const char *tmpl,
 {
     struct sockaddr_un sun;
 
-    if (!check_template_per_child(what, tmpl, count, errp)) {
+    if (!vmfork_check_template_per_child(what, tmpl, count, errp)) {
         return false;
     }
 
@@ -526,6 +528,9 @@ static void vmfork_request_free(VmforkRequest *req)
     g_free(req->monitor_tmpl);
     g_free(req->serial_tmpl);
     g_free(req->overlay_dir);
+    if (req->taps) {
+        g_ptr_array_free(req->taps, true);      /* closes the fds left */
+    }
 }
 
 static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
@@ -535,7 +540,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                                  VmforkParentState parent,
                                  const char *overlay_dir,
                                  bool has_hostfwd_offset,
-                                 int64_t hostfwd_offset, Error **errp)
+                                 int64_t hostfwd_offset, VmforkTapList *taps,
+                                 Error **errp)
 {
     req->count = has_count ? count : 1;
     if (has_count && (count < 1 || count > VMFORK_MAX_COUNT)) {
@@ -599,12 +605,13 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                        "serial port");
             return false;
         }
-        if (!check_template_per_child("serial", serial, req->count, errp)) {
+        if (!vmfork_check_template_per_child("serial", serial, req->count,
+                                             errp)) {
             return false;
         }
         req->serial_tmpl = g_strdup(serial);
     }
-    return true;
+    return vmfork_taps_parse(req, taps, errp);
 }
 
 /* ---- The fork --------------------------------------------------------- */
@@ -708,7 +715,8 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          const char *serial, bool has_start, bool start,
                          bool has_parent, VmforkParentState parent,
                          const char *overlay_dir, bool has_hostfwd_offset,
-                         int64_t hostfwd_offset, Error **errp)
+                         int64_t hostfwd_offset, bool has_taps,
+                         VmforkTapList *taps, Error **errp)
 {
     VmforkRequest req = { 0 };
     KvmStateSnapshot kvm_state = { 0 };
@@ -721,8 +729,9 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
                               has_start, start, has_parent, parent,
                               overlay_dir, has_hostfwd_offset,
-                              hostfwd_offset, errp) ||
+                              hostfwd_offset, taps, errp) ||
         !vmfork_check(&req, errp) ||
+        !vmfork_taps_take_fds(&req, errp) ||
         !vmfork_disks_prepare(&req, errp)) {
         goto fail;
     }

@@ -6,8 +6,14 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
+#define _GNU_SOURCE     /* unshare() */
 #include "vmtest.h"
 #include <glib/gstdio.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <arpa/inet.h>
 #include <linux/kcmp.h>
 #include <netinet/in.h>
@@ -1063,7 +1069,8 @@ static bool must_be_private(const char *target)
            g_str_equal(target, "anon_inode:[eventpoll]") ||
            g_str_equal(target, "anon_inode:[io_uring]") ||
            g_str_has_prefix(target, "anon_inode:kvm-") ||
-           g_str_has_prefix(target, "/memfd:");
+           g_str_has_prefix(target, "/memfd:") ||
+           g_str_equal(target, "/dev/net/tun");     /* a tap queue */
 }
 
 /* The child's fds that share an open file description with the parent's */
@@ -1196,6 +1203,196 @@ static void fork_shares_nothing(gconstpointer data)
     vm_cleanup_all();
 }
 
+/* ---- Tap networking ------------------------------------------------------ */
+
+/* A tap interface of this network namespace, opened as QEMU would */
+static int tap_create(const char *name)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(ifr.ifr_name, name, IFNAMSIZ);
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    return fd;
+}
+
+static void iface_up(const char *name)
+{
+    struct ifreq ifr = { 0 };
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(ifr.ifr_name, name, IFNAMSIZ);
+    g_assert_cmpint(ioctl(s, SIOCGIFFLAGS, &ifr), ==, 0);
+    ifr.ifr_flags |= IFF_UP;
+    g_assert_cmpint(ioctl(s, SIOCSIFFLAGS, &ifr), ==, 0);
+    close(s);
+}
+
+/* Frames the host received on a tap: what the guest behind it sent
+ * (/proc/net/dev is this namespace's; /sys/class/net is the mounter's) */
+static guint64 tap_frames_from_guest(const char *name)
+{
+    g_autofree char *text = NULL;
+    g_autofree char *key = g_strdup_printf("%s:", name);
+    g_auto(GStrv) lines = NULL;
+
+    g_assert_true(g_file_get_contents("/proc/net/dev", &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (guint i = 0; lines[i]; i++) {
+        const char *l = lines[i] + strspn(lines[i], " ");
+        guint64 bytes, packets;
+
+        if (g_str_has_prefix(l, key) &&
+            sscanf(l + strlen(key), "%" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
+                   &bytes, &packets) == 2) {
+            return packets;
+        }
+    }
+    g_error("no interface %s in /proc/net/dev", name);
+}
+
+static bool wait_iface(const char *name)
+{
+    for (int i = 0; i < 5000 && !if_nametoindex(name); i++) {
+        g_usleep(1000);
+    }
+    return if_nametoindex(name) != 0;
+}
+
+/*
+ * One guest sends ARP requests; only its own tap sees frames.  The
+ * interfaces are named in taps[], their guests in vms[].
+ */
+static void only_own_tap_sees(Vm **vms, const char *const *taps, guint n,
+                              guint sender)
+{
+    guint64 before[3], after[3];
+
+    g_assert_cmpuint(n, <=, 3);
+    for (guint i = 0; i < n; i++) {
+        before[i] = tap_frames_from_guest(taps[i]);
+    }
+    g_free(vm_agent(vms[sender], "sh arping -c 3 -w 5 -I eth0 10.77.0.1"));
+    for (guint i = 0; i < n; i++) {
+        after[i] = tap_frames_from_guest(taps[i]);
+        g_test_message("guest %u sent: %s got %" G_GUINT64_FORMAT " frames",
+                       sender, taps[i], after[i] - before[i]);
+    }
+    for (guint i = 0; i < n; i++) {
+        if (i == sender) {
+            g_assert_cmpuint(after[i], >=, before[i] + 3);
+        } else {
+            g_assert_cmpuint(after[i], ==, before[i]);
+        }
+    }
+}
+
+/*
+ * Tap networking: each child gets a tap of its own, an fd passed with
+ * getfd or an interface it opens from a name template.  No child holds
+ * the parent's tap queue, and each guest's frames leave on its own tap.
+ * In a network namespace of this test program's own.
+ */
+static void linux_fork_tap(void)
+{
+    const char *extra[] = {
+        "-netdev", "tap,id=n0,ifname=vmfp0,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=n0", NULL
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    const char *const taps[] = { "vmfp0", "vmfc0", "vmfi0" };
+    g_autoptr(JsonObject) getfd = json_object_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonArray) c1 = NULL, c2 = NULL;
+    Vm *vms[3];
+    int fd;
+
+    if (geteuid() != 0) {
+        g_test_skip("tap needs root (CAP_NET_ADMIN) for a network namespace");
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        g_test_skip("/dev/net/tun cannot be opened: no tap here");
+        return;
+    }
+    close(fd);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    /* Our own namespace: the taps go away with it; lo for the other tests */
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    iface_up("lo");
+
+    vms[0] = vm_start(&o);
+    /* Without taps for the children: refused, naming the netdev */
+    {
+        g_autoptr(GError) e = vm_qmp_error(vms[0], "vmfork", NULL);
+
+        g_assert_nonnull(e);
+        g_test_message("%s", e->message);
+        g_assert_nonnull(strstr(qmp_error_desc(e), "tap netdev 'n0'"));
+    }
+    /* Bad taps: a clear error each, and the parent runs on */
+    {
+        const struct { const char *args, *desc; } bad[] = {
+            { "{\"taps\": [{\"netdev\": \"n0\"}]}", "either fds or ifname" },
+            { "{\"taps\": [{\"netdev\": \"n0\", \"fds\": [\"nosuch\"]}]}",
+              "'nosuch' has not been found" },
+            { "{\"taps\": [{\"netdev\": \"n0\", \"fds\": []}]}",
+              "one fd per child" },
+            { "{\"taps\": [{\"netdev\": \"n0\", \"ifname\": "
+              "\"a-much-too-long-name-%i\"}]}", "1 to 15 characters" },
+            { "{\"count\": 2, \"taps\": [{\"netdev\": \"n0\", "
+              "\"ifname\": \"vmfsame\"}]}", "needs %i or %p" },
+            { "{\"taps\": [{\"netdev\": \"n1\", \"ifname\": \"x\"}]}",
+              "'n1' is not a tap netdev" },
+        };
+
+        for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+            g_autoptr(GError) e = vm_qmp_error(vms[0], "vmfork", bad[i].args);
+
+            g_assert_nonnull(e);
+            g_test_message("%s -> %s", bad[i].args, e->message);
+            g_assert_nonnull(strstr(qmp_error_desc(e), bad[i].desc));
+        }
+    }
+    g_free(vm_agent(vms[0], "sh echo 1 > /proc/sys/net/ipv6/conf/all/"
+                    "disable_ipv6; ip link set eth0 up"));
+
+    /* Child 1: a tap fd passed with getfd */
+    fd = tap_create("vmfc0");
+    json_object_set_string_member(getfd, "fdname", "tap-child0");
+    json_node_unref(qmp_execute_with_fd(vms[0]->qmp, "getfd", getfd, fd,
+                                        EVENT_TIMEOUT_MS, &err));
+    g_assert_no_error(err);
+    close(fd);
+    c1 = vm_fork(vms[0], "{\"taps\": [{\"netdev\": \"n0\", "
+                 "\"fds\": [\"tap-child0\"]}]}");
+    vms[1] = vm_attach_child(vms[0], nth_child(c1, 0));
+
+    /* Child 2: opens the interface that the template names */
+    c2 = vm_fork(vms[0], "{\"taps\": [{\"netdev\": \"n0\", "
+                 "\"ifname\": \"vmfi%i\"}]}");
+    vms[2] = vm_attach_child(vms[0], nth_child(c2, 0));
+    g_assert_true(wait_iface("vmfi0"));
+
+    for (guint i = 0; i < 3; i++) {
+        iface_up(taps[i]);
+    }
+    for (guint i = 1; i < 3; i++) {
+        g_assert_cmpuint(audit_fds(vms[0]->pid, vms[i]->pid), ==, 0);
+    }
+    for (guint sender = 0; sender < 3; sender++) {
+        only_own_tap_sees(vms, taps, 3, sender);
+    }
+    vm_quit(vms[2]);
+    vm_quit(vms[1]);
+    vm_quit(vms[0]);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1231,6 +1428,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/linux/tcg/disk-writes-during-fork",
                     linux_fork_disk_writes_during_fork);
     g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
+    g_test_add_func("/vmfork/linux/tcg/tap", linux_fork_tap);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",

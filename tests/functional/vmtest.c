@@ -409,7 +409,10 @@ Vm *vm_attach_child(Vm *parent, JsonObject *child)
     vm->is_child = true;
     vm->qmp_path = g_strdup(json_object_get_string_member(child, "monitor"));
     vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
-    g_assert_nonnull(vm->qmp);
+    if (!vm->qmp) {
+        dump_log(vm, "qemu.log");       /* the child's stderr too */
+        g_error("child %d did not open its QMP socket", vm->pid);
+    }
 
     serial = g_strdup_printf("%s/serial-%d.sock", parent->dir, vm->pid);
     args = g_strdup_printf("{\"id\": \"agent\", \"backend\": {\"type\": "

@@ -1,0 +1,213 @@
+/*
+ * vmfork: a tap of its own for each child
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A tap netdev's fd crosses fork() with its open file: parent and child
+ * would share one tap queue, each reading frames meant for the other.
+ * The command names a tap for each child (@taps: fds passed with getfd,
+ * or an interface name template); a tap netdev without one is a blocker.
+ * The fds are taken from the monitor once the checks pass, each child
+ * switches to its own (tap_switch_after_fork()) and closes the others,
+ * and the parent closes them all.
+ */
+
+#include "qemu/osdep.h"
+#include <net/if.h>
+#include "qapi/error.h"
+#include "monitor/monitor.h"
+#include "net/net.h"
+#include "net/tap.h"
+#include "vmfork-internal.h"
+#include "trace.h"
+
+struct VmforkTapPlan {
+    NetClientState *nc;
+    char *ifname_tmpl;          /* or: */
+    char **fd_names;            /* one per child */
+    int *fds;                   /* taken from the monitor, -1: not (any more) */
+};
+
+static void tap_plan_free(gpointer data)
+{
+    VmforkTapPlan *plan = data;
+
+    for (int i = 0; plan->fds && plan->fd_names && plan->fd_names[i]; i++) {
+        if (plan->fds[i] >= 0) {
+            close(plan->fds[i]);
+        }
+    }
+    g_free(plan->fds);
+    g_strfreev(plan->fd_names);
+    g_free(plan->ifname_tmpl);
+    g_free(plan);
+}
+
+static bool is_tap(NetClientState *nc)
+{
+    return nc->info->type == NET_CLIENT_DRIVER_TAP;
+}
+
+static VmforkTapPlan *tap_plan_find(GPtrArray *taps, NetClientState *nc)
+{
+    for (guint i = 0; taps && i < taps->len; i++) {
+        VmforkTapPlan *plan = g_ptr_array_index(taps, i);
+
+        if (plan->nc == nc) {
+            return plan;
+        }
+    }
+    return NULL;
+}
+
+bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *list,
+                       Error **errp)
+{
+    req->taps = g_ptr_array_new_with_free_func(tap_plan_free);
+    for (; list; list = list->next) {
+        VmforkTap *t = list->value;
+        NetClientState *ncs[MAX_QUEUE_NUM];
+        int queues = qemu_find_net_clients_except(t->netdev, ncs,
+                                                  NET_CLIENT_DRIVER_NIC,
+                                                  MAX_QUEUE_NUM);
+        VmforkTapPlan *plan;
+
+        if (!queues || !is_tap(ncs[0])) {
+            error_setg(errp, "vmfork: taps: '%s' is not a tap netdev",
+                       t->netdev);
+            return false;
+        }
+        if (tap_plan_find(req->taps, ncs[0])) {
+            error_setg(errp, "vmfork: taps: netdev '%s' is named twice",
+                       t->netdev);
+            return false;
+        }
+        if (t->has_fds == !!t->ifname) {
+            error_setg(errp, "vmfork: taps: give netdev '%s' either fds or "
+                       "ifname", t->netdev);
+            return false;
+        }
+        plan = g_new0(VmforkTapPlan, 1);
+        plan->nc = ncs[0];
+        g_ptr_array_add(req->taps, plan);
+        if (t->ifname) {
+            g_autofree char *name = vmfork_expand_template(t->ifname, 0,
+                                                           4194304, errp);
+
+            if (!name ||
+                !vmfork_check_template_per_child("tap ifname", t->ifname,
+                                                 req->count, errp)) {
+                return false;
+            }
+            if (!*name || strlen(name) >= IFNAMSIZ) {
+                error_setg(errp, "vmfork: taps: interface name '%s' must "
+                           "have 1 to %d characters", name, IFNAMSIZ - 1);
+                return false;
+            }
+            plan->ifname_tmpl = g_strdup(t->ifname);
+        } else {
+            strList *l;
+            int n = 0;
+
+            plan->fd_names = g_new0(char *, req->count + 1);
+            for (l = t->fds; l; l = l->next, n++) {
+                if (n < req->count) {
+                    plan->fd_names[n] = g_strdup(l->value);
+                }
+            }
+            if (n != req->count) {
+                error_setg(errp, "vmfork: taps: netdev '%s' needs one fd "
+                           "per child: %d, not %d", t->netdev, req->count, n);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+void vmfork_taps_check(const VmforkRequest *req, GString *why)
+{
+    NetClientState *ncs[MAX_QUEUE_NUM];
+    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                         MAX_QUEUE_NUM);
+
+    for (int i = 0; i < n; i++) {
+        NetClientState *others[MAX_QUEUE_NUM];
+
+        if (!is_tap(ncs[i]) || ncs[i]->queue_index) {
+            continue;
+        }
+        if (tap_get_vhost_net(ncs[i])) {
+            vmfork_blocker_add(why, "tap netdev '%s' uses vhost-net, which a "
+                               "child cannot take over", ncs[i]->name);
+        } else if (qemu_find_net_clients_except(ncs[i]->name, others,
+                                                NET_CLIENT_DRIVER_NIC,
+                                                MAX_QUEUE_NUM) > 1) {
+            vmfork_blocker_add(why, "tap netdev '%s' has several queues; only "
+                               "single-queue taps can be forked",
+                               ncs[i]->name);
+        } else if (!tap_plan_find(req->taps, ncs[i])) {
+            vmfork_blocker_add(why, "tap netdev '%s' would be shared with the "
+                               "children: give them taps of their own "
+                               "('taps')", ncs[i]->name);
+        }
+    }
+}
+
+bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp)
+{
+    for (guint i = 0; i < req->taps->len; i++) {
+        VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
+
+        if (!plan->fd_names) {
+            continue;
+        }
+        plan->fds = g_new(int, req->count);
+        for (int c = 0; c < req->count; c++) {
+            plan->fds[c] = -1;
+        }
+        for (int c = 0; c < req->count; c++) {
+            plan->fds[c] = monitor_get_fd(monitor_cur(), plan->fd_names[c],
+                                          errp);
+            if (plan->fds[c] < 0) {
+                error_prepend(errp, "vmfork: taps: netdev '%s': ",
+                              plan->nc->name);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
+                              Error **errp)
+{
+    for (guint i = 0; req->taps && i < req->taps->len; i++) {
+        VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
+        g_autofree char *ifname = NULL;
+        int fd = -1;
+
+        if (plan->fds) {
+            /* ours is taken over; the other children's are not ours */
+            fd = plan->fds[index];
+            plan->fds[index] = -1;
+            for (int c = 0; c < req->count; c++) {
+                if (plan->fds[c] >= 0) {
+                    close(plan->fds[c]);
+                    plan->fds[c] = -1;
+                }
+            }
+        } else {
+            ifname = vmfork_expand_template(plan->ifname_tmpl, index,
+                                            getpid(), &error_abort);
+        }
+        trace_vmfork_child_tap(plan->nc->name, fd, ifname ? ifname : "");
+        if (!tap_switch_after_fork(plan->nc, fd, ifname, errp)) {
+            error_prepend(errp, "vmfork: netdev '%s': ", plan->nc->name);
+            return false;
+        }
+    }
+    return true;
+}
