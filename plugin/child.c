@@ -262,6 +262,7 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
     if (!vmfork_child_new_identity(errp)) {
         return false;
     }
+    vmfork_taps_child_new_macs(req);
 
     /* Memory shared with the parent by design: display surfaces */
     if (!qemu_console_unshare_surfaces_after_fork(errp)) {

@@ -17,6 +17,9 @@
 #include "qemu/osdep.h"
 #include <net/if.h>
 #include "qapi/error.h"
+#include "qapi/qapi-commands-net.h"
+#include "qemu/timer.h"
+#include "hw/virtio/virtio-net.h"
 #include "monitor/monitor.h"
 #include "net/net.h"
 #include "net/tap.h"
@@ -25,6 +28,7 @@
 
 struct VmforkTapPlan {
     NetClientState *nc;
+    bool new_mac;
     char *ifname_tmpl;          /* or: */
     char **fd_names;            /* one per child */
     int *fds;                   /* taken from the monitor, -1: not (any more) */
@@ -91,6 +95,7 @@ bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *list,
         }
         plan = g_new0(VmforkTapPlan, 1);
         plan->nc = ncs[0];
+        plan->new_mac = !t->has_new_mac || t->new_mac;
         g_ptr_array_add(req->taps, plan);
         if (t->ifname) {
             g_autofree char *name = vmfork_expand_template(t->ifname, 0,
@@ -181,6 +186,47 @@ bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp)
     return true;
 }
 
+/* ---- The child's MAC address ------------------------------------------ */
+
+#define LINK_BOUNCE_MS 50
+
+static void link_up(void *opaque)
+{
+    char *netdev = opaque;
+
+    qmp_set_link(netdev, true, &error_warn);
+    g_free(netdev);
+}
+
+/*
+ * The NIC on tap netdev number @nr gets 02:fc:NN:CC:CC:CC.  Its link goes
+ * down now and up once the guest ran a little (virtual clock), so that
+ * the guest sees a carrier change and can take the address up.
+ */
+static void new_mac(NetClientState *nc, int nr)
+{
+    NICState *nic = nc->peer ? qemu_get_nic(nc->peer) : NULL;
+    uint32_t id = getpid();
+    uint8_t mac[6] = { 0x02, 0xfc, nr, id >> 16, id >> 8, id };
+    void *dev;
+    QEMUTimer *t;
+
+    if (!nic) {
+        return;                 /* no guest NIC on it */
+    }
+    qmp_set_link(nc->name, false, &error_abort);
+    memcpy(nic->conf->macaddr.a, mac, sizeof(mac));      /* from reset */
+    dev = qemu_get_nic_opaque(nc->peer);
+    if (object_dynamic_cast(OBJECT(dev), TYPE_VIRTIO_NET)) {
+        memcpy(VIRTIO_NET(dev)->mac, mac, sizeof(mac));  /* config space */
+    }
+    qemu_format_nic_info_str(nc->peer, mac);
+    trace_vmfork_child_mac(nc->name, nc->peer->name, nc->peer->info_str);
+
+    t = timer_new_ms(QEMU_CLOCK_VIRTUAL, link_up, g_strdup(nc->name));
+    timer_mod(t, qemu_clock_get_ms(QEMU_CLOCK_VIRTUAL) + LINK_BOUNCE_MS);
+}
+
 bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
                               Error **errp)
 {
@@ -208,6 +254,19 @@ bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
             error_prepend(errp, "vmfork: netdev '%s': ", plan->nc->name);
             return false;
         }
+
     }
     return true;
+}
+
+/* After the accelerator is back: the link change interrupts the guest */
+void vmfork_taps_child_new_macs(const VmforkRequest *req)
+{
+    for (guint i = 0; req->taps && i < req->taps->len; i++) {
+        VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
+
+        if (plan->new_mac) {
+            new_mac(plan->nc, i);
+        }
+    }
 }

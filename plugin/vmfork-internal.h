@@ -44,6 +44,7 @@ void vmfork_taps_check(const VmforkRequest *req, GString *why);
 bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp);
 bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
                               Error **errp);
+void vmfork_taps_child_new_macs(const VmforkRequest *req);
 
 /* With several children, a template must give each its own name */
 bool vmfork_check_template_per_child(const char *what, const char *tmpl,

@@ -11,7 +11,9 @@
 #include <glib/gstdio.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <net/ethernet.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <arpa/inet.h>
@@ -1260,6 +1262,75 @@ static bool wait_iface(const char *name)
     return if_nametoindex(name) != 0;
 }
 
+static char *nic_mac(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "query-rx-filter", NULL);
+    char *mac = g_strdup(json_object_get_string_member(
+        json_array_get_object_element(json_node_get_array(r), 0),
+        "main-mac"));
+
+    json_node_unref(r);
+    return mac;
+}
+
+static guint64 guest_carrier_changes(Vm *vm)
+{
+    g_autofree char *r = vm_agent(vm, "fread /sys/class/net/eth0/"
+                                  "carrier_changes");
+    g_autofree char *text = g_malloc0(strlen(r) / 2 + 1);
+
+    for (gsize i = 0; i < strlen(r) / 2; i++) {
+        sscanf(r + 2 * i, "%2hhx", (unsigned char *)&text[i]);
+    }
+    return g_ascii_strtoull(text, NULL, 10);
+}
+
+/* A raw socket that sees the frames arriving on a host interface */
+static int frame_capture(const char *iface)
+{
+    struct sockaddr_ll sll = {
+        .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+        .sll_ifindex = if_nametoindex(iface),
+    };
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&sll, sizeof(sll)), ==, 0);
+    return fd;
+}
+
+/* How many frames the guest sent came from the source MAC mac
+ * (aa:bb:...), and how many from others */
+static void frames_by_source(int fd, const char *mac, guint *from_mac,
+                             guint *others)
+{
+    guint8 want[6], frame[2048];
+    ssize_t n;
+
+    g_assert_cmpint(sscanf(mac, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &want[0],
+                           &want[1], &want[2], &want[3], &want[4], &want[5]),
+                    ==, 6);
+    *from_mac = *others = 0;
+    for (;;) {
+        struct sockaddr_ll from;
+        socklen_t len = sizeof(from);
+
+        n = recvfrom(fd, frame, sizeof(frame), MSG_DONTWAIT,
+                     (struct sockaddr *)&from, &len);
+        if (n < 12) {
+            break;
+        }
+        if (from.sll_pkttype == PACKET_OUTGOING) {
+            continue;           /* the host's own, towards the guest */
+        }
+        if (!memcmp(frame + 6, want, 6)) {
+            (*from_mac)++;
+        } else {
+            (*others)++;
+        }
+    }
+}
+
 /*
  * One guest sends ARP requests; only its own tap sees frames.  The
  * interfaces are named in taps[], their guests in vms[].
@@ -1298,10 +1369,15 @@ static void linux_fork_tap(void)
 {
     const char *extra[] = {
         "-netdev", "tap,id=n0,ifname=vmfp0,script=no,downscript=no",
-        "-device", "virtio-net-pci,netdev=n0", NULL
+        "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56", NULL
     };
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
     const char *const taps[] = { "vmfp0", "vmfc0", "vmfi0" };
+    g_autofree char *mac_p = NULL, *mac_c = NULL, *want_c = NULL;
+    g_autofree char *mac_i = NULL, *adopted = NULL;
+    guint64 carrier0;
+    guint from_new, from_others;
+    int capture;
     g_autoptr(JsonObject) getfd = json_object_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(JsonArray) c1 = NULL, c2 = NULL;
@@ -1358,8 +1434,12 @@ static void linux_fork_tap(void)
             g_assert_nonnull(strstr(qmp_error_desc(e), bad[i].desc));
         }
     }
-    g_free(vm_agent(vms[0], "sh echo 1 > /proc/sys/net/ipv6/conf/all/"
-                    "disable_ipv6; ip link set eth0 up"));
+    g_free(vm_agent(vms[0], "sh for c in all default; do echo 1 > "
+                    "/proc/sys/net/ipv6/conf/$c/disable_ipv6; done; "
+                    "ip link set eth0 up"));
+    mac_p = nic_mac(vms[0]);
+    g_assert_cmpstr(mac_p, ==, "52:54:00:12:34:56");
+    carrier0 = guest_carrier_changes(vms[0]);
 
     /* Child 1: a tap fd passed with getfd */
     fd = tap_create("vmfc0");
@@ -1374,7 +1454,7 @@ static void linux_fork_tap(void)
 
     /* Child 2: opens the interface that the template names */
     c2 = vm_fork(vms[0], "{\"taps\": [{\"netdev\": \"n0\", "
-                 "\"ifname\": \"vmfi%i\"}]}");
+                 "\"ifname\": \"vmfi%i\", \"new-mac\": false}]}");
     vms[2] = vm_attach_child(vms[0], nth_child(c2, 0));
     g_assert_true(wait_iface("vmfi0"));
 
@@ -1384,12 +1464,112 @@ static void linux_fork_tap(void)
     for (guint i = 1; i < 3; i++) {
         g_assert_cmpuint(audit_fds(vms[0]->pid, vms[i]->pid), ==, 0);
     }
+
+    /*
+     * Child 1 has a MAC of its own from its clone id, child 2 (new-mac
+     * false) and the parent the parent's; only child 1's guest saw its
+     * link go down and up.
+     */
+    mac_c = nic_mac(vms[1]);
+    want_c = g_strdup_printf("02:fc:00:%02x:%02x:%02x", (vms[1]->pid >> 16)
+                             & 0xff, (vms[1]->pid >> 8) & 0xff,
+                             vms[1]->pid & 0xff);
+    g_assert_cmpstr(mac_c, ==, want_c);
+    mac_i = nic_mac(vms[2]);
+    g_assert_cmpstr(mac_i, ==, mac_p);
+    g_free(mac_p);
+    mac_p = nic_mac(vms[0]);
+    g_assert_cmpstr(mac_p, ==, "52:54:00:12:34:56");
+    for (int i = 0; i < 5000 && guest_carrier_changes(vms[1]) < carrier0 + 2;
+         i++) {
+        g_usleep(1000);
+    }
+    g_assert_cmpuint(guest_carrier_changes(vms[1]), ==, carrier0 + 2);
+    g_assert_cmpuint(guest_carrier_changes(vms[2]), ==, carrier0);
+    g_assert_cmpuint(guest_carrier_changes(vms[0]), ==, carrier0);
+
+    /* Child 1's guest takes its new address up (binds the driver again) */
+    adopted = vm_agent(vms[1], "sh d=$(basename $(readlink "
+                       "/sys/class/net/eth0/device)); "
+                       "echo $d > /sys/bus/virtio/drivers/virtio_net/unbind; "
+                       "echo $d > /sys/bus/virtio/drivers/virtio_net/bind; "
+                       "ip link set eth0 up; cat /sys/class/net/eth0/address");
+    g_test_message("child 1 guest: %s", adopted);
+    {
+        g_autofree char *hex = g_strdup("0 ");
+
+        for (const char *c = want_c; *c; c++) {
+            g_autofree char *old = hex;
+
+            hex = g_strdup_printf("%s%02x", old, *c);
+        }
+        g_assert_true(g_str_has_prefix(adopted, hex));
+    }
+
+    capture = frame_capture("vmfc0");
     for (guint sender = 0; sender < 3; sender++) {
         only_own_tap_sees(vms, taps, 3, sender);
     }
+    /* What child 1 sent carries its new MAC */
+    frames_by_source(capture, want_c, &from_new, &from_others);
+    g_test_message("vmfc0: %u frames from %s, %u from others", from_new,
+                   want_c, from_others);
+    g_assert_cmpuint(from_new, >=, 3);
+    g_assert_cmpuint(from_others, ==, 0);
+    close(capture);
     vm_quit(vms[2]);
     vm_quit(vms[1]);
     vm_quit(vms[0]);
+    vm_cleanup_all();
+}
+
+/*
+ * The tap switch and the link bounce under each accelerator, with the
+ * tiny guest (it has no NIC driver: the device model and the interrupt
+ * path are what runs): the child comes up and its guest runs on.
+ */
+static void tiny_fork_tap(gconstpointer accel)
+{
+    const char *extra[] = {
+        "-netdev", "tap,id=n0,ifname=vmftp0,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=n0", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .accel = accel, .extra = extra };
+    g_autoptr(JsonArray) c = NULL;
+    g_autofree char *mac = NULL;
+    Vm *vm, *child;
+    gint64 a, b;
+    int fd;
+
+    if (geteuid() != 0) {
+        g_test_skip("tap needs root (CAP_NET_ADMIN) for a network namespace");
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        g_test_skip("/dev/net/tun cannot be opened: no tap here");
+        return;
+    }
+    close(fd);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    iface_up("lo");
+    vm = vm_start(&o);
+    c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
+                "\"ifname\": \"vmftc%i\"}]}");
+    child = vm_attach_child(vm, nth_child(c, 0));
+    g_assert_true(wait_iface("vmftc0"));
+    mac = nic_mac(child);
+    g_assert_true(g_str_has_prefix(mac, "02:fc:00:"));
+    g_usleep(200 * 1000);       /* past the link bounce */
+    a = vm_tiny_next_seq(child, 30000);
+    b = vm_tiny_next_seq(child, 30000);
+    g_assert_cmpint(b, ==, a + 1);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(child);
+    vm_quit(vm);
     vm_cleanup_all();
 }
 
@@ -1429,6 +1609,8 @@ int main(int argc, char **argv)
                     linux_fork_disk_writes_during_fork);
     g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
     g_test_add_func("/vmfork/linux/tcg/tap", linux_fork_tap);
+    g_test_add_data_func("/vmfork/tiny/tcg/tap", "tcg", tiny_fork_tap);
+    g_test_add_data_func("/vmfork/tiny/kvm/tap", "kvm", tiny_fork_tap);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
