@@ -515,8 +515,8 @@ static bool check_socket_template(const char *what, const char *tmpl,
         }
         dir = g_path_get_dirname(path);
         if (access(dir, W_OK | X_OK) < 0) {
-            error_setg_errno(errp, errno, "vmfork: cannot create %s '%s' "
-                             "in '%s'", what, path, dir);
+            error_setg_errno(errp, errno, "vmfork: cannot create %s "
+                             "sockets in '%s'", what, dir);
             return false;
         }
     }

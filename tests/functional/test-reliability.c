@@ -593,6 +593,100 @@ static void fork_denied_by_seccomp(void)
     vm_cleanup_all();
 }
 
+/*
+ * Directories that cannot be written, for the overlays and for the
+ * child's monitor: root ignores permission bits, so a read-only bind mount
+ * (in a mount namespace of this test program's own) stands for them.
+ */
+static void fork_into_unwritable_dirs(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-ro-XXXXXX", NULL);
+    g_autofree char *ro = g_build_filename(dir, "ro", NULL);
+    g_autofree char *image = NULL, *drive = NULL, *args_ovl = NULL;
+    g_autofree char *args_mon = NULL, *state = NULL;
+    const char *extra[] = { "-drive", NULL, NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autoptr(GError) e1 = NULL, e2 = NULL;
+    Vm *vm;
+
+    vm_register_dir(dir);
+    if (geteuid() != 0) {
+        g_test_skip("needs root for a read-only bind mount");
+        vm_cleanup_all();
+        return;
+    }
+    if (vm_skip_if_missing(&o)) {
+        vm_cleanup_all();
+        return;
+    }
+    g_assert_cmpint(g_mkdir(ro, 0755), ==, 0);
+    g_assert_cmpint(unshare(CLONE_NEWNS), ==, 0);
+    g_assert_cmpint(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), ==, 0);
+    g_assert_cmpint(mount(ro, ro, NULL, MS_BIND, NULL), ==, 0);
+    g_assert_cmpint(mount(NULL, ro, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY,
+                          NULL), ==, 0);
+    image = tiny_disk(dir);
+    drive = g_strdup_printf("file=%s,format=raw,if=virtio", image);
+    extra[1] = drive;
+    vm = vm_start(&o);
+
+    args_ovl = g_strdup_printf("{\"overlay-dir\": \"%s\"}", ro);
+    e1 = vm_qmp_error(vm, "vmfork", args_ovl);
+    g_assert_nonnull(e1);
+    g_test_message("%s", e1->message);
+    g_assert_nonnull(strstr(qmp_error_desc(e1), "cannot create overlays"));
+    g_assert_nonnull(strstr(qmp_error_desc(e1), g_strerror(EROFS)));
+
+    args_mon = g_strdup_printf("{\"overlay-dir\": \"%s\", "
+                               "\"monitor\": \"%s/child-%%p.qmp\"}", dir, ro);
+    e2 = vm_qmp_error(vm, "vmfork", args_mon);
+    g_assert_nonnull(e2);
+    g_test_message("%s", e2->message);
+    g_assert_nonnull(strstr(qmp_error_desc(e2), "cannot create monitor"));
+
+    assert_disk_unchanged(vm, image, ro);
+    state = vm_runstate(vm);
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    umount2(ro, MNT_DETACH);
+    vm_cleanup_all();
+}
+
+/* After a migration completed the source is paused as "postmigrate":
+ * refused, naming the state, and it can be continued */
+static void fork_refused_after_migration(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *state = NULL;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    json_node_unref(vm_qmp(vm, "migrate",
+                           "{\"uri\": \"exec:cat >/dev/null\"}"));
+    for (int i = 0; i < 30000; i++) {
+        g_free(state);
+        state = vm_runstate(vm);
+        if (g_str_equal(state, "postmigrate")) {
+            break;
+        }
+        g_usleep(1000);
+    }
+    g_assert_cmpstr(state, ==, "postmigrate");
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(qmp_error_desc(err), "postmigrate"));
+    json_node_unref(vm_qmp(vm, "cont", NULL));
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 static int data_forks(void)
 {
     const char *v = g_getenv("VMFORK_DATA_FORKS");
@@ -831,6 +925,10 @@ int main(int argc, char **argv)
                     fork_refused_during_incoming);
     g_test_add_func("/reliability/tiny/tcg/two-monitors-at-once",
                     fork_from_two_monitors);
+    g_test_add_func("/reliability/tiny/tcg/unwritable-dirs",
+                    fork_into_unwritable_dirs);
+    g_test_add_func("/reliability/tiny/tcg/refused-after-migration",
+                    fork_refused_after_migration);
     g_test_add_func("/reliability/tiny/tcg/overlay-dir-full",
                     fork_overlay_dir_full);
     g_test_add_func("/reliability/tiny/tcg/iothread", fork_with_iothread);
