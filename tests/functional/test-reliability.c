@@ -47,6 +47,16 @@ static guint64 rss_kib(pid_t pid)
     return g_ascii_strtoull(p + 6, NULL, 10);
 }
 
+/*
+ * How much the parent's RSS may grow in a storm, in KiB.  Under ASan
+ * (check-sanitize sets VMFORK_SANITIZED) the allocator's quarantine and
+ * caches hold freed memory for a while: 4 times the bound.
+ */
+static guint64 rss_slack_kib(guint64 kib)
+{
+    return g_getenv("VMFORK_SANITIZED") ? 4 * kib : kib;
+}
+
 static int storm_size(void)
 {
     const char *v = g_getenv("VMFORK_STORM");
@@ -142,7 +152,7 @@ static void storm_leaves_parent_flat(void)
     g_assert_cmpuint(fds1, ==, fds0);
     g_assert_cmpuint(threads1, <=, threads0 + 2);
     /* Bounded: the record of each exited child is kept for query-vmfork */
-    g_assert_cmpuint(rss1, <, rss0 + 8 * 1024);
+    g_assert_cmpuint(rss1, <, rss0 + rss_slack_kib(8 * 1024));
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     vm_quit(vm);
     vm_cleanup_all();
@@ -897,12 +907,15 @@ static void storm_under_load(void)
      * Each fork gives the parent's disk a new active layer and keeps the
      * one before as its backing image (the children's too): one image fd
      * per fork and writable disk, by design.  Beyond that, one pidfd per
-     * living child, and nothing else.
+     * living child, and nothing that grows with the forks (2 fds of slack
+     * for one that comes and goes, as a worker thread's).
      */
-    g_assert_cmpuint(fds1, ==, fds0 + n + living->len);
-    g_assert_cmpuint(fds2, ==, fds0 + n);
+    g_assert_cmpuint(fds1, >=, fds0 + n + living->len);
+    g_assert_cmpuint(fds1, <=, fds0 + n + living->len + 2);
+    g_assert_cmpuint(fds2, >=, fds0 + n);
+    g_assert_cmpuint(fds2, <=, fds0 + n + 2);
     g_assert_cmpuint(threads1, <=, threads0 + 2);
-    g_assert_cmpuint(rss1, <, rss0 + 16 * 1024);
+    g_assert_cmpuint(rss1, <, rss0 + rss_slack_kib(16 * 1024));
 
     acked = vm_writer_stop(vm);
     runs = vm_writer_check(vm, "/dev/vda", acked);
