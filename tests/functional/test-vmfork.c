@@ -559,7 +559,8 @@ static void linux_fork_new_identity(void)
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
     g_autofree char *id_parent = NULL, *id_child = NULL, *want = NULL;
     g_autofree char *dmesg_parent = NULL, *dmesg_child = NULL;
-    g_autofree char *r_parent = NULL, *r_child = NULL;
+    g_autofree char *r_parent = NULL, *r_child = NULL, *t_read = NULL;
+    guint64 t_fork;
     JsonNode *reply;
     Vm *parent, *child;
 
@@ -571,16 +572,30 @@ static void linux_fork_new_identity(void)
     id_parent = vm_agent(parent, "cloneid");
     g_assert_true(g_str_has_prefix(id_parent, "00000000000000000000 0000000000"));
 
-    reply = vm_qmp(parent, "vmfork", NULL);
+    /*
+     * The child reads /dev/urandom as soon as it runs: its commands wait
+     * in the serial port while it is paused.  Its guest clock continues
+     * from the fork, so it tells how soon after the fork the read was.
+     */
+    t_fork = g_ascii_strtoull(vm_agent(parent, "time"), NULL, 10);
+    reply = vm_qmp(parent, "vmfork", "{\"start\": false}");
     g_assert_false(json_object_has_member(json_node_get_object(reply),
                                           "warning"));
     child = vm_attach_child(parent, json_array_get_object_element(
         json_object_get_array_member(json_node_get_object(reply), "children"),
         0));
     json_node_unref(reply);
-
+    vm_agent_send(child, "rand 32");
+    vm_agent_send(child, "time");
+    json_node_unref(vm_qmp(child, "cont", NULL));
+    r_child = vm_agent_reply(child);
+    t_read = vm_agent_reply(child);
     r_parent = vm_agent(parent, "rand 32");
-    r_child = vm_agent(child, "rand 32");
+    g_test_message("child read /dev/urandom %.1f ms of guest time after "
+                   "the parent's last clock reading before the fork",
+                   (g_ascii_strtoull(t_read, NULL, 10) - t_fork) / 1e6);
+    g_assert_cmpuint(g_ascii_strtoull(t_read, NULL, 10) - t_fork, <,
+                     100 * 1000 * 1000);
     g_assert_cmpstr(r_parent, !=, r_child);
 
     id_child = vm_agent(child, "cloneid");

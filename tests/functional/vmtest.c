@@ -595,7 +595,7 @@ static void serial_write(Vm *vm, const char *text)
     }
 }
 
-char *vm_agent(Vm *vm, const char *fmt, ...)
+void vm_agent_send(Vm *vm, const char *fmt, ...)
 {
     g_autofree char *cmd = NULL;
     va_list ap;
@@ -606,14 +606,18 @@ char *vm_agent(Vm *vm, const char *fmt, ...)
     va_end(ap);
     serial_write(vm, cmd);
     serial_write(vm, "\n");
+}
+
+char *vm_agent_reply(Vm *vm)
+{
     for (;;) {
         g_autofree char *line = vm_read_line(vm, QMP_TIMEOUT_MS);
 
         if (!line) {
-            g_error("agent: no reply to '%s'", cmd);
+            g_error("agent: no reply");
         }
         if (g_str_has_prefix(line, "ERR")) {
-            g_error("agent: '%s' failed: %s", cmd, line);
+            g_error("agent: command failed: %s", line);
         }
         if (g_str_equal(line, "OK")) {
             return g_strdup("");
@@ -623,6 +627,18 @@ char *vm_agent(Vm *vm, const char *fmt, ...)
         }
         /* "T ..." timestamp lines, a READY line of a restarted agent */
     }
+}
+
+char *vm_agent(Vm *vm, const char *fmt, ...)
+{
+    g_autofree char *cmd = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    cmd = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    vm_agent_send(vm, "%s", cmd);
+    return vm_agent_reply(vm);
 }
 
 char *vm_clone_id_word(Vm *vm)

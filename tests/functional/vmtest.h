@@ -88,6 +88,10 @@ char *vm_read_line(Vm *vm, int timeout_ms);
 /* Linux guest agent: send a command, return the text after "OK " (or ""),
  * asserting that the reply is OK */
 char *vm_agent(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/* ... the same in two steps: send a command (the guest may be paused),
+ * then wait for its reply */
+void vm_agent_send(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+char *vm_agent_reply(Vm *vm);
 
 /* Linux guest: the fw_cfg clone id as the disk writer records it */
 char *vm_clone_id_word(Vm *vm);
