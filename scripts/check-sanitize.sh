@@ -58,7 +58,7 @@ UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/tools-ubsan"
 # A report file may hold only a warning (ASan warns once per process about
 # QEMU's makecontext coroutines); an error report has one of these lines.
 errors='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:'
-found=$(grep -lE "$errors" "$reports"/* 2>/dev/null | wc -l)
+found=$({ grep -lE "$errors" "$reports"/* 2>/dev/null || true; } | wc -l)
 warned=$(find "$reports" -type f | wc -l)
 log "$warned process(es) wrote to a sanitizer log, $found with an error report"
 if [ "$found" -gt 0 ]; then
