@@ -724,6 +724,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     VmforkChildList **tail = &result->children;
     int64_t t0 = g_get_monotonic_time(), t_stop;
     bool was_running = runstate_is_running();
+    int gate[2] = { -1, -1 };
     int i = 0;
 
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
@@ -757,6 +758,17 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
 
+    /*
+     * The children's guests start together, once the last one is forked:
+     * each waits for end of file on this pipe, which comes when the parent
+     * closes its end after the loop (or dies).  Otherwise the guests of
+     * the first children would take the CPUs from the forks of the others.
+     */
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        error_setg_errno(errp, errno, "vmfork: pipe2() failed");
+        goto resume;
+    }
+
     for (i = 0; i < req.count; i++) {
         int status[2];
         pid_t pid;
@@ -779,7 +791,9 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         }
         if (pid == 0) {
             Error *err = NULL;
+            char byte;
 
+            close(gate[1]);
             close(status[0]);
             vmfork_state.in_child = true;
             vmfork_state.generation++;
@@ -790,6 +804,10 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             if (!vmfork_child_setup(&req, i, kvm_state.bioc, &err)) {
                 vmfork_child_failed(err);
             }
+            while (read(gate[0], &byte, 1) < 0 && errno == EINTR) {
+                /* until the parent's end is closed */
+            }
+            close(gate[0]);
             bdrv_drain_all_end();
             if (req.start) {
                 vm_start();
@@ -819,7 +837,11 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
 
 resume:
-    /* 3. The parent goes on: its disks, its guest, then the rest */
+    /* 3. The children start; the parent goes on: disks, guest, the rest */
+    if (gate[0] >= 0) {
+        close(gate[1]);
+        close(gate[0]);
+    }
     kvm_state_free(&kvm_state);
     if (i < req.count) {
         vmfork_disks_abort();
