@@ -7,8 +7,8 @@
  *
  * A tap netdev's fd crosses fork() with its open file: parent and child
  * would share one tap queue, each reading frames meant for the other.
- * The command names a tap for each child (@taps: fds passed with getfd,
- * or an interface name template); a tap netdev without one is a blocker.
+ * The command names a tap for each child (@taps: fds passed with getfd
+ * or add-fd, or an interface name template); a tap netdev without one is a blocker.
  * The fds are taken from the monitor once the checks pass, each child
  * switches to its own (tap_switch_after_fork()) and closes the others,
  * and the parent closes them all.
@@ -40,7 +40,7 @@ static void tap_plan_free(gpointer data)
 
     for (int i = 0; plan->fds && plan->fd_names && plan->fd_names[i]; i++) {
         if (plan->fds[i] >= 0) {
-            close(plan->fds[i]);
+            qemu_close(plan->fds[i]);
         }
     }
     g_free(plan->fds);
@@ -174,8 +174,12 @@ bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp)
             plan->fds[c] = -1;
         }
         for (int c = 0; c < req->count; c++) {
-            plan->fds[c] = monitor_get_fd(monitor_cur(), plan->fd_names[c],
-                                          errp);
+            const char *name = plan->fd_names[c];
+
+            /* an fd of an fdset (add-fd) is duplicated, one of getfd taken */
+            plan->fds[c] = g_str_has_prefix(name, "/dev/fdset/")
+                           ? qemu_open(name, O_RDWR, errp)
+                           : monitor_get_fd(monitor_cur(), name, errp);
             if (plan->fds[c] < 0) {
                 error_prepend(errp, "vmfork: taps: netdev '%s': ",
                               plan->nc->name);
@@ -241,7 +245,7 @@ bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
             plan->fds[index] = -1;
             for (int c = 0; c < req->count; c++) {
                 if (plan->fds[c] >= 0) {
-                    close(plan->fds[c]);
+                    qemu_close(plan->fds[c]);
                     plan->fds[c] = -1;
                 }
             }

@@ -1538,10 +1538,36 @@ static void linux_fork_tap(void)
     vm_cleanup_all();
 }
 
+/* The interfaces of the tap fds of a process, from their fdinfo */
+static char *tap_ifaces(pid_t pid)
+{
+    GArray *fds = list_fds(pid);
+    g_autoptr(GString) names = g_string_new(NULL);
+
+    for (guint i = 0; i < fds->len; i++) {
+        FdEntry *e = &g_array_index(fds, FdEntry, i);
+        g_autofree char *path = NULL, *info = NULL;
+        const char *iff;
+
+        if (!g_str_equal(e->target, "/dev/net/tun")) {
+            continue;
+        }
+        path = g_strdup_printf("/proc/%d/fdinfo/%d", pid, e->fd);
+        if (g_file_get_contents(path, &info, NULL, NULL) &&
+            (iff = strstr(info, "iff:\t"))) {
+            g_string_append_printf(names, "%s%.*s", names->len ? "," : "",
+                                   (int)strcspn(iff + 5, "\n"), iff + 5);
+        }
+    }
+    free_fds(fds);
+    return g_string_free(g_steal_pointer(&names), false);
+}
+
 /*
  * The tap switch and the link bounce under each accelerator, with the
- * tiny guest (it has no NIC driver: the device model and the interrupt
- * path are what runs): the child comes up and its guest runs on.
+ * tiny guest (it has no NIC driver: the device model runs, and the
+ * guest runs on), and a tap passed in an fd set (add-fd): the child
+ * holds that tap, the parent its own.
  */
 static void tiny_fork_tap(gconstpointer accel)
 {
@@ -1550,8 +1576,10 @@ static void tiny_fork_tap(gconstpointer accel)
         "-device", "virtio-net-pci,netdev=n0", NULL
     };
     VmOptions o = { .guest = GUEST_TINY, .accel = accel, .extra = extra };
+    g_autoptr(JsonObject) addfd = json_object_new();
     g_autoptr(JsonArray) c = NULL;
-    g_autofree char *mac = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mac = NULL, *ifs_p = NULL, *ifs_c = NULL;
     Vm *vm, *child;
     gint64 a, b;
     int fd;
@@ -1572,10 +1600,15 @@ static void tiny_fork_tap(gconstpointer accel)
     g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
     iface_up("lo");
     vm = vm_start(&o);
+    fd = tap_create("vmftc0");
+    json_object_set_int_member(addfd, "fdset-id", 7);
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "add-fd", addfd, fd,
+                                        EVENT_TIMEOUT_MS, &err));
+    g_assert_no_error(err);
+    close(fd);
     c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
-                "\"ifname\": \"vmftc%i\"}]}");
+                "\"fds\": [\"/dev/fdset/7\"]}]}");
     child = vm_attach_child(vm, nth_child(c, 0));
-    g_assert_true(wait_iface("vmftc0"));
     mac = nic_mac(child);
     g_assert_true(g_str_has_prefix(mac, "02:fc:00:"));
     g_usleep(200 * 1000);       /* past the link bounce */
@@ -1583,6 +1616,18 @@ static void tiny_fork_tap(gconstpointer accel)
     b = vm_tiny_next_seq(child, 30000);
     g_assert_cmpint(b, ==, a + 1);
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+
+    /*
+     * The parent keeps its tap (and the fd set, the caller's to remove);
+     * the child holds its own tap only: the fd it switched to and the fd
+     * set's copy, never the parent's
+     */
+    ifs_p = tap_ifaces(vm->pid);
+    ifs_c = tap_ifaces(child->pid);
+    g_test_message("tap fds: parent %s, child %s", ifs_p, ifs_c);
+    g_assert_nonnull(strstr(ifs_p, "vmftp0"));
+    g_assert_nonnull(strstr(ifs_c, "vmftc0"));
+    g_assert_null(strstr(ifs_c, "vmftp0"));
     vm_quit(child);
     vm_quit(vm);
     vm_cleanup_all();
