@@ -229,8 +229,8 @@ Smaps smaps_read(pid_t pid);
 typedef struct TraceChild {
     int pid;
     gint64 forked_us;           /* parent: after fork() returned */
-    gint64 fds_us, threads_us, accel_us, monitor_us;    /* child, after fork */
-    gint64 monitor_abs_ns;      /* child: when its setup was done */
+    gint64 fds_us, threads_us, accel_us, devices_us;    /* child, after fork */
+    gint64 devices_abs_ns;      /* child: when its setup was done */
 } TraceChild;
 
 typedef struct TraceFork {

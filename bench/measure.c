@@ -231,7 +231,7 @@ TraceChild *trace_child(TraceFork *tf, int pid)
     }
     tf->child[tf->nchildren] = (TraceChild) {
         .pid = pid, .forked_us = -1, .fds_us = -1, .threads_us = -1,
-        .accel_us = -1, .monitor_us = -1,
+        .accel_us = -1, .devices_us = -1,
     };
     return &tf->child[tf->nchildren++];
 }
@@ -301,9 +301,9 @@ void trace_parse(BenchVm *vm, gint64 rt_off, TraceFork *tf)
                     c->threads_us = us;
                 } else if (c && !strcmp(what, "accel")) {
                     c->accel_us = us;
-                } else if (c && !strcmp(what, "monitor")) {
-                    c->monitor_us = us;
-                    c->monitor_abs_ns = t;
+                } else if (c && !strcmp(what, "devices")) {
+                    c->devices_us = us;
+                    c->devices_abs_ns = t;
                 }
             }
         }

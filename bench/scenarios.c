@@ -581,11 +581,11 @@ out:
 /* Phases of one child from the trace points, ms (NAN when unknown) */
 enum {
     PH_QMP_IN, PH_CHECK, PH_PREPARE, PH_FORK, PH_FDS, PH_THREADS, PH_ACCEL,
-    PH_MONITOR, PH_START, PH_FIRST_OUTPUT, PH__N
+    PH_DEVICES, PH_START, PH_FIRST_OUTPUT, PH__N
 };
 static const char *const phase_names[PH__N] = {
     "qmp_in", "check", "prepare", "fork", "child_fds", "child_threads",
-    "child_accel", "child_monitor", "child_start", "first_output",
+    "child_accel", "child_devices", "child_start", "first_output",
 };
 
 static void child_phases(ForkRun *r, Child *c, bool kvm, double *ph)
@@ -605,15 +605,15 @@ static void child_phases(ForkRun *r, Child *c, bool kvm, double *ph)
     ph[PH_CHECK] = MS(tf->start_abs_ns - t0);
     ph[PH_PREPARE] = MS(tf->paused_abs_ns - tf->start_abs_ns);
     tc = trace_child(tf, c->pid);
-    if (!tc || tc->monitor_us < 0 || tc->fds_us < 0) {
+    if (!tc || tc->devices_us < 0 || tc->fds_us < 0) {
         return;
     }
-    child0 = tc->monitor_abs_ns - tc->monitor_us * 1000;
+    child0 = tc->devices_abs_ns - tc->devices_us * 1000;
     ph[PH_FORK] = MS(child0 - tf->paused_abs_ns);
     ph[PH_FDS] = tc->fds_us / 1000.0;
     ph[PH_THREADS] = (tc->threads_us - tc->fds_us) / 1000.0;
     ph[PH_ACCEL] = (tc->accel_us - tc->threads_us) / 1000.0;
-    ph[PH_MONITOR] = (tc->monitor_us - tc->accel_us) / 1000.0;
+    ph[PH_DEVICES] = (tc->devices_us - tc->accel_us) / 1000.0;
     if (!c->off.ok) {
         return;
     }
@@ -621,10 +621,10 @@ static void child_phases(ForkRun *r, Child *c, bool kvm, double *ph)
     if (!kvm && !isnan(c->resume_ms)) {
         gint64 resume = r->t_send + (gint64)(c->resume_ms * NS_PER_MS);
 
-        ph[PH_START] = MS(resume - tc->monitor_abs_ns);
+        ph[PH_START] = MS(resume - tc->devices_abs_ns);
         ph[PH_FIRST_OUTPUT] = MS(first - resume);
     } else {
-        ph[PH_FIRST_OUTPUT] = MS(first - tc->monitor_abs_ns);
+        ph[PH_FIRST_OUTPUT] = MS(first - tc->devices_abs_ns);
     }
 }
 

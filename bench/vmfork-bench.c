@@ -368,7 +368,7 @@ static const char *const csv_columns[] = {
     "phases_ms.qmp_in.p50", "phases_ms.check.p50", "phases_ms.prepare.p50",
     "phases_ms.fork.p50", "phases_ms.child_fds.p50",
     "phases_ms.child_threads.p50", "phases_ms.child_accel.p50",
-    "phases_ms.child_monitor.p50", "phases_ms.child_start.p50",
+    "phases_ms.child_devices.p50", "phases_ms.child_start.p50",
     "phases_ms.first_output.p50", "phases_ms.parent_fork.p50",
     "phases_ms.parent_first_output.p50", "tick_interval_ms",
     "offset_spread_parent_us", "offset_spread_child_us", "first_fork_clone_ms",

@@ -271,6 +271,17 @@ bool vmfork_child_setup(const VmforkRequest *req, int index,
     if (!switch_chardevs(req, index, errp)) {
         return false;
     }
+    phase_done("devices");
+    return true;
+}
+
+/*
+ * Once the guest runs: the child's own monitor.  Nothing the guest sees
+ * depends on it, so the guest does not wait for it.
+ */
+bool vmfork_child_start_monitor(const VmforkRequest *req, int index,
+                                Error **errp)
+{
     if (!start_monitor(req, index, errp)) {
         return false;
     }

@@ -14,7 +14,7 @@
  *   VMFORK_FAULT=kill-child:PHASE   each child kills itself with SIGKILL
  *                                   when it reaches PHASE ("forked",
  *                                   "fds", "threads", "io", "accel",
- *                                   "monitor" or "started")
+ *                                   "devices", "started" or "monitor")
  *   VMFORK_FAULT=fail-fork:N        the Nth fork() of each command (from
  *                                   1) fails with EAGAIN
  *

@@ -60,6 +60,9 @@ bool vmfork_fd_make_private(Error **errp);
 /* child.c: the child's side of the command; false: the child must exit */
 bool vmfork_child_setup(const VmforkRequest *req, int index,
                         QIOChannelBuffer *kvm_state, Error **errp);
+/* ... and once its guest runs (or may run): its monitor */
+bool vmfork_child_start_monitor(const VmforkRequest *req, int index,
+                                Error **errp);
 
 /* vmfork.c: new vCPU threads, and under KVM a new VM with the saved state */
 bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp);

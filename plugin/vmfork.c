@@ -32,6 +32,7 @@
 #include "chardev/char.h"
 #include "chardev/char-fe.h"
 #include "exec/cpu-common.h"
+#include "exec/memory.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
 #include "migration/qemu-file.h"
@@ -674,7 +675,15 @@ bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp)
     cpus_restart_vcpus_after_fork();
     qio_channel_io_seek(QIO_CHANNEL(kvm_state), 0, SEEK_SET, &error_abort);
     f = qemu_file_new_input(QIO_CHANNEL(kvm_state));
+    /*
+     * One memory transaction: loading kvm-tpr-opt maps the vapic option
+     * ROM out and back in, which would delete and re-create memory slots
+     * of the new VM (milliseconds each under some hypervisors) only to
+     * end where it started.
+     */
+    memory_region_transaction_begin();
     ret = qemu_load_device_state(f);
+    memory_region_transaction_commit();
     qemu_fclose(f);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "vmfork: cannot load the KVM state");
@@ -813,6 +822,9 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                 vm_start();
             }
             vmfork_fault_child_phase("started");
+            if (!vmfork_child_start_monitor(&req, i, &err)) {
+                vmfork_child_failed(err);
+            }
             if (write(status[1], "R", 1) != 1) {
                 /* The parent is gone: nobody to tell, run anyway */
             }

@@ -97,7 +97,7 @@ plots() {
         csv_rows "v_kind == \"fork\" && v_accel == \"$a\"" phases_ms.qmp_in.p50 \
             phases_ms.check.p50 phases_ms.prepare.p50 phases_ms.fork.p50 \
             phases_ms.child_fds.p50 phases_ms.child_threads.p50 \
-            phases_ms.child_accel.p50 phases_ms.child_monitor.p50 \
+            phases_ms.child_accel.p50 phases_ms.child_devices.p50 \
             phases_ms.child_start.p50 phases_ms.first_output.p50 \
             | sed 's/^fork-//' > "$dat/phases-$a.dat"
     done
@@ -127,7 +127,7 @@ plot "$dat/clone.dat" using 2:xtic(1) title "first guest output p50", \
 
 set style histogram rowstacked
 set key outside right top
-names = "qmp-in check prepare+stop+save fork child:fds child:threads child:accel child:monitor child:start first-output"
+names = "qmp-in check prepare+stop+save fork child:fds child:threads child:accel child:devices child:start first-output"
 colors = "#332288 #88ccee #44aa99 #117733 #999933 #ddcc77 #cc6677 #882255 #aa4499 #bbbbbb"
 do for [a in "tcg kvm"] {
     f = "$dat/phases-" . a . ".dat"

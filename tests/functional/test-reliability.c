@@ -408,7 +408,8 @@ static void fork_with_iothread(void)
  * monitor socket it left, keeps no fd of it, and its guest runs on.
  */
 static const char *const child_phases[] = {
-    "forked", "fds", "threads", "io", "accel", "monitor", "started",
+    "forked", "fds", "threads", "io", "accel", "devices", "started",
+    "monitor",
 };
 
 static void child_killed_at_each_phase(gconstpointer accel)
