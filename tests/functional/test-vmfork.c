@@ -445,6 +445,15 @@ static void fork_bad_arguments_leave_parent_running(void)
           "GenericError", "needs %i or %p" },
         { "{\"overlay-dir\": \"/nonexistent-dir\"}", "GenericError",
           "is not a directory" },
+        { "{\"overlay-dir\": \"/etc/passwd\"}", "GenericError",
+          "is not a directory" },
+        { "{\"start\": \"yes\"}", "GenericError", "expected: boolean" },
+        { "{\"hostfwd-offset\": 70000}", "GenericError",
+          "between -65535 and 65535" },
+        { "{\"serial\": \"/tmp/x-%z\"}", "GenericError", "%z" },
+        { "{\"taps\": \"n0\"}", "GenericError", "expected: array" },
+        { "{\"taps\": [{\"netdev\": \"n0\", \"ifname\": \"x\"}]}",
+          "GenericError", "'n0' is not a tap netdev" },
     };
     Vm *vm;
     gint64 a, b;
