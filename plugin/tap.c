@@ -98,8 +98,9 @@ bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *list,
         plan->new_mac = !t->has_new_mac || t->new_mac;
         g_ptr_array_add(req->taps, plan);
         if (t->ifname) {
-            g_autofree char *name = vmfork_expand_template(t->ifname, 0,
-                                                           4194304, errp);
+            /* the longest name: the last index, the largest pid */
+            g_autofree char *name = vmfork_expand_template(
+                t->ifname, req->count - 1, 4194304, errp);
 
             if (!name ||
                 !vmfork_check_template_per_child("tap ifname", t->ifname,
