@@ -47,6 +47,15 @@ static guint64 rss_kib(pid_t pid)
     return g_ascii_strtoull(p + 6, NULL, 10);
 }
 
+/* The tiny guest of vm is running, and its counter advances */
+static void assert_runs_on(Vm *vm)
+{
+    g_autofree char *state = vm_runstate(vm);
+
+    g_assert_cmpstr(state, ==, "running");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+}
+
 /*
  * How much the parent's RSS may grow in a storm, in KiB.  Under ASan
  * (check-sanitize sets VMFORK_SANITIZED) the allocator's quarantine and
@@ -191,7 +200,6 @@ static void fork_refused_during_migration(void)
 {
     VmOptions o = { .guest = GUEST_TINY };
     g_autoptr(GError) err = NULL;
-    g_autofree char *state = NULL;
     Vm *vm;
 
     if (vm_skip_if_missing(&o)) {
@@ -208,9 +216,7 @@ static void fork_refused_during_migration(void)
     g_test_message("%s", err->message);
     g_assert_nonnull(strstr(qmp_error_desc(err), "migration is in progress"));
     json_node_unref(vm_qmp(vm, "migrate_cancel", NULL));
-    state = vm_runstate(vm);
-    g_assert_cmpstr(state, ==, "running");
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    assert_runs_on(vm);
     vm_quit(vm);
     vm_cleanup_all();
 }
@@ -306,7 +312,6 @@ static void fork_overlay_dir_full(void)
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
     g_autoptr(GError) err = NULL;
     g_autoptr(GDir) d = NULL;
-    g_autofree char *state = NULL;
     const char *name;
     guint left = 0;
     Vm *vm;
@@ -352,9 +357,7 @@ static void fork_overlay_dir_full(void)
         left++;
     }
     g_assert_cmpuint(left, ==, 0);
-    state = vm_runstate(vm);
-    g_assert_cmpstr(state, ==, "running");
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    assert_runs_on(vm);
     vm_quit(vm);
     if (umount2(dir, MNT_DETACH) < 0) {
         g_test_message("umount %s: %s", dir, g_strerror(errno));
@@ -420,7 +423,6 @@ static void child_killed_at_each_phase(gconstpointer accel)
                                                  child_phases[p]);
         g_autoptr(JsonArray) children = NULL;
         g_autoptr(GError) none = NULL;
-        g_autofree char *state = NULL;
         JsonNode *q, *ready;
         guint fds0;
         Vm *vm;
@@ -476,9 +478,7 @@ static void child_killed_at_each_phase(gconstpointer accel)
         }
         json_node_unref(q);
         g_assert_cmpuint(count_dir("/proc/%d/fd", vm->pid), ==, fds0);
-        state = vm_runstate(vm);
-        g_assert_cmpstr(state, ==, "running");
-        g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+        assert_runs_on(vm);
         vm_quit(vm);
         vm_cleanup_all();
     }
@@ -525,7 +525,6 @@ static void fork_failure_injected(void)
     g_autofree char *dir = g_dir_make_tmp("vmtest-fail-XXXXXX", NULL);
     g_autofree char *ovl = g_build_filename(dir, "overlays", NULL);
     g_autofree char *image = NULL, *drive = NULL, *args = NULL;
-    g_autofree char *state = NULL;
     g_autoptr(GError) err = NULL, evErr = NULL;
     JsonNode *ev;
     Vm *vm;
@@ -560,9 +559,7 @@ static void fork_failure_injected(void)
     json_node_unref(ev);
 
     assert_disk_unchanged(vm, image, ovl);
-    state = vm_runstate(vm);
-    g_assert_cmpstr(state, ==, "running");
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    assert_runs_on(vm);
     vm_quit(vm);
     vm_cleanup_all();
 }
@@ -576,7 +573,6 @@ static void fork_denied_by_seccomp(void)
     const char *wrapper[] = { g_getenv("VMFORK_NOFORK_EXEC"), NULL };
     VmOptions o = { .guest = GUEST_TINY, .wrapper = wrapper };
     g_autoptr(GError) err = NULL;
-    g_autofree char *state = NULL;
     JsonNode *q;
     Vm *vm;
 
@@ -597,9 +593,7 @@ static void fork_denied_by_seccomp(void)
     g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
         json_node_get_object(q), "children")), ==, 0);
     json_node_unref(q);
-    state = vm_runstate(vm);
-    g_assert_cmpstr(state, ==, "running");
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    assert_runs_on(vm);
     vm_quit(vm);
     vm_cleanup_all();
 }
@@ -614,7 +608,7 @@ static void fork_into_unwritable_dirs(void)
     g_autofree char *dir = g_dir_make_tmp("vmtest-ro-XXXXXX", NULL);
     g_autofree char *ro = g_build_filename(dir, "ro", NULL);
     g_autofree char *image = NULL, *drive = NULL, *args_ovl = NULL;
-    g_autofree char *args_mon = NULL, *state = NULL;
+    g_autofree char *args_mon = NULL;
     const char *extra[] = { "-drive", NULL, NULL };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
     g_autoptr(GError) e1 = NULL, e2 = NULL;
@@ -656,9 +650,7 @@ static void fork_into_unwritable_dirs(void)
     g_assert_nonnull(strstr(qmp_error_desc(e2), "cannot create monitor"));
 
     assert_disk_unchanged(vm, image, ro);
-    state = vm_runstate(vm);
-    g_assert_cmpstr(state, ==, "running");
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    assert_runs_on(vm);
     vm_quit(vm);
     umount2(ro, MNT_DETACH);
     vm_cleanup_all();
@@ -726,34 +718,6 @@ static Vm *linux_with_disk(char **dir_out, char **fork_args)
     return vm_start(&o);
 }
 
-/* Every qcow2 image in dir is clean (all checked before any is removed) */
-static void qemu_img_check_all(const char *dir)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    guint n = 0;
-
-    while ((name = g_dir_read_name(d))) {
-        g_autofree char *path = g_build_filename(dir, name, NULL);
-        g_autofree char *cmd = NULL, *err = NULL;
-        int status;
-
-        if (!g_str_has_suffix(name, ".qcow2")) {
-            continue;
-        }
-        cmd = g_strdup_printf("%s check -q %s", g_getenv("VMFORK_QEMU_IMG"),
-                              path);
-        g_assert_true(g_spawn_command_line_sync(cmd, NULL, &err, &status,
-                                                NULL));
-        if (status) {
-            g_test_message("qemu-img check %s: %s", name, err);
-        }
-        g_assert_cmpint(status, ==, 0);
-        n++;
-    }
-    g_test_message("qemu-img check: %u overlays clean", n);
-}
-
 /*
  * A guest fsyncs numbered records without a break while it is forked again
  * and again: the parent loses no acknowledged write, and every child's
@@ -809,7 +773,7 @@ static void fsync_writes_across_forks(void)
     g_test_message("%d forks, %" G_GUINT64_FORMAT " records acknowledged "
                    "by the parent", n, acked);
     vm_quit(parent);
-    qemu_img_check_all(dir);
+    vm_qemu_img_check_dir(dir);
     vm_cleanup_all();
 }
 
@@ -927,7 +891,7 @@ static void storm_under_load(void)
     runs = vm_writer_check(vm, "/dev/vda", acked);
     g_assert_null(strchr(runs, ','));       /* its own records only */
     vm_quit(vm);
-    qemu_img_check_all(dir);
+    vm_qemu_img_check_dir(dir);
     vm_cleanup_all();
 }
 

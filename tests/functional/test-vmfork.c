@@ -709,16 +709,6 @@ static void disk_write(Vm *vm, int sector, const char *text)
     g_assert_true(g_str_has_prefix(reply, "0"));
 }
 
-static int run_qemu_img_check(const char *path)
-{
-    g_autofree char *cmd = g_strdup_printf("%s check -q %s",
-                                           g_getenv("VMFORK_QEMU_IMG"), path);
-    int status;
-
-    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
-    return status;
-}
-
 /*
  * Disks: each clone writes its own qcow2 overlay on top of the image that
  * was active at the fork, which keeps the data from before the fork and
@@ -736,7 +726,6 @@ static void linux_fork_disks_are_private(void)
     g_autofree char *w_p = NULL, *w_c = NULL, *base_data = NULL;
     g_autoptr(GDir) d = NULL;
     const char *name;
-    guint overlays = 0;
     gsize len;
     Vm *parent, *child;
 
@@ -782,20 +771,9 @@ static void linux_fork_disks_are_private(void)
     for (int i = 0; i < 512; i++) {
         g_assert_cmpint(base_data[200 * 512 + i], ==, 0);
     }
-    /* Every overlay is a clean qcow2 image (backed by the base: check all
-     * before removing any file) */
+    /* Every overlay is a clean qcow2 image */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir), ==, 2);
     d = g_dir_open(dir, 0, NULL);
-    while ((name = g_dir_read_name(d))) {
-        g_autofree char *path = g_build_filename(dir, name, NULL);
-
-        if (g_str_has_suffix(name, ".qcow2")) {
-            g_test_message("qemu-img check %s", name);
-            g_assert_cmpint(run_qemu_img_check(path), ==, 0);
-            overlays++;
-        }
-    }
-    g_assert_cmpuint(overlays, ==, 2);
-    g_dir_rewind(d);
     while ((name = g_dir_read_name(d))) {
         g_autofree char *path = g_build_filename(dir, name, NULL);
 
@@ -832,10 +810,7 @@ static void linux_fork_disk_writes_during_fork(void)
     g_autofree char *runs_p = NULL, *runs_c = NULL, *want_p = NULL;
     g_autofree char *sum_fork = NULL, *sum_end = NULL;
     g_auto(GStrv) rc = NULL;
-    g_autoptr(GDir) d = NULL;
-    const char *name;
     guint64 acked_p, acked_c, before, after_p;
-    guint overlays = 0;
     Vm *parent, *child;
 
     vm_register_dir(dir);
@@ -885,17 +860,7 @@ static void linux_fork_disk_writes_during_fork(void)
     /* Nothing wrote the base after the fork; every overlay is clean */
     sum_end = file_sha256(base);
     g_assert_cmpstr(sum_end, ==, sum_fork);
-    d = g_dir_open(dir, 0, NULL);
-    while ((name = g_dir_read_name(d))) {
-        g_autofree char *path = g_build_filename(dir, name, NULL);
-
-        if (g_str_has_suffix(name, ".qcow2")) {
-            g_test_message("qemu-img check %s", name);
-            g_assert_cmpint(run_qemu_img_check(path), ==, 0);
-            overlays++;
-        }
-    }
-    g_assert_cmpuint(overlays, ==, 2);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir), ==, 2);
     vm_cleanup_all();
 }
 
@@ -1255,6 +1220,33 @@ static void iface_up(const char *name)
     close(s);
 }
 
+/*
+ * A tap test runs as root in a network namespace of its own (its taps go
+ * away with it): skip with the reason (true) where that cannot be, else
+ * enter the namespace and bring its lo up for the tests that follow.
+ */
+static bool tap_skip_or_enter_netns(const VmOptions *o)
+{
+    int fd;
+
+    if (geteuid() != 0) {
+        g_test_skip("tap needs root (CAP_NET_ADMIN) for a network namespace");
+        return true;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        g_test_skip("/dev/net/tun cannot be opened: no tap here");
+        return true;
+    }
+    close(fd);
+    if (vm_skip_if_missing(o)) {
+        return true;
+    }
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    iface_up("lo");
+    return false;
+}
+
 /* Frames the host received on a tap: what the guest behind it sent
  * (/proc/net/dev is this namespace's; /sys/class/net is the mounter's) */
 static guint64 tap_frames_from_guest(const char *name)
@@ -1408,22 +1400,9 @@ static void linux_fork_tap(void)
     Vm *vms[3];
     int fd;
 
-    if (geteuid() != 0) {
-        g_test_skip("tap needs root (CAP_NET_ADMIN) for a network namespace");
+    if (tap_skip_or_enter_netns(&o)) {
         return;
     }
-    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        g_test_skip("/dev/net/tun cannot be opened: no tap here");
-        return;
-    }
-    close(fd);
-    if (vm_skip_if_missing(&o)) {
-        return;
-    }
-    /* Our own namespace: the taps go away with it; lo for the other tests */
-    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
-    iface_up("lo");
 
     vms[0] = vm_start(&o);
     /* Without taps for the children: refused, naming the netdev */
@@ -1593,21 +1572,9 @@ static void tiny_fork_tap(gconstpointer accel)
     gint64 a, b;
     int fd;
 
-    if (geteuid() != 0) {
-        g_test_skip("tap needs root (CAP_NET_ADMIN) for a network namespace");
+    if (tap_skip_or_enter_netns(&o)) {
         return;
     }
-    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        g_test_skip("/dev/net/tun cannot be opened: no tap here");
-        return;
-    }
-    close(fd);
-    if (vm_skip_if_missing(&o)) {
-        return;
-    }
-    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
-    iface_up("lo");
     vm = vm_start(&o);
     fd = tap_create("vmftc0");
     json_object_set_int_member(addfd, "fdset-id", 7);

@@ -641,6 +641,35 @@ char *vm_agent(Vm *vm, const char *fmt, ...)
     return vm_agent_reply(vm);
 }
 
+guint vm_qemu_img_check_dir(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    guint n = 0;
+
+    g_assert_nonnull(d);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        g_autofree char *cmd = NULL, *err = NULL;
+        int status;
+
+        if (!g_str_has_suffix(name, ".qcow2")) {
+            continue;
+        }
+        cmd = g_strdup_printf("%s check -q %s", g_getenv("VMFORK_QEMU_IMG"),
+                              path);
+        g_assert_true(g_spawn_command_line_sync(cmd, NULL, &err, &status,
+                                                NULL));
+        if (status) {
+            g_test_message("qemu-img check %s: %s", name, err);
+        }
+        g_assert_cmpint(status, ==, 0);
+        n++;
+    }
+    g_test_message("qemu-img check: %u overlays clean", n);
+    return n;
+}
+
 char *vm_clone_id_word(Vm *vm)
 {
     char *id = vm_agent(vm, "cloneid");

@@ -109,6 +109,11 @@ gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
 /* Tiny guest: a command ("h", "w SEED") and its reply line */
 char *vm_tiny_cmd(Vm *vm, const char *cmd);
 
+/* qemu-img check every qcow2 image in dir (all of them before the caller
+ * removes any: they may back each other), asserting each is clean;
+ * returns how many there were */
+guint vm_qemu_img_check_dir(const char *dir);
+
 /* Is the process gone (exited and reaped, not a zombie)? */
 bool pid_gone(pid_t pid);
 /* Wait up to timeout_ms for that */
