@@ -551,6 +551,68 @@ static void cmd_fwrite(char *args)
     send_line();
 }
 
+/*
+ * kmsg <ms> <text>: waits up to ms milliseconds for a kernel log record
+ * that contains text (the rest of the line), searching from the start of
+ * the log.  Reading /dev/kmsg takes nothing from the RNG, so a test can
+ * wait for a reseed without changing what /dev/urandom gives next.
+ */
+static void cmd_kmsg(char *args)
+{
+    char *a = next_word(&args), rec[8192];
+    uint64_t ms, deadline;
+    int fd;
+
+    while (*args == ' ' || *args == '\t') {
+        args++;
+    }
+    if (!a || parse_u64(a, 10, &ms) || ms > 3600000 || !*args) {
+        reply_err("usage: kmsg <ms 0..3600000> <text>");
+        return;
+    }
+    fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        reply_err("/dev/kmsg: %s", strerror(errno));
+        return;
+    }
+    deadline = now_ns(CLOCK_MONOTONIC) + ms * 1000000;
+    for (;;) {
+        /* One record per read: "prio,seq,usec,flags;text\n" */
+        ssize_t n = read(fd, rec, sizeof(rec) - 1);
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        uint64_t now;
+
+        if (n > 0) {
+            char *text;
+
+            rec[n] = 0;
+            text = strchr(rec, ';');
+            if (text && strstr(text + 1, args)) {
+                out_printf("OK %" PRIu64, now_ns(CLOCK_MONOTONIC));
+                break;
+            }
+            continue;
+        }
+        if (n < 0 && (errno == EINTR || errno == EPIPE)) {
+            continue;           /* EPIPE: records overwritten, read on */
+        }
+        if (n < 0 && errno != EAGAIN) {
+            reply_err("/dev/kmsg: %s", strerror(errno));
+            close(fd);
+            return;
+        }
+        now = now_ns(CLOCK_MONOTONIC);
+        if (now >= deadline) {
+            reply_err("kmsg: no '%.64s' in %" PRIu64 " ms", args, ms);
+            close(fd);
+            return;
+        }
+        poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
+    }
+    close(fd);
+    send_line();
+}
+
 static void cmd_fread(char *args)
 {
     char *path = next_word(&args);
@@ -860,6 +922,7 @@ static const struct {
     { "time", cmd_time },
     { "cloneid", cmd_cloneid },
     { "fwcfg", cmd_fwcfg },
+    { "kmsg", cmd_kmsg },
     { "sh", cmd_sh },
     { "fwrite", cmd_fwrite },
     { "fread", cmd_fread },
