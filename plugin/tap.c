@@ -193,43 +193,88 @@ bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp)
 
 /* ---- The child's MAC address ------------------------------------------ */
 
-#define LINK_BOUNCE_MS 50
+/*
+ * The guest must see the link down before it comes up again, or it never
+ * sees a change: Linux's virtio-net reads the link status in a worker,
+ * and a worker that runs after a quick up reads "up" as it was before.
+ * A virtio-net guest that negotiated VIRTIO_NET_F_GUEST_ANNOUNCE tells us
+ * when it has read the status: it acknowledges the announce bit that we
+ * raise with the link down (the read that sees the bit sees the link
+ * down).  Other guests get the link back after LINK_BOUNCE_MS.
+ */
+#define LINK_BOUNCE_MS      50          /* guests that cannot acknowledge */
+#define LINK_ACK_MAX_MS     2000        /* guests that could, but did not */
+#define LINK_POLL_MS        2
 
-static void link_up(void *opaque)
+typedef struct LinkBounce {
+    char *netdev;
+    VirtIONet *ack_from;        /* NULL: no acknowledgement to wait for */
+    int64_t down_ms;            /* QEMU_CLOCK_VIRTUAL */
+    QEMUTimer *timer;
+} LinkBounce;
+
+static void link_bounce_poll(void *opaque)
 {
-    char *netdev = opaque;
+    LinkBounce *b = opaque;
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_VIRTUAL);
+    bool waiting;
 
-    qmp_set_link(netdev, true, &error_warn);
-    g_free(netdev);
+    if (b->ack_from) {
+        waiting = (b->ack_from->status & VIRTIO_NET_S_ANNOUNCE) &&
+                  now - b->down_ms < LINK_ACK_MAX_MS;
+    } else {
+        waiting = now - b->down_ms < LINK_BOUNCE_MS;
+    }
+    if (waiting) {
+        timer_mod(b->timer, now + LINK_POLL_MS);
+        return;
+    }
+    trace_vmfork_child_link_up(b->netdev, now - b->down_ms,
+                               b->ack_from &&
+                               !(b->ack_from->status & VIRTIO_NET_S_ANNOUNCE));
+    qmp_set_link(b->netdev, true, &error_warn);
+    timer_free(b->timer);
+    g_free(b->netdev);
+    g_free(b);
 }
 
 /*
  * The NIC on tap netdev number @nr gets 02:fc:NN:CC:CC:CC.  Its link goes
- * down now and up once the guest ran a little (virtual clock), so that
- * the guest sees a carrier change and can take the address up.
+ * down now and up once the guest has seen it down, so that the guest sees
+ * a carrier change and can take the address up.
  */
 static void new_mac(NetClientState *nc, int nr)
 {
     NICState *nic = nc->peer ? qemu_get_nic(nc->peer) : NULL;
     uint32_t id = getpid();
     uint8_t mac[6] = { 0x02, 0xfc, nr, id >> 16, id >> 8, id };
+    LinkBounce *b;
     void *dev;
-    QEMUTimer *t;
 
     if (!nic) {
         return;                 /* no guest NIC on it */
     }
-    qmp_set_link(nc->name, false, &error_abort);
-    memcpy(nic->conf->macaddr.a, mac, sizeof(mac));      /* from reset */
+    b = g_new0(LinkBounce, 1);
+    b->netdev = g_strdup(nc->name);
     dev = qemu_get_nic_opaque(nc->peer);
     if (object_dynamic_cast(OBJECT(dev), TYPE_VIRTIO_NET)) {
-        memcpy(VIRTIO_NET(dev)->mac, mac, sizeof(mac));  /* config space */
+        VirtIONet *n = VIRTIO_NET(dev);
+
+        memcpy(n->mac, mac, sizeof(mac));               /* config space */
+        /* sets VIRTIO_NET_S_ANNOUNCE where the guest can acknowledge it */
+        nc->peer->info->announce(nc->peer);
+        if (n->status & VIRTIO_NET_S_ANNOUNCE) {
+            b->ack_from = n;
+        }
     }
+    qmp_set_link(nc->name, false, &error_abort);
+    memcpy(nic->conf->macaddr.a, mac, sizeof(mac));      /* from reset */
     qemu_format_nic_info_str(nc->peer, mac);
     trace_vmfork_child_mac(nc->name, nc->peer->name, nc->peer->info_str);
 
-    t = timer_new_ms(QEMU_CLOCK_VIRTUAL, link_up, g_strdup(nc->name));
-    timer_mod(t, qemu_clock_get_ms(QEMU_CLOCK_VIRTUAL) + LINK_BOUNCE_MS);
+    b->down_ms = qemu_clock_get_ms(QEMU_CLOCK_VIRTUAL);
+    b->timer = timer_new_ms(QEMU_CLOCK_VIRTUAL, link_bounce_poll, b);
+    timer_mod(b->timer, b->down_ms + LINK_POLL_MS);
 }
 
 bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
