@@ -833,14 +833,17 @@ static void linux_fork_disk_writes_during_fork(void)
     parent = vm_start(&o);
     id_p = vm_clone_id_word(parent);
     vm_writer_start(parent, "/dev/vda");
-    g_usleep(300 * 1000);
+    vm_writer_wait(parent, 20);
 
     args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
     child = fork_one(parent, args);
     sum_fork = file_sha256(base);
     id_c = vm_clone_id_word(child);
     g_assert_cmpstr(id_c, !=, id_p);
-    g_usleep(300 * 1000);
+    /* both write on: at least 20 more records each after the fork */
+    acked_c = vm_writer_wait(child, 0);
+    vm_writer_wait(child, acked_c + 20);
+    vm_writer_wait(parent, acked_c + 20);
     acked_p = vm_writer_stop(parent);
     acked_c = vm_writer_stop(child);
 

@@ -683,6 +683,26 @@ void vm_writer_start(Vm *vm, const char *dev)
     g_free(vm_agent(vm, "wstart %s", dev));
 }
 
+guint64 vm_writer_wait(Vm *vm, guint64 n)
+{
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    guint64 acked;
+
+    for (;;) {
+        g_autofree char *r = vm_agent(vm, "wstat");
+
+        acked = g_ascii_strtoull(r, NULL, 10);
+        if (acked >= n) {
+            return acked;
+        }
+        if (g_get_monotonic_time() > deadline) {
+            g_error("writer: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                    " records acknowledged after 30 s", acked, n);
+        }
+        g_usleep(10 * 1000);
+    }
+}
+
 guint64 vm_writer_stop(Vm *vm)
 {
     g_autofree char *acked = vm_agent(vm, "wstop");

@@ -97,6 +97,8 @@ char *vm_agent_reply(Vm *vm);
 char *vm_clone_id_word(Vm *vm);
 /* Linux guest: start the agent's disk writer (fsync'd numbered records) */
 void vm_writer_start(Vm *vm, const char *dev);
+/* ... wait until it has acknowledged @n records (30 s at most) */
+guint64 vm_writer_wait(Vm *vm, guint64 n);
 /* ... stop it: the number of records it had acknowledged */
 guint64 vm_writer_stop(Vm *vm);
 /* ... assert the device holds exactly the acknowledged records (one more

@@ -812,6 +812,20 @@ static void cmd_wstart(char *args)
     send_line();
 }
 
+static void cmd_wstat(char *args)
+{
+    if (!no_more_words(args)) {
+        reply_err("usage: wstat");
+        return;
+    }
+    if (!writer_pid) {
+        reply_err("no writer runs");
+        return;
+    }
+    out_printf("OK %" PRIu64, *writer_acked);
+    send_line();
+}
+
 static void cmd_wstop(char *args)
 {
     if (!no_more_words(args)) {
@@ -928,6 +942,7 @@ static const struct {
     { "fread", cmd_fread },
     { "tick", cmd_tick },
     { "wstart", cmd_wstart },
+    { "wstat", cmd_wstat },
     { "wstop", cmd_wstop },
     { "wcheck", cmd_wcheck },
 };
