@@ -259,11 +259,13 @@ static void new_mac(NetClientState *nc, int nr)
     dev = qemu_get_nic_opaque(nc->peer);
     if (object_dynamic_cast(OBJECT(dev), TYPE_VIRTIO_NET)) {
         VirtIONet *n = VIRTIO_NET(dev);
+        /* an announcement of the parent's: its ack says nothing of ours */
+        bool pending = n->status & VIRTIO_NET_S_ANNOUNCE;
 
         memcpy(n->mac, mac, sizeof(mac));               /* config space */
         /* sets VIRTIO_NET_S_ANNOUNCE where the guest can acknowledge it */
         nc->peer->info->announce(nc->peer);
-        if (n->status & VIRTIO_NET_S_ANNOUNCE) {
+        if (!pending && (n->status & VIRTIO_NET_S_ANNOUNCE)) {
             b->ack_from = n;
         }
     }
