@@ -339,6 +339,8 @@ Vm *vm_start(const VmOptions *o)
     ARG("-m"); ARG("%d", mem);
     ARG("-smp"); ARG("%d", o->smp ? o->smp : 1);
     ARG("-nodefaults"); ARG("-display"); ARG("none");
+    /* threads named after their job in /proc/PID/task/TID/comm */
+    ARG("-name"); ARG("debug-threads=on");
     ARG("-S");
     ARG("-qmp"); ARG("unix:%s,server=on,wait=off", vm->qmp_path);
     ARG("-chardev"); ARG("socket,id=agent,path=%s,server=on,wait=off", serial);
