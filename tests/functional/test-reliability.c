@@ -801,7 +801,7 @@ static void fsync_writes_across_forks(void)
     g_test_message("%d forks, %" G_GUINT64_FORMAT " records acknowledged "
                    "by the parent", n, acked);
     vm_quit(parent);
-    vm_qemu_img_check_dir(dir);
+    vm_qemu_img_check_dir(dir, false);
     vm_cleanup_all();
 }
 
@@ -922,7 +922,8 @@ static void storm_under_load(void)
     runs = vm_writer_check(vm, "/dev/vda", acked);
     g_assert_null(strchr(runs, ','));       /* its own records only */
     vm_quit(vm);
-    vm_qemu_img_check_dir(dir);
+    /* the warm-up children, killed while their guests wrote, may leak */
+    vm_qemu_img_check_dir(dir, true);
     vm_cleanup_all();
 }
 

@@ -782,7 +782,7 @@ static void linux_fork_disks_are_private(void)
         g_assert_cmpint(base_data[200 * 512 + i], ==, 0);
     }
     /* Every overlay is a clean qcow2 image */
-    g_assert_cmpuint(vm_qemu_img_check_dir(dir), ==, 2);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 2);
     d = g_dir_open(dir, 0, NULL);
     while ((name = g_dir_read_name(d))) {
         g_autofree char *path = g_build_filename(dir, name, NULL);
@@ -873,7 +873,7 @@ static void linux_fork_disk_writes_during_fork(void)
     /* Nothing wrote the base after the fork; every overlay is clean */
     sum_end = file_sha256(base);
     g_assert_cmpstr(sum_end, ==, sum_fork);
-    g_assert_cmpuint(vm_qemu_img_check_dir(dir), ==, 2);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 2);
     vm_cleanup_all();
 }
 

@@ -112,9 +112,11 @@ gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
 char *vm_tiny_cmd(Vm *vm, const char *cmd);
 
 /* qemu-img check every qcow2 image in dir (all of them before the caller
- * removes any: they may back each other), asserting each is clean;
- * returns how many there were */
-guint vm_qemu_img_check_dir(const char *dir);
+ * removes any: they may back each other), asserting each is clean, or
+ * with @may_leak only leaks clusters (what a VM killed while it writes
+ * leaves: qcow2 counts a cluster before it references it, so a kill
+ * loses space, never data); returns how many there were */
+guint vm_qemu_img_check_dir(const char *dir, bool may_leak);
 
 /* Is the process gone (exited and reaped, not a zombie)? */
 bool pid_gone(pid_t pid);
