@@ -148,14 +148,20 @@ static int parse_u64(const char *s, int base, uint64_t *v)
     return (errno || *end) ? -1 : 0;
 }
 
-/* Split the next space-separated word off *rest (NULL when none). */
-static char *next_word(char **rest)
+/* The rest of a command line without its leading blanks */
+static char *skip_blanks(char *s)
 {
-    char *s = *rest, *w;
-
     while (*s == ' ' || *s == '\t') {
         s++;
     }
+    return s;
+}
+
+/* Split the next space-separated word off *rest (NULL when none). */
+static char *next_word(char **rest)
+{
+    char *s = skip_blanks(*rest), *w;
+
     if (!*s) {
         *rest = s;
         return NULL;
@@ -439,9 +445,7 @@ static void cmd_sh(char *args)
     int pfd[2], status, code;
     pid_t pid;
 
-    while (*args == ' ' || *args == '\t') {
-        args++;
-    }
+    args = skip_blanks(args);
     if (!*args) {
         reply_err("usage: sh <command line>");
         return;
@@ -506,9 +510,7 @@ static void cmd_fwrite(char *args)
         reply_err("usage: fwrite <path> <text>");
         return;
     }
-    while (*args == ' ' || *args == '\t') {
-        args++;
-    }
+    args = skip_blanks(args);
     /* The text plus '\n', written with one write() where possible. */
     len = strlen(args);
     text = malloc(len + 1);
@@ -563,9 +565,7 @@ static void cmd_kmsg(char *args)
     uint64_t ms, deadline;
     int fd;
 
-    while (*args == ' ' || *args == '\t') {
-        args++;
-    }
+    args = skip_blanks(args);
     if (!a || parse_u64(a, 10, &ms) || ms > 3600000 || !*args) {
         reply_err("usage: kmsg <ms 0..3600000> <text>");
         return;
@@ -812,14 +812,23 @@ static void cmd_wstart(char *args)
     send_line();
 }
 
-static void cmd_wstat(char *args)
+/* A command on the running writer, without arguments: replies if not */
+static int writer_cmd_ok(char *args, const char *name)
 {
     if (!no_more_words(args)) {
-        reply_err("usage: wstat");
-        return;
+        reply_err("usage: %s", name);
+        return 0;
     }
     if (!writer_pid) {
         reply_err("no writer runs");
+        return 0;
+    }
+    return 1;
+}
+
+static void cmd_wstat(char *args)
+{
+    if (!writer_cmd_ok(args, "wstat")) {
         return;
     }
     out_printf("OK %" PRIu64, *writer_acked);
@@ -828,12 +837,7 @@ static void cmd_wstat(char *args)
 
 static void cmd_wstop(char *args)
 {
-    if (!no_more_words(args)) {
-        reply_err("usage: wstop");
-        return;
-    }
-    if (!writer_pid) {
-        reply_err("no writer runs");
+    if (!writer_cmd_ok(args, "wstop")) {
         return;
     }
     kill(writer_pid, SIGKILL);
