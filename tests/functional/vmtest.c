@@ -233,6 +233,9 @@ static pid_t spawn(GPtrArray *argv, const char *log)
         dup2(null, 0);
         dup2(fd, 1);
         dup2(fd, 2);
+        /* QEMU gets stdio and nothing else of ours (vmfork checks fds) */
+        close(fd);
+        close(null);
         execv(argv->pdata[0], (char **)argv->pdata);
         _exit(127);
     }
@@ -266,6 +269,42 @@ static int connect_retry(pid_t pid, const char *path, int timeout_ms)
         g_usleep(2000);
     }
     return fd;
+}
+
+int vm_unix_connect(pid_t pid, const char *path, int timeout_ms)
+{
+    return connect_retry(pid, path, timeout_ms);
+}
+
+char *fd_read_line(int fd, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+    g_autoptr(GString) line = g_string_new(NULL);
+
+    for (;;) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+        char c;
+        ssize_t n;
+
+        if (left <= 0 || poll(&pfd, 1, left) <= 0) {
+            return NULL;
+        }
+        n = read(fd, &c, 1);
+        if (n == 0) {
+            return NULL;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                continue;
+            }
+            return NULL;
+        }
+        if (c == '\n') {
+            return g_string_free(g_steal_pointer(&line), false);
+        }
+        g_string_append_c(line, c);
+    }
 }
 
 static QmpClient *qmp_connect_retry(pid_t pid, const char *path)
@@ -321,7 +360,7 @@ Vm *vm_start(const VmOptions *o)
     Vm *vm;
 
     harness_init();
-    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    dir = o->dir ? g_strdup(o->dir) : g_dir_make_tmp("vmtest-XXXXXX", NULL);
     g_assert_nonnull(dir);
     vm_register_dir(dir);
     vm = vm_new(o->guest, dir);
@@ -335,7 +374,7 @@ Vm *vm_start(const VmOptions *o)
     }
     ARG("%s", qemu_binary());
     ARG("-accel"); ARG("%s", accel);
-    ARG("-M"); ARG("pc");
+    ARG("-M"); ARG("%s", o->machine ? o->machine : "pc");
     ARG("-m"); ARG("%d", mem);
     ARG("-smp"); ARG("%d", o->smp ? o->smp : 1);
     ARG("-nodefaults"); ARG("-display"); ARG("none");
@@ -641,6 +680,30 @@ char *vm_agent(Vm *vm, const char *fmt, ...)
     va_end(ap);
     vm_agent_send(vm, "%s", cmd);
     return vm_agent_reply(vm);
+}
+
+char *vm_sh(Vm *vm, const char *fmt, ...)
+{
+    g_autofree char *cmd = NULL, *reply = NULL;
+    g_auto(GStrv) parts = NULL;
+    GString *out = g_string_new(NULL);
+    va_list ap;
+
+    va_start(ap, fmt);
+    cmd = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    reply = vm_agent(vm, "sh %s", cmd);
+    parts = g_strsplit(reply, " ", 2);
+    if (!g_str_equal(parts[0], "0")) {
+        g_error("guest command '%s' exited with status %s", cmd, parts[0]);
+    }
+    for (const char *p = parts[1]; p && p[0] && p[1]; p += 2) {
+        unsigned int byte;
+
+        sscanf(p, "%2x", &byte);
+        g_string_append_c(out, byte);
+    }
+    return g_string_free(out, false);
 }
 
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak)

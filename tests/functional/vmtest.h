@@ -29,6 +29,9 @@ typedef struct VmOptions {
     const char *accel;          /* "tcg" (default) or "kvm" */
     int mem_mib;                /* default 512 (Linux) / 64 (tiny) */
     int smp;                    /* default 1 */
+    const char *machine;        /* -M argument, default "pc" */
+    const char *dir;            /* the test directory, made by the caller
+                                 * (default: a new one) */
     const char *const *extra;   /* more QEMU arguments, NULL-terminated;
                                  * "@DIR@" stands for the test directory */
     bool no_boot;               /* leave the VM as QEMU starts it (-S) */
@@ -117,6 +120,17 @@ char *vm_tiny_cmd(Vm *vm, const char *cmd);
  * leaves: qcow2 counts a cluster before it references it, so a kill
  * loses space, never data); returns how many there were */
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak);
+
+/* Linux guest agent: run a shell command, assert it exits 0 and return
+ * its standard output */
+char *vm_sh(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/* Connect to a unix socket that process @pid creates soon (-1: it did not
+ * within timeout_ms, or the process is gone); the fd is non-blocking */
+int vm_unix_connect(pid_t pid, const char *path, int timeout_ms);
+
+/* Read one line from a non-blocking fd (NULL on timeout) */
+char *fd_read_line(int fd, int timeout_ms);
 
 /* Is the process gone (exited and reaped, not a zombie)? */
 bool pid_gone(pid_t pid);

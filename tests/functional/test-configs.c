@@ -1,0 +1,353 @@
+/*
+ * The configuration matrix: VMs written the way libvirt and virt-install
+ * write them, each row a real QEMU command line with the Linux guest
+ * under TCG.  Each row either forks (both VMs' disks, channels and
+ * consoles keep working, each disk with its own data only) or is refused
+ * with an error that names the object.
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "vmtest.h"
+#include <glib/gstdio.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHANNEL "org.qemu.guest_agent.0"
+
+/* What a row has, and so what is checked in parent and child */
+enum {
+    HAS_DISK = 1 << 0,          /* a writable qcow2 disk, @DEV@ in the guest */
+    HAS_CHANNEL = 1 << 1,       /* a virtio-serial port on a unix socket */
+};
+
+typedef struct ConfigRow {
+    const char *name;
+    const char *machine;        /* NULL: pc */
+    const char *const *extra;   /* @DIR@: the test directory */
+    unsigned has;
+    const char *dev;            /* the disk in the guest */
+    const char *guest_setup;    /* a guest shell command before the fork */
+    const char *refused;        /* NULL: it forks; else what the error names */
+} ConfigRow;
+
+#define BLOCKDEV_QCOW2 \
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
+                 "\"node-name\":\"libvirt-1-storage\"," \
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
+                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
+
+#define CHANNEL_ARGS \
+    "-device", "virtio-serial-pci,id=virtio-serial0", \
+    "-chardev", "socket,id=charchannel0,path=@DIR@/qga.sock,server=on," \
+                "wait=off", \
+    "-device", "virtserialport,bus=virtio-serial0.0,nr=1," \
+               "chardev=charchannel0,id=channel0,name=" CHANNEL
+
+static const char *const blockdev_virtio[] = {
+    BLOCKDEV_QCOW2,
+    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+    NULL
+};
+
+static const char *const blockdev_virtio_iothread[] = {
+    "-object", "iothread,id=iothread1",
+    BLOCKDEV_QCOW2,
+    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
+               "id=virtio-disk0",
+    NULL
+};
+
+static const char *const blockdev_scsi_iothread[] = {
+    "-object", "iothread,id=iothread1",
+    BLOCKDEV_QCOW2,
+    "-device", "virtio-scsi-pci,iothread=iothread1,id=scsi0",
+    "-device", "scsi-hd,bus=scsi0.0,drive=libvirt-1-format,id=scsi0-0-0-0",
+    NULL
+};
+
+static const char *const channel_only[] = {
+    CHANNEL_ARGS,
+    NULL
+};
+
+/* virt-install's q35 domain: devices on root ports, a SATA cdrom */
+static const char *const q35_libvirt[] = {
+    "-device", "pcie-root-port,port=16,chassis=1,id=pci.1,bus=pcie.0,"
+               "multifunction=on,addr=0x2",
+    "-device", "pcie-root-port,port=17,chassis=2,id=pci.2,bus=pcie.0,"
+               "addr=0x2.0x1",
+    "-device", "pcie-root-port,port=18,chassis=3,id=pci.3,bus=pcie.0,"
+               "addr=0x2.0x2",
+    "-device", "pcie-root-port,port=19,chassis=4,id=pci.4,bus=pcie.0,"
+               "addr=0x2.0x3",
+    "-device", "pcie-root-port,port=20,chassis=5,id=pci.5,bus=pcie.0,"
+               "addr=0x2.0x4",
+    "-device", "qemu-xhci,p2=15,p3=15,id=usb,bus=pci.2,addr=0x0",
+    "-object", "iothread,id=iothread1",
+    "-device", "virtio-serial-pci,id=virtio-serial0,bus=pci.3,addr=0x0",
+    BLOCKDEV_QCOW2,
+    "-device", "virtio-blk-pci,iothread=iothread1,bus=pci.4,addr=0x0,"
+               "drive=libvirt-1-format,id=virtio-disk0,bootindex=1",
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/cd.iso\","
+                 "\"node-name\":\"libvirt-2-storage\","
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}",
+    "-blockdev", "{\"node-name\":\"libvirt-2-format\",\"read-only\":true,"
+                 "\"driver\":\"raw\",\"file\":\"libvirt-2-storage\"}",
+    "-device", "ide-cd,bus=ide.0,drive=libvirt-2-format,id=sata0-0-0",
+    "-chardev", "socket,id=charchannel0,path=@DIR@/qga.sock,server=on,"
+                "wait=off",
+    "-device", "virtserialport,bus=virtio-serial0.0,nr=1,"
+               "chardev=charchannel0,id=channel0,name=" CHANNEL,
+    "-device", "usb-tablet,id=input0,bus=usb.0,port=1",
+    "-device", "virtio-balloon-pci,id=balloon0,bus=pci.5,addr=0x0",
+    "-object", "{\"qom-type\":\"rng-random\",\"id\":\"objrng0\","
+               "\"filename\":\"/dev/urandom\"}",
+    "-device", "virtio-rng-pci,rng=objrng0,id=rng0,bus=pci.1,addr=0x0",
+    "-device", "pvpanic,id=panic0",
+    "-device", "vmgenid",
+    NULL
+};
+
+static const char *const tcp_server_chardev[] = {
+    "-device", "virtio-serial-pci,id=virtio-serial0",
+    "-chardev", "socket,id=chartcp0,host=127.0.0.1,port=0,server=on,"
+                "wait=off",
+    "-device", "virtserialport,bus=virtio-serial0.0,nr=1,chardev=chartcp0,"
+               "id=channel0,name=tcp.0",
+    NULL
+};
+
+static const ConfigRow rows[] = {
+    { .name = "blockdev-virtio-blk", .extra = blockdev_virtio,
+      .has = HAS_DISK, .dev = "vda" },
+    { .name = "blockdev-virtio-blk-iothread",
+      .extra = blockdev_virtio_iothread, .has = HAS_DISK, .dev = "vda" },
+    { .name = "blockdev-virtio-scsi-iothread",
+      .extra = blockdev_scsi_iothread, .has = HAS_DISK, .dev = "sda",
+      .guest_setup = "modprobe virtio_scsi && modprobe sd_mod && "
+                     "for i in $(seq 50); do [ -b /dev/sda ] && break; "
+                     "sleep 0.1; done; [ -b /dev/sda ]" },
+    { .name = "virtio-serial-unix-channel", .extra = channel_only,
+      .has = HAS_CHANNEL },
+    { .name = "q35-libvirt", .machine = "q35", .extra = q35_libvirt,
+      .has = HAS_DISK | HAS_CHANNEL, .dev = "vda" },
+    { .name = "tcp-server-chardev", .extra = tcp_server_chardev,
+      .refused = "chardev 'chartcp0'" },
+};
+
+/* ---- Helpers ------------------------------------------------------------ */
+
+static void qemu_img_create(const char *path, const char *fmt, int mib)
+{
+    g_autofree char *cmd = g_strdup_printf("%s create -q -f %s %s %dM",
+                                           g_getenv("VMFORK_QEMU_IMG"), fmt,
+                                           path, mib);
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+}
+
+/* Write @text at sector @sector of /dev/@dev, synchronously */
+static void disk_write(Vm *vm, const char *dev, int sector, const char *text)
+{
+    g_free(vm_sh(vm, "printf %s | dd of=/dev/%s bs=512 seek=%d conv=fsync "
+                 "2>/dev/null", text, dev, sector));
+}
+
+/* The text at sector @sector of /dev/@dev, read past the page cache */
+static char *disk_read(Vm *vm, const char *dev, int sector)
+{
+    return vm_sh(vm, "dd if=/dev/%s bs=512 skip=%d count=1 iflag=direct "
+                 "2>/dev/null | tr -d '\\000'", dev, sector);
+}
+
+/* The guest's /dev node of the channel port */
+static char *channel_dev(Vm *vm)
+{
+    char *dev = vm_sh(vm, "for p in /sys/class/virtio-ports/*; do "
+                      "[ \"$(cat $p/name)\" = %s ] && echo /dev/${p##*/}; "
+                      "done", CHANNEL);
+
+    g_strchomp(dev);
+    g_assert_cmpstr(dev, !=, "");
+    return dev;
+}
+
+/* A line the guest writes on its channel arrives on the host socket */
+static void channel_carries(Vm *vm, pid_t pid, const char *path,
+                            const char *word)
+{
+    g_autofree char *dev = channel_dev(vm);
+    g_autofree char *line = NULL;
+    int fd = vm_unix_connect(pid, path, 10000);
+
+    g_assert_cmpint(fd, >=, 0);
+    /* The guest sees the host side open once QEMU accepted the client */
+    g_free(vm_sh(vm, "sleep 0.2; echo %s > %s", word, dev));
+    line = fd_read_line(fd, 10000);
+    close(fd);
+    g_test_message("channel %s: '%s'", path, line ? line : "(nothing)");
+    g_assert_cmpstr(line, ==, word);
+}
+
+/* The path of chardev @id of a child, as the vmfork reply lists it */
+static const char *child_chardev_path(JsonObject *child, const char *id)
+{
+    JsonArray *chardevs = json_object_get_array_member(child, "chardevs");
+
+    g_assert_nonnull(chardevs);
+    for (guint i = 0; i < json_array_get_length(chardevs); i++) {
+        JsonObject *c = json_array_get_object_element(chardevs, i);
+
+        if (g_str_equal(json_object_get_string_member(c, "id"), id)) {
+            return json_object_get_string_member(c, "path");
+        }
+    }
+    g_error("the child lists no path for chardev '%s'", id);
+}
+
+/* query-block: the file of the active layer of every inserted medium */
+static char *active_images(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "query-block", NULL);
+    JsonArray *a = json_node_get_array(r);
+    GString *s = g_string_new(NULL);
+
+    for (guint i = 0; i < json_array_get_length(a); i++) {
+        JsonObject *b = json_array_get_object_element(a, i);
+        JsonObject *ins = json_object_has_member(b, "inserted") ?
+            json_object_get_object_member(b, "inserted") : NULL;
+
+        if (ins) {
+            g_string_append_printf(s, "%s%s", s->len ? " " : "",
+                                   json_object_get_string_member(ins, "file"));
+        }
+    }
+    json_node_unref(r);
+    return g_string_free(s, false);
+}
+
+/* ---- The test of one row ------------------------------------------------- */
+
+static void config_row(gconstpointer data)
+{
+    const ConfigRow *row = data;
+    VmOptions o = { .guest = GUEST_LINUX, .machine = row->machine,
+                    .extra = row->extra };
+    g_autofree char *args = NULL, *img_p = NULL, *img_c = NULL;
+    g_autofree char *dir = NULL, *disk = NULL, *cd = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    g_autoptr(GError) err = NULL;
+    JsonObject *c0;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_test_message("row %s: Linux guest under TCG, machine %s", row->name,
+                   row->machine ? row->machine : "pc");
+    /* The row's images first, in the directory of its VM */
+    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    vm_register_dir(dir);
+    disk = g_build_filename(dir, "disk.qcow2", NULL);
+    cd = g_build_filename(dir, "cd.iso", NULL);
+    qemu_img_create(disk, "qcow2", 64);
+    qemu_img_create(cd, "raw", 1);
+    o.dir = dir;
+    parent = vm_start(&o);
+    if (row->guest_setup) {
+        g_free(vm_sh(parent, "%s", row->guest_setup));
+    }
+    if (row->has & HAS_DISK) {
+        disk_write(parent, row->dev, 100, "before-the-fork");
+        /* A writable disk needs overlays: refused without, named */
+        err = vm_qmp_error(parent, "vmfork", NULL);
+        g_assert_nonnull(err);
+        g_test_message("without overlay-dir: %s", err->message);
+        g_assert_nonnull(strstr(err->message, "libvirt-1-format"));
+        g_assert_nonnull(strstr(err->message, "overlay-dir"));
+        g_clear_error(&err);
+    }
+
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", parent->dir);
+    if (row->refused) {
+        err = vm_qmp_error(parent, "vmfork", args);
+        g_assert_nonnull(err);
+        g_test_message("refused: %s", err->message);
+        g_assert_cmpstr(qmp_error_class(err), ==, "GenericError");
+        g_assert_nonnull(strstr(qmp_error_desc(err), row->refused));
+        g_assert_cmpstr(vm_runstate(parent), ==, "running");
+        g_free(vm_sh(parent, "true"));
+        vm_quit(parent);
+        vm_cleanup_all();
+        return;
+    }
+
+    children = vm_fork(parent, args);
+    g_assert_cmpuint(json_array_get_length(children), ==, 1);
+    c0 = json_array_get_object_element(children, 0);
+    child = vm_attach_child(parent, c0);
+
+    /* Both guests answer */
+    g_free(vm_sh(parent, "true"));
+    g_free(vm_sh(child, "true"));
+
+    if (row->has & HAS_DISK) {
+        g_autofree char *b_p = NULL, *b_c = NULL, *w_p = NULL, *w_c = NULL;
+
+        img_p = active_images(parent);
+        img_c = active_images(child);
+        g_test_message("active images: parent %s, child %s", img_p, img_c);
+        g_assert_null(strstr(img_p, "disk.qcow2"));
+        g_assert_null(strstr(img_c, "disk.qcow2"));
+        g_assert_cmpstr(img_p, !=, img_c);
+
+        disk_write(parent, row->dev, 200, "written-by-the-parent");
+        disk_write(child, row->dev, 200, "written-by-the-child");
+        b_p = disk_read(parent, row->dev, 100);
+        b_c = disk_read(child, row->dev, 100);
+        w_p = disk_read(parent, row->dev, 200);
+        w_c = disk_read(child, row->dev, 200);
+        g_assert_cmpstr(b_p, ==, "before-the-fork");
+        g_assert_cmpstr(b_c, ==, "before-the-fork");
+        g_assert_cmpstr(w_p, ==, "written-by-the-parent");
+        g_assert_cmpstr(w_c, ==, "written-by-the-child");
+    }
+    if (row->has & HAS_CHANNEL) {
+        g_autofree char *ppath = g_build_filename(parent->dir, "qga.sock",
+                                                  NULL);
+        const char *cpath = child_chardev_path(c0, "charchannel0");
+
+        g_assert_cmpstr(cpath, !=, ppath);
+        channel_carries(child, child->pid, cpath, "from-the-child");
+        channel_carries(parent, parent->pid, ppath, "from-the-parent");
+    }
+
+    vm_quit(child);
+    vm_quit(parent);
+    if (row->has & HAS_DISK) {
+        /* the base, the parent's and the child's overlays, all clean */
+        g_assert_cmpuint(vm_qemu_img_check_dir(parent->dir, false), ==, 3);
+    }
+    vm_cleanup_all();
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    for (guint i = 0; i < G_N_ELEMENTS(rows); i++) {
+        g_autofree char *path = g_strdup_printf("/configs/linux/tcg/%s",
+                                                rows[i].name);
+
+        g_test_add_data_func(path, &rows[i], config_row);
+    }
+    return g_test_run();
+}
