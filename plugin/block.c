@@ -5,18 +5,27 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Parent and children must not write the same image.  For each writable
- * disk, the image that is active at the fork (the base) becomes a backing
- * file that nobody writes again: before the pause, the parent creates a
- * qcow2 overlay backed by it for itself and one for each child, and opens
- * its own.  After fork() each process puts its overlay on top of the base
- * (what blockdev-snapshot does) before its guest runs again.  The child
- * first stops touching the image locks, which it shares with the parent
- * through the inherited open file descriptions (see
- * bdrv_file_forget_locks_after_fork()), and drops its copy of the
- * parent's overlay without writing to it.
+ * Parent and children must not write the same image.  Every writable
+ * disk is seen, whoever made it: -drive, -blockdev with -device
+ * drive=NODE (libvirt), blockdev-add and device_add at run time, that is
+ * every BlockBackend with write permission, named or anonymous.  The node
+ * at its root (the base) becomes a backing file that nobody writes again:
+ * before the pause, the parent creates a qcow2 overlay backed by it for
+ * itself and one for each child, and opens its own.  After fork() each
+ * process puts its overlay on top of the base (what blockdev-snapshot
+ * does) before its guest runs again.  The child first stops touching the
+ * image locks, which it shares with the parent through the inherited
+ * open file descriptions (see bdrv_file_forget_locks_after_fork()), drops
+ * its copy of the parent's overlay, and makes the base and every node
+ * below it read-only and inactive, without any I/O
+ * (bdrv_forget_writes_after_fork()): it never flushes them or writes
+ * their headers, refcounts or bitmaps, not even when it closes them.
  *
- * Read-only disks are shared as they are.
+ * Refused, by name: a writable node that no disk uses (nobody could say
+ * who writes it), drivers other than qcow2 and raw over a file or host
+ * device, temporary images (snapshot=on), and Linux AIO or io_uring,
+ * whose kernel contexts a child does not inherit.  Read-only disks (a
+ * cdrom) are shared as they are.
  */
 
 #include "qemu/osdep.h"
@@ -25,12 +34,15 @@
 #include "block/block.h"
 #include "block/block_int-common.h"
 #include "block/block-global-state.h"
+#include "qemu/module.h"
+#include "hw/qdev-core.h"
 #include "system/block-backend.h"
 #include "vmfork-internal.h"
 #include "trace.h"
 
 typedef struct VmforkDisk {
-    char *name;
+    char *name;                 /* for messages: "disk 'virtio-disk0'" ... */
+    char *file_name;            /* for overlay file names: the node name */
     BlockDriverState *base;
     char *parent_path;
     BlockDriverState *parent_overlay;   /* opened before the pause */
@@ -40,33 +52,155 @@ typedef struct VmforkDisk {
 static GPtrArray *disks;        /* of VmforkDisk, during one vmfork */
 static unsigned vmfork_seq;     /* names the overlays of one command */
 
-static const char *disk_name(BlockBackend *blk)
+/* "disk 'virtio-disk0' (node 'libvirt-1-format')", or what there is */
+static char *disk_describe(BlockBackend *blk)
 {
-    return *blk_name(blk) ? blk_name(blk) : bdrv_get_node_name(blk_bs(blk));
+    const char *node = bdrv_get_node_name(blk_bs(blk));
+    g_autofree char *dev = NULL;
+
+    if (*blk_name(blk)) {
+        return g_strdup_printf("disk '%s'", blk_name(blk));
+    }
+    /* The device with an id: virtio-blk-pci, not its virtio-backend */
+    for (Object *o = OBJECT(blk_get_attached_dev(blk)); o; o = o->parent) {
+        DeviceState *d = (DeviceState *)object_dynamic_cast(o, TYPE_DEVICE);
+
+        if (d && d->id) {
+            return g_strdup_printf("disk '%s' (node '%s')", d->id, node);
+        }
+    }
+    dev = blk_get_attached_dev_id(blk);
+    if (dev && *dev) {
+        return g_strdup_printf("disk '%s' (node '%s')", dev, node);
+    }
+    return g_strdup_printf("disk node '%s'", node);
 }
 
-static bool disk_is_writable(BlockBackend *blk)
+/* The roots of the writable disks: each once, whoever owns its backend */
+static GPtrArray *writable_roots(GPtrArray **names)
 {
-    return blk_bs(blk) && blk_is_writable(blk);
-}
+    GPtrArray *roots = g_ptr_array_new();
 
-void vmfork_disks_check(const char *overlay_dir, GString *why)
-{
-    for (BlockBackend *blk = blk_next(NULL); blk; blk = blk_next(blk)) {
+    *names = g_ptr_array_new_with_free_func(g_free);
+    for (BlockBackend *blk = blk_all_next(NULL); blk;
+         blk = blk_all_next(blk)) {
         BlockDriverState *bs = blk_bs(blk);
 
-        if (!disk_is_writable(blk)) {
+        if (!bs || !blk_is_writable(blk) ||
+            g_ptr_array_find(roots, bs, NULL)) {
             continue;
         }
-        if (bs->open_flags & BDRV_O_TEMPORARY) {
-            vmfork_blocker_add(why, "disk '%s' uses snapshot=on, a temporary "
-                               "image that parent and children would share",
-                               disk_name(blk));
-        } else if (!overlay_dir) {
-            vmfork_blocker_add(why, "disk '%s' is writable: pass "
-                               "'overlay-dir' for its per-clone overlays",
-                               disk_name(blk));
+        g_ptr_array_add(roots, bs);
+        g_ptr_array_add(*names, disk_describe(blk));
+    }
+    return roots;
+}
+
+static bool driver_can_fork(BlockDriverState *bs)
+{
+    const char *drv = bs->drv ? bs->drv->format_name : "";
+
+    return !strcmp(drv, "qcow2") || !strcmp(drv, "raw") ||
+           !strcmp(drv, "file") || !strcmp(drv, "host_device");
+}
+
+/* Check the nodes under a writable disk's root, and note them covered */
+static void check_subtree(VmforkCheck *chk, const char *disk,
+                          BlockDriverState *bs, GHashTable *covered)
+{
+    BdrvChild *child;
+
+    GLOBAL_STATE_CODE();
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    if (!g_hash_table_add(covered, bs)) {
+        return;
+    }
+    if (!driver_can_fork(bs)) {
+        vmfork_check_refuse(chk, "%s: node '%s' (driver %s) cannot be "
+                            "forked (qcow2 and raw over files or host "
+                            "devices can)", disk, bdrv_get_node_name(bs),
+                            bs->drv ? bs->drv->format_name : "none");
+    }
+    if (bs->open_flags & BDRV_O_TEMPORARY) {
+        vmfork_check_refuse(chk, "%s uses snapshot=on, a temporary image "
+                            "that parent and children would share", disk);
+    }
+    if (bs->open_flags & BDRV_O_NATIVE_AIO) {
+        vmfork_check_refuse(chk, "%s: node '%s' uses aio=native, whose "
+                            "kernel context a child does not inherit", disk,
+                            bdrv_get_node_name(bs));
+    }
+    if (bs->open_flags & BDRV_O_IO_URING) {
+        vmfork_check_refuse(chk, "%s: node '%s' uses aio=io_uring, whose "
+                            "ring a child would share with the parent",
+                            disk, bdrv_get_node_name(bs));
+    }
+    QLIST_FOREACH(child, &bs->children, next) {
+        check_subtree(chk, disk, child->bs, covered);
+    }
+}
+
+/* The fds of a node over a file: those that link to its file */
+static void claim_node_fds(VmforkCheck *chk, BlockDriverState *bs)
+{
+    g_autofree char *owner = NULL;
+    char *real;
+
+    if (!bs->drv || !bs->drv->protocol_name || !*bs->filename) {
+        return;
+    }
+    real = realpath(bs->filename, NULL);
+    if (real) {
+        owner = g_strdup_printf("block node '%s'", bdrv_get_node_name(bs));
+        vmfork_check_claim_fd_path(chk, real, owner);
+        free(real);
+    }
+}
+
+/*
+ * Someone writes it, or could: a parent holds write permission, or it is
+ * open read-write (not only as auto-read-only, which opens read-only
+ * until a writer comes)
+ */
+static bool node_may_be_written(BlockDriverState *bs)
+{
+    BdrvChild *c;
+    uint64_t perm = 0;
+
+    GLOBAL_STATE_CODE();
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    QLIST_FOREACH(c, &bs->parents, next_parent) {
+        perm |= c->perm;
+    }
+    return (perm & BLK_PERM_WRITE) ||
+           (!bdrv_is_read_only(bs) && !(bs->open_flags & BDRV_O_AUTO_RDONLY));
+}
+
+static void block_check(VmforkCheck *chk)
+{
+    g_autoptr(GPtrArray) names = NULL;
+    g_autoptr(GPtrArray) roots = writable_roots(&names);
+    g_autoptr(GHashTable) covered = g_hash_table_new(NULL, NULL);
+
+    for (guint i = 0; i < roots->len; i++) {
+        if (!chk->req->overlay_dir) {
+            vmfork_check_refuse(chk, "%s is writable: pass 'overlay-dir' for "
+                                "its per-clone overlays",
+                                (char *)names->pdata[i]);
         }
+        check_subtree(chk, names->pdata[i], roots->pdata[i], covered);
+    }
+    for (BlockDriverState *bs = bdrv_next_all_states(NULL); bs;
+         bs = bdrv_next_all_states(bs)) {
+        if (node_may_be_written(bs) && !g_hash_table_contains(covered, bs)) {
+            vmfork_check_refuse(chk, "block node '%s' is writable but no "
+                                "disk uses it, so vmfork cannot give it "
+                                "overlays (open it read-only or remove it)",
+                                bdrv_get_node_name(bs));
+        }
+        claim_node_fds(chk, bs);
     }
 }
 
@@ -75,6 +209,7 @@ static void disk_free(gpointer p)
     VmforkDisk *d = p;
 
     g_free(d->name);
+    g_free(d->file_name);
     g_free(d->parent_path);
     if (d->child_paths) {
         g_ptr_array_free(d->child_paths, true);
@@ -82,8 +217,8 @@ static void disk_free(gpointer p)
     g_free(d);
 }
 
-/* Undo vmfork_disks_prepare(): nothing half-created is left behind */
-void vmfork_disks_abort(void)
+/* Undo block_prepare(): nothing half-created is left behind */
+static void block_abort(VmforkRequest *req)
 {
     if (!disks) {
         return;
@@ -110,8 +245,8 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
     int64_t size = bdrv_getlength(d->base);
 
     if (size < 0) {
-        error_setg_errno(errp, -size, "vmfork: disk '%s': cannot get its "
-                         "size", d->name);
+        error_setg_errno(errp, -size, "vmfork: %s: cannot get its size",
+                         d->name);
         return false;
     }
     if (access(path, F_OK) == 0) {
@@ -122,8 +257,7 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
                     d->base->drv->format_name, NULL, size,
                     BDRV_O_RDWR | BDRV_O_NO_BACKING, true, &local_err);
     if (local_err) {
-        error_propagate_prepend(errp, local_err, "vmfork: disk '%s': ",
-                                d->name);
+        error_propagate_prepend(errp, local_err, "vmfork: %s: ", d->name);
         unlink(path);
         return false;
     }
@@ -142,27 +276,27 @@ static BlockDriverState *open_overlay(VmforkDisk *d, const char *path,
     return bdrv_open(path, NULL, options, flags, errp);
 }
 
-bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp)
+static bool block_prepare(VmforkRequest *req, Error **errp)
 {
     unsigned seq = vmfork_seq++;
+    g_autoptr(GPtrArray) names = NULL;
+    g_autoptr(GPtrArray) roots = writable_roots(&names);
 
     assert(!disks);
     disks = g_ptr_array_new_with_free_func(disk_free);
-    for (BlockBackend *blk = blk_next(NULL); blk; blk = blk_next(blk)) {
-        VmforkDisk *d;
+    for (guint r = 0; r < roots->len; r++) {
+        VmforkDisk *d = g_new0(VmforkDisk, 1);
 
-        if (!disk_is_writable(blk)) {
-            continue;
-        }
-        d = g_new0(VmforkDisk, 1);
         g_ptr_array_add(disks, d);
-        d->name = g_strdup(disk_name(blk));
-        d->base = blk_bs(blk);
+        d->name = g_strdup(names->pdata[r]);
+        d->base = roots->pdata[r];
+        d->file_name = g_strdup(bdrv_get_node_name(d->base));
+        g_strdelimit(d->file_name, "/", '_');
         bdrv_refresh_filename(d->base);
         d->child_paths = g_ptr_array_new_with_free_func(g_free);
 
         d->parent_path = g_strdup_printf("%s/%s-%d-%u-parent.qcow2",
-                                         req->overlay_dir, d->name,
+                                         req->overlay_dir, d->file_name,
                                          (int)getpid(), seq);
         if (!create_overlay(d, d->parent_path, errp)) {
             g_clear_pointer(&d->parent_path, g_free);
@@ -170,7 +304,7 @@ bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp)
         }
         for (int i = 0; i < req->count; i++) {
             char *path = g_strdup_printf("%s/%s-%d-%u-child%d.qcow2",
-                                         req->overlay_dir, d->name,
+                                         req->overlay_dir, d->file_name,
                                          (int)getpid(), seq, i);
 
             if (!create_overlay(d, path, errp)) {
@@ -188,8 +322,29 @@ bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp)
     return true;
 
 fail:
-    vmfork_disks_abort();
+    block_abort(req);
     return false;
+}
+
+/*
+ * What the children inherit must be on the images: vm_stop() flushed
+ * them, but a guest that was paused already may have had block requests
+ * since (a flush of nothing dirty costs next to nothing).  A child never
+ * writes back anything of the bases' caches.
+ */
+static bool block_paused(VmforkRequest *req, Error **errp)
+{
+    for (guint i = 0; !req->was_running && disks && i < disks->len; i++) {
+        VmforkDisk *d = disks->pdata[i];
+        int ret = bdrv_flush(d->base);
+
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "vmfork: %s: flush failed",
+                             d->name);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Put @overlay on top of the disk's base, as blockdev-snapshot does */
@@ -199,18 +354,23 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
     int ret;
 
     bdrv_drained_begin(d->base);
-    ret = bdrv_append(overlay, d->base, errp);
+    /* A disk on an IOThread: the overlay joins the base's AioContext */
+    ret = bdrv_try_change_aio_context(overlay, bdrv_get_aio_context(d->base),
+                                      NULL, errp);
+    if (ret == 0) {
+        ret = bdrv_append(overlay, d->base, errp);
+    }
     bdrv_drained_end(d->base);
     bdrv_unref(overlay);        /* the graph holds it now */
     if (ret < 0) {
-        error_prepend(errp, "vmfork: disk '%s': ", d->name);
+        error_prepend(errp, "vmfork: %s: ", d->name);
         return false;
     }
     return true;
 }
 
 /* In the parent after fork(), before its guest runs again */
-bool vmfork_disks_parent_switch(Error **errp)
+static bool block_parent(VmforkRequest *req, Error **errp)
 {
     bool ok = true;
 
@@ -230,20 +390,43 @@ bool vmfork_disks_parent_switch(Error **errp)
 }
 
 /* In child number @index, before its guest runs */
-bool vmfork_disks_child_switch(int index, Error **errp)
+static bool block_child(VmforkRequest *req, int index, Error **errp)
 {
+    /* The locks are the parent's, through the shared open files */
+    bdrv_file_forget_locks_after_fork();
+
     for (guint i = 0; disks && i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay;
 
-        /* The parent's overlay is the parent's: close our copy unused */
+        /* The parent's overlay is the parent's: close our copy unwritten */
+        bdrv_forget_writes_after_fork(d->parent_overlay);
         bdrv_unref(d->parent_overlay);
         d->parent_overlay = NULL;
         overlay = open_overlay(d, d->child_paths->pdata[index], errp);
         if (!overlay || !switch_to(d, overlay, errp)) {
             return false;
         }
+        /* The base is the parent's too: read it, never write it */
+        bdrv_forget_writes_after_fork(d->base);
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
     return true;
 }
+
+static const VmforkHandler block_handler = {
+    .name = "block",
+    .priority = VMFORK_PRIO_BLOCK,
+    .check = block_check,
+    .prepare = block_prepare,
+    .paused = block_paused,
+    .parent = block_parent,
+    .child = block_child,
+    .abort = block_abort,
+};
+
+static void block_register(void)
+{
+    vmfork_register_handler(&block_handler);
+}
+type_init(block_register);

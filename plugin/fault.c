@@ -12,9 +12,12 @@
  * it, so QEMU's environment can ask for the fault:
  *
  *   VMFORK_FAULT=kill-child:PHASE   each child kills itself with SIGKILL
- *                                   when it reaches PHASE ("forked",
- *                                   "fds", "threads", "io", "accel",
- *                                   "devices", "started" or "monitor")
+ *                                   when it reaches PHASE: "forked",
+ *                                   "fds", the name of a fork handler
+ *                                   (handler.h: "threads", "block", ...),
+ *                                   "started" or "monitor"
+ *   VMFORK_FAULT=fail-child:PHASE   each child fails there with an error,
+ *                                   as a handler that cannot do its job
  *   VMFORK_FAULT=fail-fork:N        the Nth fork() of each command (from
  *                                   1) fails with EAGAIN
  *
@@ -22,6 +25,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "vmfork-internal.h"
 #include "trace.h"
@@ -45,6 +49,17 @@ void vmfork_fault_child_phase(const char *phase)
         trace_vmfork_fault_kill_child(phase);
         raise(SIGKILL);
     }
+}
+
+bool vmfork_fault_child_fails(const char *phase, Error **errp)
+{
+    const char *at = fault_arg("fail-child");
+
+    if (at && !strcmp(at, phase)) {
+        error_setg(errp, "vmfork: VMFORK_FAULT: failing at '%s'", phase);
+        return true;
+    }
+    return false;
 }
 
 bool vmfork_fault_fork_fails(int index)

@@ -240,3 +240,14 @@ bool vmfork_fd_make_private(Error **errp)
     }
     return true;
 }
+
+/* The safety net: the kept ends of the socketpairs are ours */
+void vmfork_fd_claim_detached(VmforkCheck *chk)
+{
+    for (guint i = 0; detached_socket_peers &&
+                      i < detached_socket_peers->len; i++) {
+        vmfork_check_claim_fd(chk, g_array_index(detached_socket_peers, int,
+                                                 i),
+                              "vmfork (a detached socket's peer)");
+    }
+}

@@ -11,14 +11,18 @@
  * or add-fd, or an interface name template); a tap netdev without one is a blocker.
  * The fds are taken from the monitor once the checks pass, each child
  * switches to its own (tap_switch_after_fork()) and closes the others,
- * and the parent closes them all.
+ * and the parent closes them all.  Its NIC gets a MAC address of its own
+ * (qemu_nic_set_macaddr()); a NIC model that cannot change its address
+ * is refused for new-mac.
  */
 
 #include "qemu/osdep.h"
 #include <net/if.h>
 #include "qapi/error.h"
 #include "qapi/qapi-commands-net.h"
+#include "qemu/module.h"
 #include "qemu/timer.h"
+#include "qapi/qapi-commands-misc.h"
 #include "hw/virtio/virtio-net.h"
 #include "monitor/monitor.h"
 #include "net/net.h"
@@ -65,6 +69,8 @@ static VmforkTapPlan *tap_plan_find(GPtrArray *taps, NetClientState *nc)
     }
     return NULL;
 }
+
+static bool take_fds(VmforkRequest *req, Error **errp);
 
 bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *list,
                        Error **errp)
@@ -130,39 +136,75 @@ bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *list,
             }
         }
     }
-    return true;
+    return take_fds(req, errp);
 }
 
-void vmfork_taps_check(const VmforkRequest *req, GString *why)
+/* The fds of fd set @path ("/dev/fdset/N"), which the set keeps */
+static void claim_fdset(VmforkCheck *chk, const char *path, int child)
 {
+    int64_t id = g_ascii_strtoll(path + strlen("/dev/fdset/"), NULL, 10);
+    FdsetInfoList *sets = qmp_query_fdsets(NULL);
+
+    for (FdsetInfoList *l = sets; l; l = l->next) {
+        for (FdsetFdInfoList *f = l->value->fds;
+             l->value->fdset_id == id && f; f = f->next) {
+            vmfork_check_claim_fd(chk, f->value->fd, "the tap of child %d "
+                                  "(fd set %" PRId64 ")", child, id);
+        }
+    }
+    qapi_free_FdsetInfoList(sets);
+}
+
+static void tap_check(VmforkCheck *chk)
+{
+    const VmforkRequest *req = chk->req;
     NetClientState *ncs[MAX_QUEUE_NUM];
     int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
                                          MAX_QUEUE_NUM);
 
     for (int i = 0; i < n; i++) {
         NetClientState *others[MAX_QUEUE_NUM];
+        VmforkTapPlan *plan;
 
         if (!is_tap(ncs[i]) || ncs[i]->queue_index) {
             continue;
         }
+        plan = tap_plan_find(req->taps, ncs[i]);
         if (tap_get_vhost_net(ncs[i])) {
-            vmfork_blocker_add(why, "tap netdev '%s' uses vhost-net, which a "
-                               "child cannot take over", ncs[i]->name);
+            vmfork_check_refuse(chk, "tap netdev '%s' uses vhost-net, which "
+                                "a child cannot take over", ncs[i]->name);
         } else if (qemu_find_net_clients_except(ncs[i]->name, others,
                                                 NET_CLIENT_DRIVER_NIC,
                                                 MAX_QUEUE_NUM) > 1) {
-            vmfork_blocker_add(why, "tap netdev '%s' has several queues; only "
-                               "single-queue taps can be forked",
-                               ncs[i]->name);
-        } else if (!tap_plan_find(req->taps, ncs[i])) {
-            vmfork_blocker_add(why, "tap netdev '%s' would be shared with the "
-                               "children: give them taps of their own "
-                               "('taps')", ncs[i]->name);
+            vmfork_check_refuse(chk, "tap netdev '%s' has several queues; "
+                                "only single-queue taps can be forked",
+                                ncs[i]->name);
+        } else if (!plan) {
+            vmfork_check_refuse(chk, "tap netdev '%s' would be shared with "
+                                "the children: give them taps of their own "
+                                "('taps')", ncs[i]->name);
+        } else if (plan->new_mac && ncs[i]->peer &&
+                   !ncs[i]->peer->info->set_macaddr) {
+            vmfork_check_refuse(chk, "NIC '%s' (%s) on tap netdev '%s' "
+                                "cannot change its MAC address: pass "
+                                "new-mac false for it", ncs[i]->peer->name,
+                                ncs[i]->peer->model, ncs[i]->name);
+        }
+        /* The parent's tap is the parent's: the child switches away */
+        vmfork_check_claim_fd(chk, tap_get_fd(ncs[i]), "tap netdev '%s'",
+                              ncs[i]->name);
+        for (int c = 0; plan && plan->fds && c < req->count; c++) {
+            vmfork_check_claim_fd(chk, plan->fds[c], "the tap of child %d",
+                                  c);
+            if (g_str_has_prefix(plan->fd_names[c], "/dev/fdset/")) {
+                claim_fdset(chk, plan->fd_names[c], c);
+            }
         }
     }
 }
 
-bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp)
+/* Take the fds named in 'taps' (taken over whatever happens next) */
+static bool take_fds(VmforkRequest *req, Error **errp)
 {
     for (guint i = 0; i < req->taps->len; i++) {
         VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
@@ -243,16 +285,16 @@ static void link_bounce_poll(void *opaque)
  * down now and up once the guest has seen it down, so that the guest sees
  * a carrier change and can take the address up.
  */
-static void new_mac(NetClientState *nc, int nr)
+static bool new_mac(NetClientState *nc, int nr, Error **errp)
 {
     NICState *nic = nc->peer ? qemu_get_nic(nc->peer) : NULL;
     uint32_t id = getpid();
-    uint8_t mac[6] = { 0x02, 0xfc, nr, id >> 16, id >> 8, id };
+    MACAddr mac = { .a = { 0x02, 0xfc, nr, id >> 16, id >> 8, id } };
     LinkBounce *b;
     void *dev;
 
     if (!nic) {
-        return;                 /* no guest NIC on it */
+        return true;            /* no guest NIC on it */
     }
     b = g_new0(LinkBounce, 1);
     b->netdev = g_strdup(nc->name);
@@ -262,7 +304,6 @@ static void new_mac(NetClientState *nc, int nr)
         /* an announcement of the parent's: its ack says nothing of ours */
         bool pending = n->status & VIRTIO_NET_S_ANNOUNCE;
 
-        memcpy(n->mac, mac, sizeof(mac));               /* config space */
         /* sets VIRTIO_NET_S_ANNOUNCE where the guest can acknowledge it */
         nc->peer->info->announce(nc->peer);
         if (!pending && (n->status & VIRTIO_NET_S_ANNOUNCE)) {
@@ -270,17 +311,19 @@ static void new_mac(NetClientState *nc, int nr)
         }
     }
     qmp_set_link(nc->name, false, &error_abort);
-    memcpy(nic->conf->macaddr.a, mac, sizeof(mac));      /* from reset */
-    qemu_format_nic_info_str(nc->peer, mac);
+    /* every copy the NIC keeps: filter, EEPROM, config space, reset */
+    if (!qemu_nic_set_macaddr(nic, &mac, errp)) {
+        return false;
+    }
     trace_vmfork_child_mac(nc->name, nc->peer->name, nc->peer->info_str);
 
     b->down_ms = qemu_clock_get_ms(QEMU_CLOCK_VIRTUAL);
     b->timer = timer_new_ms(QEMU_CLOCK_VIRTUAL, link_bounce_poll, b);
     timer_mod(b->timer, b->down_ms + LINK_POLL_MS);
+    return true;
 }
 
-bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
-                              Error **errp)
+static bool tap_child(VmforkRequest *req, int index, Error **errp)
 {
     for (guint i = 0; req->taps && i < req->taps->len; i++) {
         VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
@@ -312,13 +355,42 @@ bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
 }
 
 /* After the accelerator is back: the link change interrupts the guest */
-void vmfork_taps_child_new_macs(const VmforkRequest *req)
+static bool tap_mac_child(VmforkRequest *req, int index, Error **errp)
 {
     for (guint i = 0; req->taps && i < req->taps->len; i++) {
         VmforkTapPlan *plan = g_ptr_array_index(req->taps, i);
 
-        if (plan->new_mac) {
-            new_mac(plan->nc, i);
+        if (plan->new_mac && !new_mac(plan->nc, i, errp)) {
+            return false;
         }
     }
+    return true;
 }
+
+void vmfork_taps_free(VmforkRequest *req)
+{
+    if (req->taps) {
+        g_ptr_array_free(req->taps, true);      /* closes the fds left */
+        req->taps = NULL;
+    }
+}
+
+static const VmforkHandler tap_handler = {
+    .name = "tap",
+    .priority = VMFORK_PRIO_NET,
+    .check = tap_check,
+    .child = tap_child,
+};
+
+static const VmforkHandler tap_mac_handler = {
+    .name = "tap-mac",
+    .priority = VMFORK_PRIO_DEVICES,
+    .child = tap_mac_child,
+};
+
+static void tap_register(void)
+{
+    vmfork_register_handler(&tap_handler);
+    vmfork_register_handler(&tap_mac_handler);
+}
+type_init(tap_register);

@@ -10,41 +10,27 @@
 #define VMFORK_INTERNAL_H
 
 #include "qapi/qapi-types-vmfork.h"
-#include "io/channel-buffer.h"
+#include "handler.h"
 
 typedef struct VmforkTapPlan VmforkTapPlan;
 
 /* One vmfork command, as validated in the parent before anything happens */
-typedef struct VmforkRequest {
+struct VmforkRequest {
     int count;
     char *monitor_tmpl;         /* never NULL once validated */
     char *serial_tmpl;          /* NULL: default rules for serial0 */
     bool start;
     bool parent_stays_paused;
+    bool was_running;           /* the guest ran when the command came */
     char *overlay_dir;          /* NULL: no writable disk allowed */
     int64_t hostfwd_offset;     /* 0: children get no host forwards */
     GPtrArray *taps;            /* of VmforkTapPlan: tap.c */
-} VmforkRequest;
+};
 
-/* Add a reason why the VM cannot be forked to a list of them */
-void vmfork_blocker_add(GString *why, const char *fmt, ...)
-    G_GNUC_PRINTF(2, 3);
-
-/* block.c: a writable overlay for the parent and each child */
-void vmfork_disks_check(const char *overlay_dir, GString *why);
-bool vmfork_disks_prepare(const VmforkRequest *req, Error **errp);
-bool vmfork_disks_parent_switch(Error **errp);
-bool vmfork_disks_child_switch(int index, Error **errp);
-void vmfork_disks_abort(void);
-
-/* tap.c: a tap of its own for each child */
+/* tap.c: the command's 'taps' argument */
 bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *taps,
                        Error **errp);
-void vmfork_taps_check(const VmforkRequest *req, GString *why);
-bool vmfork_taps_take_fds(VmforkRequest *req, Error **errp);
-bool vmfork_taps_child_switch(const VmforkRequest *req, int index,
-                              Error **errp);
-void vmfork_taps_child_new_macs(const VmforkRequest *req);
+void vmfork_taps_free(VmforkRequest *req);
 
 /* With several children, a template must give each its own name */
 bool vmfork_check_template_per_child(const char *what, const char *tmpl,
@@ -56,25 +42,26 @@ char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
 
 /* fd.c: make every inherited kernel object that is shared by fd private */
 bool vmfork_fd_make_private(Error **errp);
+/* ... and the fds that doing so left us with are ours */
+void vmfork_fd_claim_detached(VmforkCheck *chk);
 
 /* child.c: the child's side of the command; false: the child must exit */
-bool vmfork_child_setup(const VmforkRequest *req, int index,
-                        QIOChannelBuffer *kvm_state, Error **errp);
+bool vmfork_child_setup(VmforkRequest *req, int index, Error **errp);
 /* ... and once its guest runs (or may run): its monitor */
 bool vmfork_child_start_monitor(const VmforkRequest *req, int index,
                                 Error **errp);
+/* ... trace the end of a step of the child's setup */
+void vmfork_child_phase_done(const char *phase);
 
-/* vmfork.c: new vCPU threads, and under KVM a new VM with the saved state */
-bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp);
+/* vmfork.c: the pid of this process, or of a QEMU it was forked from */
+bool vmfork_pid_is_ours(pid_t pid);
 
-/* vmfork.c: a new VM generation ID and clone id for the guest */
-bool vmfork_child_new_identity(Error **errp);
-
-/* vmfork.c: fresh worker pools for every AioContext of the child */
-void vmfork_reset_thread_pools(void);
+/* identity.c: the clone id and generation the guest reads */
+void vmfork_identity_set(int64_t clone_id, int64_t generation);
 
 /* fault.c: the faults VMFORK_FAULT asks for (reliability tests) */
 void vmfork_fault_child_phase(const char *phase);
 bool vmfork_fault_fork_fails(int index);
+bool vmfork_fault_child_fails(const char *phase, Error **errp);
 
 #endif

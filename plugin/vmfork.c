@@ -5,12 +5,15 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * The parent's side: the QMP commands, the checks that refuse what cannot
- * be forked, the short pause around fork(), and the bookkeeping of the
- * children (events, reaping).  The child's side is in child.c.
+ * The parent's side: the QMP commands, the core sequence around fork()
+ * and the bookkeeping of the children (events, reaping).  The core knows
+ * no subsystem by name: what each one does to fork is in its fork handler
+ * (handler.h), and what no handler claims is refused (fdclaim.c).  The
+ * child's side is in child.c.
  */
 
 #include "qemu/osdep.h"
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -18,42 +21,29 @@
 #include "qapi/qapi-commands-vmfork.h"
 #include "qapi/qapi-events-vmfork.h"
 #include "qapi/qapi-visit-sockets.h"
+#include "qapi/clone-visitor.h"
+#include "qapi/qapi-visit-vmfork.h"
 #include "qapi/qobject-input-visitor.h"
 #include "qapi/visitor.h"
+#include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "qemu/rcu.h"
-#include "qemu/timer.h"
-#include "qemu/units.h"
 #include "qemu/job.h"
 #include "qom/object.h"
 #include "qom/qom-qobject.h"
 #include "qobject/qobject.h"
-#include "block/thread-pool.h"
+#include "block/block-global-state.h"
 #include "chardev/char.h"
 #include "chardev/char-fe.h"
 #include "exec/cpu-common.h"
-#include "exec/memory.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
-#include "migration/qemu-file.h"
-#include "migration/savevm.h"
-#include "io/channel-buffer.h"
 #include "monitor/monitor.h"
 #include "monitor/monitor-internal.h"
-#include "net/net.h"
-#include "net/slirp.h"
-#include "system/accel-ops.h"
-#include "system/block-backend.h"
-#include "system/cpus.h"
-#include "system/iothread.h"
-#include "system/kvm.h"
 #include "system/replay.h"
 #include "system/runstate.h"
 #include "system/system.h"
-#include "system/tcg.h"
 #include "system/vmfork.h"
-#include "hw/nvram/fw_cfg.h"
-#include "qemu/module.h"
 #include "vmfork-internal.h"
 #include "trace.h"
 
@@ -63,10 +53,12 @@ typedef struct VmforkChildRecord {
     pid_t pid;
     int64_t clone_id;
     char *monitor;
+    VmforkChardevList *chardevs;
     int pidfd;                  /* readable once the child has exited */
-    int status_fd;              /* the child writes 'R' when ready */
+    int status_fd;              /* the child's messages, see STATUS_* */
     bool exited;
     int exit_status;
+    char *reason;               /* why it failed, as it said */
     QTAILQ_ENTRY(VmforkChildRecord) next;
 } VmforkChildRecord;
 
@@ -77,6 +69,7 @@ typedef struct VmforkState {
     bool in_child;
     QTAILQ_HEAD(, VmforkChildRecord) children;
     GSList *blockers;           /* Error * reasons, see vmfork_add_blocker() */
+    GArray *ancestors;          /* of pid_t: the QEMUs this one comes from */
 } VmforkState;
 
 static VmforkState vmfork_state = {
@@ -86,6 +79,20 @@ static VmforkState vmfork_state = {
 bool vmfork_in_child(void)
 {
     return vmfork_state.in_child;
+}
+
+bool vmfork_pid_is_ours(pid_t pid)
+{
+    if (pid == getpid()) {
+        return true;
+    }
+    for (guint i = 0; vmfork_state.ancestors &&
+                      i < vmfork_state.ancestors->len; i++) {
+        if (g_array_index(vmfork_state.ancestors, pid_t, i) == pid) {
+            return true;
+        }
+    }
+    return false;
 }
 
 void vmfork_add_blocker(Error *reason)
@@ -131,58 +138,19 @@ char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
     return g_string_free(g_steal_pointer(&s), false);
 }
 
-/* ---- Identity the guest can see --------------------------------------- */
-
-/*
- * fw_cfg file opt/vmfork/clone-id: "CLONE-ID GENERATION\n" as zero-padded
- * decimals.  Its size is fixed (a guest lists fw_cfg files once), its
- * contents are read from this buffer at the time of each guest read.
- */
-#define VMFORK_FW_CFG_FILE "opt/vmfork/clone-id"
-static char vmfork_fw_cfg_id[32 + 1];
-
-static void vmfork_fw_cfg_update(void)
-{
-    snprintf(vmfork_fw_cfg_id, sizeof(vmfork_fw_cfg_id),
-             "%020" PRId64 " %010" PRId64 "\n",
-             vmfork_state.clone_id, vmfork_state.generation);
-}
-
-static void vmfork_machine_done(Notifier *n, void *opaque)
-{
-    FWCfgState *fw_cfg = fw_cfg_find();
-
-    if (fw_cfg) {
-        vmfork_fw_cfg_update();
-        fw_cfg_add_file(fw_cfg, VMFORK_FW_CFG_FILE, vmfork_fw_cfg_id,
-                        sizeof(vmfork_fw_cfg_id) - 1);
-    }
-}
-
-static Notifier vmfork_machine_done_notifier = {
-    .notify = vmfork_machine_done,
-};
-
-static void vmfork_register(void)
-{
-    qemu_add_machine_init_done_notifier(&vmfork_machine_done_notifier);
-}
-type_init(vmfork_register);
-
-/*
- * In the child: a new identity.  The VM generation ID changes (the guest
- * is notified and Linux reseeds its RNG) and the fw_cfg file tells the
- * clone id and generation.
- */
-bool vmfork_child_new_identity(Error **errp)
-{
-    Object *vmgenid = object_resolve_path_type("", "vmgenid", NULL);
-
-    vmfork_fw_cfg_update();
-    return !vmgenid || object_property_set_str(vmgenid, "guid", "auto", errp);
-}
-
 /* ---- Children of this VM ---------------------------------------------- */
+
+/*
+ * What a child writes on its status pipe: STATUS_SET_UP once it has
+ * re-created what it cannot share (the command waits for that), then
+ * STATUS_READY once its monitor listens; or, instead of either,
+ * STATUS_FAILED followed by its error message, before it exits.
+ */
+#define STATUS_SET_UP   'S'
+#define STATUS_READY    'R'
+#define STATUS_FAILED   'E'
+
+static int child_status_fd = -1;       /* in a child: to its parent */
 
 static void vmfork_child_record_free(VmforkChildRecord *c)
 {
@@ -194,27 +162,46 @@ static void vmfork_child_record_free(VmforkChildRecord *c)
         qemu_set_fd_handler(c->pidfd, NULL, NULL, NULL);
         close(c->pidfd);
     }
+    qapi_free_VmforkChardevList(c->chardevs);
     g_free(c->monitor);
+    g_free(c->reason);
     g_free(c);
+}
+
+/* Read and act on what the child said; false once it has nothing more */
+static bool vmfork_child_status_take(VmforkChildRecord *c)
+{
+    char buf[4096];
+    ssize_t n = read(c->status_fd, buf, sizeof(buf) - 1);
+
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+        return true;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == STATUS_READY) {
+            trace_vmfork_child_ready(c->pid, c->clone_id);
+            qapi_event_send_vmfork_child_ready(c->pid, c->clone_id,
+                                               c->monitor);
+        } else if (buf[i] == STATUS_FAILED) {
+            buf[n] = 0;
+            g_free(c->reason);
+            c->reason = g_strdup(buf + i + 1);
+            break;
+        }
+    }
+    return n > 0;
 }
 
 static void vmfork_child_status_read(void *opaque)
 {
     VmforkChildRecord *c = opaque;
-    char byte;
-    ssize_t n = read(c->status_fd, &byte, 1);
 
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
-        return;
+    if (!vmfork_child_status_take(c)) {
+        /* end of file: the child exits (see its pidfd) */
+        qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
+        close(c->status_fd);
+        c->status_fd = -1;
     }
-    if (n == 1 && byte == 'R') {
-        trace_vmfork_child_ready(c->pid, c->clone_id);
-        qapi_event_send_vmfork_child_ready(c->pid, c->clone_id, c->monitor);
-    }
-    /* One message, or end of file: a child that failed exits (see pidfd) */
-    qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
-    close(c->status_fd);
-    c->status_fd = -1;
 }
 
 /*
@@ -239,8 +226,8 @@ static void vmfork_child_exit_read(void *opaque)
     if (r == 0 || (r < 0 && errno == EINTR)) {
         return;
     }
-    if (c->status_fd >= 0) {
-        /* A ready message still in the pipe comes before the exit */
+    /* What is still in the pipe (ready, or why it failed) comes first */
+    while (c->status_fd >= 0) {
         vmfork_child_status_read(c);
     }
     qemu_set_fd_handler(c->pidfd, NULL, NULL, NULL);
@@ -258,26 +245,46 @@ static void vmfork_child_exit_read(void *opaque)
         vmfork_child_remove_socket(c);
     }
     trace_vmfork_child_exited(c->pid, c->exit_status);
-    qapi_event_send_vmfork_child_exited(c->pid, c->clone_id, c->exit_status);
+    qapi_event_send_vmfork_child_exited(c->pid, c->clone_id, c->exit_status,
+                                        c->reason);
 }
 
-static VmforkChildRecord *vmfork_child_record_new(pid_t pid, char *monitor,
+static VmforkChildRecord *vmfork_child_record_new(const VmforkChild *vc,
                                                   int status_fd)
 {
     VmforkChildRecord *c = g_new0(VmforkChildRecord, 1);
 
-    c->pid = pid;
-    c->clone_id = pid;
-    c->monitor = monitor;
+    c->pid = vc->pid;
+    c->clone_id = vc->clone_id;
+    c->monitor = g_strdup(vc->monitor);
+    c->chardevs = QAPI_CLONE(VmforkChardevList, vc->chardevs);
     c->status_fd = status_fd;
-    c->pidfd = syscall(SYS_pidfd_open, pid, 0);
+    c->pidfd = syscall(SYS_pidfd_open, vc->pid, 0);
     QTAILQ_INSERT_TAIL(&vmfork_state.children, c, next);
+    return c;
+}
 
-    qemu_set_fd_handler(c->status_fd, vmfork_child_status_read, NULL, c);
+/* Watch the child from the main loop: its messages, and its exit */
+static void vmfork_child_record_watch(VmforkChildRecord *c)
+{
+    if (c->status_fd >= 0) {
+        qemu_set_fd_handler(c->status_fd, vmfork_child_status_read, NULL, c);
+    }
     if (c->pidfd >= 0) {
         qemu_set_fd_handler(c->pidfd, vmfork_child_exit_read, NULL, c);
     }
-    return c;
+}
+
+static VmforkChildRecord *vmfork_child_record_find(pid_t pid)
+{
+    VmforkChildRecord *c;
+
+    QTAILQ_FOREACH(c, &vmfork_state.children, next) {
+        if (c->pid == pid) {
+            return c;
+        }
+    }
+    return NULL;
 }
 
 /*
@@ -309,10 +316,12 @@ VmforkInfo *qmp_query_vmfork(Error **errp)
         ci->pid = c->pid;
         ci->monitor = g_strdup(c->monitor);
         ci->clone_id = c->clone_id;
+        ci->chardevs = QAPI_CLONE(VmforkChardevList, c->chardevs);
         ci->state = c->exited ? VMFORK_CHILD_STATE_EXITED
                               : VMFORK_CHILD_STATE_RUNNING;
         ci->has_exit_status = c->exited;
         ci->exit_status = c->exit_status;
+        ci->reason = g_strdup(c->reason);
         QAPI_LIST_APPEND(tail, ci);
     }
     return info;
@@ -320,123 +329,50 @@ VmforkInfo *qmp_query_vmfork(Error **errp)
 
 /* ---- Checks: what cannot be forked is refused before anything happens - */
 
-void vmfork_blocker_add(GString *why, const char *fmt, ...)
-{
-    va_list ap;
-
-    g_string_append(why, why->len ? "; " : "");
-    va_start(ap, fmt);
-    g_string_append_vprintf(why, fmt, ap);
-    va_end(ap);
-}
-
-static int check_ram_block(RAMBlock *rb, void *opaque)
-{
-    GString *why = opaque;
-
-    if (qemu_ram_is_shared(rb)) {
-        vmfork_blocker_add(why, "RAM block '%s' is shared memory, which "
-                           "parent and child would both write (use a "
-                           "private memory backend)", qemu_ram_get_idstr(rb));
-    }
-    return 0;
-}
-
-static int check_device(Object *obj, void *opaque)
-{
-    GString *why = opaque;
-    const char *type = object_get_typename(obj);
-
-    if (!object_dynamic_cast(obj, "device")) {
-        return 0;
-    }
-    if (g_str_has_prefix(type, "vfio") || g_str_has_prefix(type, "vhost-") ||
-        g_str_has_prefix(type, "ivshmem")) {
-        vmfork_blocker_add(why, "device '%s' (%s) owns host resources that "
-                           "a child cannot share or re-create",
-                           object_get_canonical_path_component(obj), type);
-    }
-    return 0;
-}
-
-static void check_netdevs(const VmforkRequest *req, GString *why)
-{
-#ifdef CONFIG_SLIRP
-    Error *err = NULL;
-
-    if (!net_slirp_can_fork(&err)) {
-        vmfork_blocker_add(why, "%s", error_get_pretty(err));
-        error_free(err);
-    }
-#endif
-
-    NetClientState *ncs[MAX_QUEUE_NUM];
-    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
-                                         MAX_QUEUE_NUM);
-
-    for (int i = 0; i < n; i++) {
-        NetClientDriver type = ncs[i]->info->type;
-
-        if (type != NET_CLIENT_DRIVER_USER &&
-            type != NET_CLIENT_DRIVER_HUBPORT &&
-            type != NET_CLIENT_DRIVER_TAP) {
-            vmfork_blocker_add(why, "netdev '%s' (%s) cannot be forked "
-                               "(only user networking and taps can)",
-                               ncs[i]->name, NetClientDriver_str(type));
-        }
-    }
-    vmfork_taps_check(req, why);
-}
-
+/*
+ * Everything that refuses the fork, in one error before any side effect:
+ * the state of the VM, the blockers that devices registered, each fork
+ * handler's check, and the fd safety net.
+ */
 static bool vmfork_check(const VmforkRequest *req, Error **errp)
 {
     g_autoptr(GString) why = g_string_new(NULL);
+    g_autoptr(GHashTable) fd_owner = g_hash_table_new_full(NULL, NULL, NULL,
+                                                           g_free);
+    VmforkCheck chk = { .req = req, .why = why, .fd_owner = fd_owner };
     RunState state = runstate_get();
+    VmforkChildRecord *c;
 
-    if (vmfork_state.blockers) {
-        for (GSList *l = vmfork_state.blockers; l; l = l->next) {
-            vmfork_blocker_add(why, "%s", error_get_pretty(l->data));
-        }
+    for (GSList *l = vmfork_state.blockers; l; l = l->next) {
+        vmfork_check_refuse(&chk, "%s", error_get_pretty(l->data));
     }
     if (state != RUN_STATE_RUNNING && state != RUN_STATE_PAUSED) {
-        vmfork_blocker_add(why, "the VM is in state '%s' (it must be "
-                           "running or paused)", RunState_str(state));
+        vmfork_check_refuse(&chk, "the VM is in state '%s' (it must be "
+                            "running or paused)", RunState_str(state));
     }
     if (migration_is_running()) {
-        vmfork_blocker_add(why, "a migration is in progress");
+        vmfork_check_refuse(&chk, "a migration is in progress");
     }
     WITH_JOB_LOCK_GUARD() {
         Job *job = job_next_locked(NULL);
 
         if (job) {
-            vmfork_blocker_add(why, "job '%s' is running",
-                               job->id ? job->id : "");
+            vmfork_check_refuse(&chk, "job '%s' is running",
+                                job->id ? job->id : "");
         }
     }
     if (replay_mode != REPLAY_MODE_NONE) {
-        vmfork_blocker_add(why, "record/replay is active");
+        vmfork_check_refuse(&chk, "record/replay is active");
     }
-    if (kvm_enabled()) {
-        Error *err = NULL;
+    vmfork_fd_claim_detached(&chk);
+    /* Our own: the children's exit and status fds */
+    QTAILQ_FOREACH(c, &vmfork_state.children, next) {
+        vmfork_check_claim_fd(&chk, c->pidfd, "vmfork");
+        vmfork_check_claim_fd(&chk, c->status_fd, "vmfork");
+    }
 
-        if (!kvm_can_fork(&err)) {
-            vmfork_blocker_add(why, "%s", error_get_pretty(err));
-            error_free(err);
-        }
-    } else if (!tcg_enabled()) {
-        vmfork_blocker_add(why, "only the KVM and TCG accelerators can be "
-                           "forked");
-    } else if (object_property_find(OBJECT(current_accel()), "split-wx") &&
-               object_property_get_bool(OBJECT(current_accel()), "split-wx",
-                                        NULL)) {
-        vmfork_blocker_add(why, "TCG split-wx maps the code buffer shared, "
-                           "so parent and child would translate into one "
-                           "buffer");
-    }
-    qemu_ram_foreach_block(check_ram_block, why);
-    object_child_foreach_recursive(object_get_root(), check_device, why);
-    vmfork_disks_check(req->overlay_dir, why);
-    check_netdevs(req, why);
+    vmfork_handlers_check(&chk);
+    vmfork_fd_safety_net(&chk);
 
     if (why->len) {
         error_setg(errp, "vmfork: this VM cannot be forked: %s", why->str);
@@ -529,9 +465,35 @@ static void vmfork_request_free(VmforkRequest *req)
     g_free(req->monitor_tmpl);
     g_free(req->serial_tmpl);
     g_free(req->overlay_dir);
-    if (req->taps) {
-        g_ptr_array_free(req->taps, true);      /* closes the fds left */
+    vmfork_taps_free(req);
+}
+
+/*
+ * The children's serial files: each a file that can be created, not a
+ * directory (a child that could not open its file would exit at once)
+ */
+static bool check_serial_template(const char *tmpl, int count, Error **errp)
+{
+    for (int i = 0; i < count; i++) {
+        g_autofree char *path = vmfork_expand_template(tmpl, i, 4194304,
+                                                       errp);
+        g_autofree char *dir = NULL;
+
+        if (!path) {
+            return false;
+        }
+        if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
+            error_setg(errp, "vmfork: serial path '%s' is a directory", path);
+            return false;
+        }
+        dir = g_path_get_dirname(path);
+        if (access(dir, W_OK | X_OK) < 0) {
+            error_setg_errno(errp, errno, "vmfork: cannot create serial "
+                             "files in '%s'", dir);
+            return false;
+        }
     }
+    return true;
 }
 
 static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
@@ -607,7 +569,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
             return false;
         }
         if (!vmfork_check_template_per_child("serial", serial, req->count,
-                                             errp)) {
+                                             errp) ||
+            !check_serial_template(serial, req->count, errp)) {
             return false;
         }
         req->serial_tmpl = g_strdup(serial);
@@ -616,81 +579,6 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
 }
 
 /* ---- The fork --------------------------------------------------------- */
-
-/*
- * Under KVM some of the VM's state lives in the kernel, in a VM that the
- * child cannot use: the vCPU registers and the in-kernel LAPIC, PIC and
- * IOAPIC.  The parent saves just these sections into memory, which the
- * child inherits and loads into its new VM.  (The in-kernel PIT and the
- * clock are saved by vm_stop() and restored by vm_start() already.)
- * Everything else the child has in its copy of the heap, as under TCG.
- */
-static const char *const kvm_kernel_state_sections[] = {
-    "cpu", "apic", "i8259", "ioapic", "kvm-tpr-opt", NULL
-};
-
-typedef struct KvmStateSnapshot {
-    QIOChannelBuffer *bioc;
-    QEMUFile *out;              /* closing it would free bioc's data */
-} KvmStateSnapshot;
-
-static bool kvm_state_save(KvmStateSnapshot *snap, Error **errp)
-{
-    int ret;
-
-    snap->bioc = qio_channel_buffer_new(64 * KiB);
-    snap->out = qemu_file_new_output(QIO_CHANNEL(snap->bioc));
-    ret = qemu_save_device_state_subset(snap->out, kvm_kernel_state_sections);
-    if (ret >= 0) {
-        ret = qemu_fflush(snap->out);
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "vmfork: cannot save the KVM state");
-        return false;
-    }
-    return true;
-}
-
-static void kvm_state_free(KvmStateSnapshot *snap)
-{
-    if (snap->out) {
-        qemu_fclose(snap->out);
-    }
-    snap->out = NULL;
-    snap->bioc = NULL;
-}
-
-bool vmfork_accel_child(QIOChannelBuffer *kvm_state, Error **errp)
-{
-    QEMUFile *f;
-    int ret;
-
-    if (!kvm_state) {
-        cpus_restart_vcpus_after_fork();
-        return true;
-    }
-    if (!kvm_rebuild_after_fork(errp)) {
-        return false;
-    }
-    cpus_restart_vcpus_after_fork();
-    qio_channel_io_seek(QIO_CHANNEL(kvm_state), 0, SEEK_SET, &error_abort);
-    f = qemu_file_new_input(QIO_CHANNEL(kvm_state));
-    /*
-     * One memory transaction: loading kvm-tpr-opt maps the vapic option
-     * ROM out and back in, which would delete and re-create memory slots
-     * of the new VM (milliseconds each under some hypervisors) only to
-     * end where it started.
-     */
-    memory_region_transaction_begin();
-    ret = qemu_load_device_state(f);
-    memory_region_transaction_commit();
-    qemu_fclose(f);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "vmfork: cannot load the KVM state");
-        return false;
-    }
-    return true;
-}
 
 /*
  * Guest RAM is MADV_DONTFORK (physmem.c), so that QEMU's helper processes
@@ -713,11 +601,150 @@ static void ram_set_fork(int advice)
     qemu_ram_foreach_block(ram_block_set_fork, &advice);
 }
 
+/* In a child: tell the parent, and go */
 static void vmfork_child_failed(Error *err)
 {
+    g_autofree char *msg = g_strdup_printf("%c%s", STATUS_FAILED,
+                                           error_get_pretty(err));
+
     error_report_err(err);
+    if (child_status_fd >= 0 &&
+        write(child_status_fd, msg, MIN(strlen(msg), PIPE_BUF)) < 0) {
+        /* the parent is gone: nobody to tell */
+    }
     /* No exit notifiers or atexit handlers: they belong to the parent */
     _exit(1);
+}
+
+static void vmfork_child_tell(char what)
+{
+    if (write(child_status_fd, &what, 1) != 1) {
+        /* The parent is gone: nobody to tell, run anyway */
+    }
+}
+
+/*
+ * The child's side, from fork() on.  Returns to the QMP dispatcher, whose
+ * reply goes to the parent's client connection, detached.
+ */
+static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
+                                int status)
+{
+    Error *err = NULL;
+    char byte;
+
+    child_status_fd = status;
+    vmfork_state.in_child = true;
+    vmfork_state.generation++;
+    vmfork_state.parent_pid = getppid();
+    vmfork_state.clone_id = getpid();
+    vmfork_identity_set(vmfork_state.clone_id, vmfork_state.generation);
+    vmfork_forget_children();
+    if (!vmfork_state.ancestors) {
+        vmfork_state.ancestors = g_array_new(false, false, sizeof(pid_t));
+    }
+    g_array_append_val(vmfork_state.ancestors, vmfork_state.parent_pid);
+    ram_set_fork(MADV_DONTFORK);
+    if (!vmfork_child_setup(req, index, &err)) {
+        vmfork_child_failed(err);
+    }
+    vmfork_child_tell(STATUS_SET_UP);
+    while (read(gate, &byte, 1) < 0 && errno == EINTR) {
+        /* until the parent's end is closed */
+    }
+    close(gate);
+    bdrv_drain_all_end();
+    if (req->start) {
+        vm_start();
+    }
+    vmfork_fault_child_phase("started");
+    if (!vmfork_child_start_monitor(req, index, &err) ||
+        vmfork_fault_child_fails("monitor", &err)) {
+        vmfork_child_failed(err);
+    }
+    vmfork_child_tell(STATUS_READY);
+    close(status);
+    child_status_fd = -1;
+}
+
+/*
+ * The command answers once every child has re-created what it cannot
+ * share, or with the reason of the first that could not.  The parent's
+ * guest runs meanwhile (this is the main loop's poll, without the BQL).
+ */
+#define VMFORK_SETUP_TIMEOUT_MS 30000
+
+static bool vmfork_wait_set_up(VmforkChildList *children, Error **errp)
+{
+    g_autoptr(GArray) pfds = g_array_new(false, false, sizeof(struct pollfd));
+    int64_t deadline = g_get_monotonic_time() +
+                       VMFORK_SETUP_TIMEOUT_MS * 1000LL;
+    int waiting = 0;
+
+    for (VmforkChildList *l = children; l; l = l->next) {
+        VmforkChildRecord *c = vmfork_child_record_find(l->value->pid);
+        struct pollfd pfd = { .fd = c->status_fd, .events = POLLIN };
+
+        g_array_append_val(pfds, pfd);
+        waiting++;
+    }
+    while (waiting) {
+        int64_t left = (deadline - g_get_monotonic_time()) / 1000;
+        int n;
+
+        if (left <= 0) {
+            error_setg(errp, "vmfork: a child did not set up within %d s",
+                       VMFORK_SETUP_TIMEOUT_MS / 1000);
+            return false;
+        }
+        bql_unlock();
+        n = poll((struct pollfd *)pfds->data, pfds->len, left);
+        bql_lock();
+        if (n < 0 && errno != EINTR) {
+            error_setg_errno(errp, errno, "vmfork: poll() failed");
+            return false;
+        }
+        for (guint i = 0; n > 0 && i < pfds->len; i++) {
+            struct pollfd *pfd = &g_array_index(pfds, struct pollfd, i);
+            VmforkChildRecord *c;
+            char byte;
+            ssize_t r;
+
+            if (pfd->fd < 0 || !pfd->revents) {
+                continue;
+            }
+            c = QTAILQ_FIRST(&vmfork_state.children);
+            while (c && c->status_fd != pfd->fd) {
+                c = QTAILQ_NEXT(c, next);
+            }
+            r = read(pfd->fd, &byte, 1);
+            if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+                continue;
+            }
+            if (r == 1 && byte == STATUS_SET_UP) {
+                pfd->fd = -1;
+                waiting--;
+                continue;
+            }
+            /* It failed: its reason follows, then end of file */
+            if (r == 1 && byte == STATUS_FAILED) {
+                g_autoptr(GString) reason = g_string_new(NULL);
+                char buf[512];
+
+                while ((r = read(pfd->fd, buf, sizeof(buf))) > 0 ||
+                       (r < 0 && errno == EINTR)) {
+                    g_string_append_len(reason, buf, MAX(r, 0));
+                }
+                g_free(c->reason);
+                c->reason = g_strdup(reason->str);
+            }
+            error_setg(errp, "vmfork: child %d failed to set up: %s",
+                       (int)c->pid, c->reason ? c->reason :
+                       "it ended without saying why (killed?)");
+            return false;
+        }
+    }
+    return true;
 }
 
 VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
@@ -728,41 +755,43 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          VmforkTapList *taps, Error **errp)
 {
     VmforkRequest req = { 0 };
-    KvmStateSnapshot kvm_state = { 0 };
     VmforkResult *result = g_new0(VmforkResult, 1);
     VmforkChildList **tail = &result->children;
     int64_t t0 = g_get_monotonic_time(), t_stop;
-    bool was_running = runstate_is_running();
     int gate[2] = { -1, -1 };
+    bool prepared = false, ok = false;
     int i = 0;
 
+    req.was_running = runstate_is_running();
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
                               has_start, start, has_parent, parent,
                               overlay_dir, has_hostfwd_offset,
                               hostfwd_offset, taps, errp) ||
-        !vmfork_check(&req, errp) ||
-        !vmfork_taps_take_fds(&req, errp) ||
-        !vmfork_disks_prepare(&req, errp)) {
+        !vmfork_check(&req, errp)) {
+        goto fail;
+    }
+    prepared = true;
+    if (!vmfork_handlers_prepare(&req, errp)) {
         goto fail;
     }
     trace_vmfork_start(req.count, req.start, req.parent_stays_paused);
 
-    /*
-     * 1. Before the guest stops: only this thread may cross fork() with
-     * useful state, and guest RAM must be inherited.
-     */
-    iothread_stop_all();
+    /* 1. Guest RAM must be inherited; nothing buffered may be written twice */
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
 
-    /* 2. The guest's pause: vCPUs stopped, block I/O drained */
+    /*
+     * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads
+     * still run: a disk on an IOThread drains in it), then the handlers'
+     * last steps before fork(), the IOThreads' stop among them.
+     */
     t_stop = g_get_monotonic_time();
-    if (was_running) {
+    if (req.was_running) {
         global_state_store();
         vm_stop(RUN_STATE_PAUSED);
     }
     bdrv_drain_all_begin();
-    if (kvm_enabled() && !kvm_state_save(&kvm_state, errp)) {
+    if (!vmfork_handlers_paused(&req, errp)) {
         goto resume;
     }
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
@@ -779,6 +808,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
 
     for (i = 0; i < req.count; i++) {
+        VmforkChild *vc;
         int status[2];
         pid_t pid;
 
@@ -799,53 +829,22 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             break;
         }
         if (pid == 0) {
-            Error *err = NULL;
-            char byte;
-
             close(gate[1]);
             close(status[0]);
-            vmfork_state.in_child = true;
-            vmfork_state.generation++;
-            vmfork_state.parent_pid = getppid();
-            vmfork_state.clone_id = getpid();
-            vmfork_forget_children();
-            ram_set_fork(MADV_DONTFORK);
-            if (!vmfork_child_setup(&req, i, kvm_state.bioc, &err)) {
-                vmfork_child_failed(err);
-            }
-            while (read(gate[0], &byte, 1) < 0 && errno == EINTR) {
-                /* until the parent's end is closed */
-            }
-            close(gate[0]);
-            bdrv_drain_all_end();
-            if (req.start) {
-                vm_start();
-            }
-            vmfork_fault_child_phase("started");
-            if (!vmfork_child_start_monitor(&req, i, &err)) {
-                vmfork_child_failed(err);
-            }
-            if (write(status[1], "R", 1) != 1) {
-                /* The parent is gone: nobody to tell, run anyway */
-            }
-            close(status[1]);
+            vmfork_in_new_child(&req, i, gate[0], status[1]);
             vmfork_request_free(&req);
-            /* This reply goes to the parent's client connection, detached */
             return result;
         }
         close(status[1]);
-        {
-            VmforkChildRecord *c = vmfork_child_record_new(
-                pid, vmfork_expand_template(req.monitor_tmpl, i, pid,
-                                            &error_abort), status[0]);
-            VmforkChild *vc = g_new0(VmforkChild, 1);
-
-            vc->pid = pid;
-            vc->monitor = g_strdup(c->monitor);
-            vc->clone_id = c->clone_id;
-            QAPI_LIST_APPEND(tail, vc);
-            trace_vmfork_parent_forked(i, pid, g_get_monotonic_time() - t0);
-        }
+        vc = g_new0(VmforkChild, 1);
+        vc->pid = pid;
+        vc->monitor = vmfork_expand_template(req.monitor_tmpl, i, pid,
+                                             &error_abort);
+        vc->clone_id = pid;
+        vmfork_handlers_child_info(&req, i, vc);
+        QAPI_LIST_APPEND(tail, vc);
+        vmfork_child_record_new(vc, status[0]);
+        trace_vmfork_parent_forked(i, pid, g_get_monotonic_time() - t0);
     }
 
 resume:
@@ -854,28 +853,30 @@ resume:
         close(gate[1]);
         close(gate[0]);
     }
-    kvm_state_free(&kvm_state);
-    if (i < req.count) {
-        vmfork_disks_abort();
-    } else if (!vmfork_disks_parent_switch(errp)) {
-        /* The children must not see the base change: they go */
-        i = -1;
+    ok = i == req.count && vmfork_handlers_parent(&req, errp);
+    if (!ok) {
+        vmfork_handlers_abort(&req);
     }
     bdrv_drain_all_end();
     /* After an error the parent runs as before, template or not */
-    if (was_running && (!req.parent_stays_paused || i < req.count)) {
+    if (req.was_running && (!req.parent_stays_paused || !ok)) {
         vm_start();
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
-    iothread_restart_all();
 
-    if (i < req.count) {
-        /* Not half-forked: the children made so far go (and get reaped) */
-        for (VmforkChildList *l = result->children; l; l = l->next) {
-            kill(l->value->pid, SIGKILL);
+    ok = ok && vmfork_wait_set_up(result->children, errp);
+    for (VmforkChildList *l = result->children; l; l = l->next) {
+        VmforkChildRecord *c = vmfork_child_record_find(l->value->pid);
+
+        /* Not half-forked: on error the children made so far go */
+        if (!ok) {
+            kill(c->pid, SIGKILL);
         }
-        goto fail;
+        vmfork_child_record_watch(c);
+    }
+    if (!ok) {
+        goto fail_prepared;
     }
     if (!object_resolve_path_type("", "vmgenid", NULL)) {
         result->warning = g_strdup("the VM has no vmgenid device, so the "
@@ -886,38 +887,11 @@ resume:
     return result;
 
 fail:
+    if (prepared) {
+        vmfork_handlers_abort(&req);
+    }
+fail_prepared:
     vmfork_request_free(&req);
     qapi_free_VmforkResult(result);
     return NULL;
-}
-
-/*
- * Thread pools of the child's AioContexts: the main loop's and those of
- * IOThreads (restarted already).
- */
-static int reset_iothread_pool(Object *obj, void *opaque)
-{
-    IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
-
-    if (iothread && iothread_get_aio_context(iothread)->thread_pool) {
-        thread_pool_reset_after_fork_aio(
-            iothread_get_aio_context(iothread)->thread_pool);
-    }
-    return 0;
-}
-
-void vmfork_reset_thread_pools(void)
-{
-    AioContext *ctxs[] = {
-        qemu_get_aio_context(), iohandler_get_aio_context()
-    };
-
-    for (size_t i = 0; i < ARRAY_SIZE(ctxs); i++) {
-        if (ctxs[i]->thread_pool) {
-            thread_pool_reset_after_fork_aio(ctxs[i]->thread_pool);
-        }
-    }
-    object_child_foreach(object_get_objects_root(), reset_iothread_pool, NULL);
-    object_child_foreach(object_get_internal_root(), reset_iothread_pool,
-                         NULL);
 }

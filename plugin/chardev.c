@@ -1,0 +1,374 @@
+/*
+ * vmfork: a child's chardevs
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Each chardev type has a rule; a type without one is refused:
+ *
+ * - unix socket server (a guest agent channel, a serial port on a
+ *   socket): the child listens on the same path with ".fork-PID"
+ *   appended, listed in the reply and in query-vmfork;
+ * - file: the child writes to the path with ".fork-PID" appended;
+ * - pty, stdio: the child's is a null chardev;
+ * - the first serial port follows the command's 'serial' template, if
+ *   given;
+ * - in-process ones (null, ringbuf, memory, mux, vc, msmouse, ...) are
+ *   copied with the process and need nothing;
+ * - a monitor's chardev stays as it is, detached: the child gets a
+ *   monitor of its own (child.c);
+ * - TCP servers, client sockets, pipes, host serial and parallel ports,
+ *   UDP and SPICE channels are refused by name: a child cannot have one
+ *   of its own without being told where.
+ *
+ * A unix server listens on its new path in place, whatever its frontend
+ * (qemu_chr_socket_listen_after_fork()); a chardev that needs a new
+ * backend (file, null) and whose frontend cannot take one (only serial
+ * ports and virtio-serial ports can) is refused.  The
+ * parent's fds of every chardev are claimed here: the child detaches its
+ * copies (fd.c) before anything reads them.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-char.h"
+#include "qemu/module.h"
+#include "chardev/char.h"
+#include "chardev/char-fd.h"
+#include "chardev/char-fe.h"
+#include "chardev/char-socket.h"
+#include "io/channel-file.h"
+#include "io/channel-socket.h"
+#include "io/net-listener.h"
+#include "monitor/monitor-internal.h"
+#include "system/system.h"
+#include "vmfork-internal.h"
+#include "trace.h"
+
+typedef enum ChardevRule {
+    RULE_KEEP,                  /* in-process, or a monitor's */
+    RULE_SERIAL_TEMPLATE,       /* serial0 with the 'serial' argument */
+    RULE_UNIX_SERVER,           /* PATH.fork-PID */
+    RULE_FILE,                  /* PATH.fork-PID */
+    RULE_NULL,                  /* pty, stdio */
+    RULE_REFUSE,
+} ChardevRule;
+
+typedef struct ChardevPlan {
+    char *id;
+    ChardevRule rule;
+    char *path;                 /* unix server, file: the parent's path */
+} ChardevPlan;
+
+static GPtrArray *plans;        /* of ChardevPlan, during one vmfork */
+
+static void plan_free(gpointer p)
+{
+    ChardevPlan *plan = p;
+
+    g_free(plan->id);
+    g_free(plan->path);
+    g_free(plan);
+}
+
+static bool is_monitor(Chardev *chr)
+{
+    Monitor *mon;
+
+    QTAILQ_FOREACH(mon, &mon_list, entry) {
+        if (qemu_chr_fe_get_driver(&mon->chr) == chr) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool is_type(Chardev *chr, const char *type)
+{
+    return object_dynamic_cast(OBJECT(chr), type) != NULL;
+}
+
+/* The path a file chardev writes to, from its fd */
+static char *file_chardev_path(Chardev *chr)
+{
+    FDChardev *s = FD_CHARDEV(chr);
+    g_autofree char *link = NULL;
+
+    if (!s->ioc_out || !object_dynamic_cast(OBJECT(s->ioc_out),
+                                            TYPE_QIO_CHANNEL_FILE)) {
+        return NULL;
+    }
+    link = g_strdup_printf("/proc/self/fd/%d",
+                           QIO_CHANNEL_FILE(s->ioc_out)->fd);
+    return g_file_read_link(link, NULL);
+}
+
+/* The rule for @chr; for RULE_REFUSE, *why says why */
+static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
+                                char **path, const char **why)
+{
+    const char *type = object_get_typename(OBJECT(chr));
+
+    if (is_monitor(chr)) {
+        return RULE_KEEP;
+    }
+    if (chr == serial_hd(0) && req->serial_tmpl) {
+        return RULE_SERIAL_TEMPLATE;
+    }
+    if (is_type(chr, TYPE_CHARDEV_SOCKET)) {
+        SocketChardev *s = (SocketChardev *)chr;
+
+        if (!s->is_listen) {
+            *why = "it is a client socket, which a child cannot connect "
+                   "again on its own";
+            return RULE_REFUSE;
+        }
+        if (!s->addr || s->addr->type != SOCKET_ADDRESS_TYPE_UNIX ||
+            (s->addr->u.q_unix.has_abstract && s->addr->u.q_unix.abstract)) {
+            *why = "it listens on a TCP port (or a passed fd or abstract "
+                   "socket), which a child cannot have a copy of";
+            return RULE_REFUSE;
+        }
+        *path = g_strdup(s->addr->u.q_unix.path);
+        return RULE_UNIX_SERVER;
+    }
+    if (is_type(chr, TYPE_CHARDEV_FILE)) {
+        *path = file_chardev_path(chr);
+        if (!*path) {
+            *why = "its file cannot be found";
+            return RULE_REFUSE;
+        }
+        return RULE_FILE;
+    }
+    if (is_type(chr, TYPE_CHARDEV_PTY) || is_type(chr, TYPE_CHARDEV_STDIO)) {
+        return RULE_NULL;
+    }
+    if (is_type(chr, TYPE_CHARDEV_NULL) || is_type(chr, TYPE_CHARDEV_RINGBUF) ||
+        is_type(chr, TYPE_CHARDEV_MUX) || is_type(chr, TYPE_CHARDEV_HUB) ||
+        g_str_equal(type, "chardev-vc") ||
+        g_str_equal(type, "chardev-msmouse") ||
+        g_str_equal(type, "chardev-wctablet") ||
+        g_str_equal(type, "chardev-testdev")) {
+        return RULE_KEEP;
+    }
+    *why = "vmfork has no rule for this kind of chardev (a pipe, a host "
+           "device, UDP, SPICE)";
+    return RULE_REFUSE;
+}
+
+static void claim_socket_fds(VmforkCheck *chk, SocketChardev *s,
+                             const char *id)
+{
+    if (s->listener) {
+        for (size_t i = 0; i < s->listener->nsioc; i++) {
+            vmfork_check_claim_fd(chk, s->listener->sioc[i]->fd,
+                                  "chardev '%s'", id);
+        }
+    }
+    if (s->sioc) {
+        vmfork_check_claim_fd(chk, s->sioc->fd, "chardev '%s'", id);
+    }
+}
+
+static void claim_fd_chardev_fds(VmforkCheck *chk, FDChardev *s,
+                                 const char *id)
+{
+    QIOChannel *iocs[] = { s->ioc_in, s->ioc_out };
+
+    for (size_t i = 0; i < ARRAY_SIZE(iocs); i++) {
+        if (iocs[i] && object_dynamic_cast(OBJECT(iocs[i]),
+                                           TYPE_QIO_CHANNEL_FILE)) {
+            vmfork_check_claim_fd(chk, QIO_CHANNEL_FILE(iocs[i])->fd,
+                                  "chardev '%s'", id);
+        }
+    }
+}
+
+typedef struct ChardevWalk {
+    VmforkCheck *chk;           /* check: refuse and claim */
+    const VmforkRequest *req;
+    GPtrArray *plans;           /* prepare: the plans */
+} ChardevWalk;
+
+static int chardev_walk(Object *obj, void *opaque)
+{
+    ChardevWalk *w = opaque;
+    Chardev *chr = (Chardev *)object_dynamic_cast(obj, TYPE_CHARDEV);
+    g_autofree char *path = NULL;
+    const char *why = NULL;
+    ChardevRule rule;
+
+    if (!chr) {
+        return 0;
+    }
+    rule = chardev_rule(w->req, chr, &path, &why);
+    if (w->chk) {
+        if (rule == RULE_REFUSE) {
+            vmfork_check_refuse(w->chk, "chardev '%s' (%s): %s", chr->label,
+                                object_get_typename(obj), why);
+        } else if ((rule == RULE_FILE || rule == RULE_NULL ||
+                    rule == RULE_SERIAL_TEMPLATE) && chr->be &&
+                   !chr->be->chr_be_change && (chr->be->chr_read ||
+                                               chr->be->chr_event)) {
+            vmfork_check_refuse(w->chk, "chardev '%s' (%s) needs a backend "
+                                "of its own in a child, and its user cannot "
+                                "take a new one", chr->label,
+                                object_get_typename(obj));
+        }
+        if (is_type(chr, TYPE_CHARDEV_SOCKET)) {
+            claim_socket_fds(w->chk, (SocketChardev *)chr, chr->label);
+        } else if (is_type(chr, TYPE_CHARDEV_FD)) {
+            claim_fd_chardev_fds(w->chk, FD_CHARDEV(chr), chr->label);
+        } else if (is_type(chr, TYPE_CHARDEV_PTY)) {
+            vmfork_check_claim_fd_path(w->chk, "/dev/ptmx", "a pty chardev");
+        }
+    }
+    if (w->plans && rule != RULE_KEEP && rule != RULE_REFUSE) {
+        ChardevPlan *plan = g_new0(ChardevPlan, 1);
+
+        plan->id = g_strdup(chr->label);
+        plan->rule = rule;
+        plan->path = g_steal_pointer(&path);
+        g_ptr_array_add(w->plans, plan);
+    }
+    return 0;
+}
+
+static Object *chardevs_root(void)
+{
+    return object_resolve_path_component(object_get_root(), "chardevs");
+}
+
+static void chardev_check(VmforkCheck *chk)
+{
+    ChardevWalk w = { .chk = chk, .req = chk->req };
+
+    object_child_foreach(chardevs_root(), chardev_walk, &w);
+}
+
+static bool chardev_prepare(VmforkRequest *req, Error **errp)
+{
+    ChardevWalk w = { .req = req };
+
+    assert(!plans);
+    plans = w.plans = g_ptr_array_new_with_free_func(plan_free);
+    object_child_foreach(chardevs_root(), chardev_walk, &w);
+    return true;
+}
+
+static void chardev_abort(VmforkRequest *req)
+{
+    g_clear_pointer(&plans, g_ptr_array_unref);
+}
+
+static bool chardev_parent(VmforkRequest *req, Error **errp)
+{
+    chardev_abort(req);
+    return true;
+}
+
+static char *child_path(const ChardevPlan *plan, pid_t pid)
+{
+    return g_strdup_printf("%s.fork-%d", plan->path, (int)pid);
+}
+
+static void chardev_child_info(VmforkRequest *req, int index,
+                               VmforkChild *info)
+{
+    VmforkChardevList **tail = &info->chardevs;
+
+    for (guint i = 0; plans && i < plans->len; i++) {
+        ChardevPlan *plan = plans->pdata[i];
+        VmforkChardev *c;
+
+        if (plan->rule != RULE_UNIX_SERVER) {
+            continue;
+        }
+        c = g_new0(VmforkChardev, 1);
+        c->id = g_strdup(plan->id);
+        c->path = child_path(plan, info->pid);
+        QAPI_LIST_APPEND(tail, c);
+    }
+}
+
+static ChardevBackend *backend_null(void)
+{
+    ChardevBackend *b = g_new0(ChardevBackend, 1);
+
+    b->type = CHARDEV_BACKEND_KIND_NULL;
+    b->u.null.data = g_new0(ChardevCommon, 1);
+    return b;
+}
+
+static ChardevBackend *backend_file(const char *path)
+{
+    ChardevBackend *b = g_new0(ChardevBackend, 1);
+
+    b->type = CHARDEV_BACKEND_KIND_FILE;
+    b->u.file.data = g_new0(ChardevFile, 1);
+    b->u.file.data->out = g_strdup(path);
+    return b;
+}
+
+static bool chardev_child(VmforkRequest *req, int index, Error **errp)
+{
+    for (guint i = 0; plans && i < plans->len; i++) {
+        ChardevPlan *plan = plans->pdata[i];
+        g_autofree char *path = NULL;
+        ChardevBackend *backend;
+        ChardevReturn *ret;
+
+        switch (plan->rule) {
+        case RULE_SERIAL_TEMPLATE:
+            path = vmfork_expand_template(req->serial_tmpl, index, getpid(),
+                                          &error_abort);
+            backend = backend_file(path);
+            break;
+        case RULE_UNIX_SERVER:
+            /* The same chardev, listening elsewhere: any frontend */
+            path = child_path(plan, getpid());
+            trace_vmfork_child_chardev(plan->id, path);
+            if (!qemu_chr_socket_listen_after_fork(
+                    qemu_chr_find(plan->id), path, errp)) {
+                error_prepend(errp, "vmfork: chardev '%s': ", plan->id);
+                return false;
+            }
+            continue;
+        case RULE_FILE:
+            path = child_path(plan, getpid());
+            backend = backend_file(path);
+            break;
+        default:
+            backend = backend_null();
+            break;
+        }
+        trace_vmfork_child_chardev(plan->id, path ? path : "null");
+        ret = qmp_chardev_change(plan->id, backend, errp);
+        qapi_free_ChardevBackend(backend);
+        if (!ret) {
+            error_prepend(errp, "vmfork: chardev '%s': ", plan->id);
+            return false;
+        }
+        qapi_free_ChardevReturn(ret);
+    }
+    g_clear_pointer(&plans, g_ptr_array_unref);
+    return true;
+}
+
+static const VmforkHandler chardev_handler = {
+    .name = "chardev",
+    .priority = VMFORK_PRIO_CHARDEV,
+    .check = chardev_check,
+    .prepare = chardev_prepare,
+    .parent = chardev_parent,
+    .child = chardev_child,
+    .abort = chardev_abort,
+    .child_info = chardev_child_info,
+};
+
+static void chardev_register(void)
+{
+    vmfork_register_handler(&chardev_handler);
+}
+type_init(chardev_register);

@@ -1,0 +1,139 @@
+/*
+ * vmfork: the fd safety net
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * After every handler's check, each fd of the process must be claimed by
+ * a handler (which forks what it owns, see handler.h) or be of a kind
+ * that is harmless to share with a child:
+ *
+ * - the standard input, output and error QEMU was started with (the
+ *   child's input becomes /dev/null; output is shared as any daemon's);
+ * - files and devices open read-only;
+ * - /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom;
+ * - eventfds and epoll instances, which fd.c replaces in the child, and
+ *   signalfds (a read returns the reader's own signals);
+ * - pidfds, which only tell when a process exits;
+ * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
+ *   -pidfile and the one libvirt hands down, open for their lock, which
+ *   fork() does not pass on.
+ *
+ * Anything else (a file open for writing, a socket, a device node, a
+ * pipe, an io_uring, a timerfd) that no handler claims refuses the fork,
+ * naming the fd, its path and what vmfork knows of its owner: a backend
+ * that holds an fd and has no fork rule cannot be forked by accident.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-misc.h"
+#include "vmfork-internal.h"
+
+static bool is_harmless_device(const char *target)
+{
+    static const char *const devices[] = {
+        "/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+        "/dev/urandom", NULL
+    };
+
+    return g_strv_contains(devices, target);
+}
+
+static bool is_harmless_anon(const char *target)
+{
+    return g_str_equal(target, "anon_inode:[eventfd]") ||
+           g_str_equal(target, "anon_inode:[eventpoll]") ||
+           g_str_equal(target, "anon_inode:[signalfd]") ||
+           g_str_equal(target, "anon_inode:[pidfd]");
+}
+
+/* A small regular file that holds this process's pid (or an ancestor's) */
+static bool is_own_pidfile(int fd)
+{
+    g_autofree char *path = NULL;
+    char buf[32];
+    struct stat st;
+    ssize_t n;
+    int rfd;
+    gint64 pid;
+    char *end;
+
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_size >= sizeof(buf)) {
+        return false;
+    }
+    /* Read it anew: QEMU's own is open write-only */
+    path = g_strdup_printf("/proc/self/fd/%d", fd);
+    rfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) {
+        return false;
+    }
+    n = pread(rfd, buf, sizeof(buf) - 1, 0);
+    close(rfd);
+    if (n <= 0) {
+        return false;
+    }
+    buf[n] = 0;
+    pid = g_ascii_strtoll(buf, &end, 10);
+    return end != buf && (*end == 0 || g_str_equal(end, "\n")) &&
+           vmfork_pid_is_ours(pid);
+}
+
+/* What the monitor's fd sets say of @fd, or NULL */
+static char *fdset_owner(FdsetInfoList *sets, int fd)
+{
+    for (FdsetInfoList *l = sets; l; l = l->next) {
+        for (FdsetFdInfoList *f = l->value->fds; f; f = f->next) {
+            if (f->value->fd == fd) {
+                return g_strdup_printf("in fd set %" PRId64 " of add-fd",
+                                       l->value->fdset_id);
+            }
+        }
+    }
+    return NULL;
+}
+
+void vmfork_fd_safety_net(VmforkCheck *chk)
+{
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
+    FdsetInfoList *sets = qmp_query_fdsets(NULL);
+    const char *name;
+
+    if (!dir) {
+        vmfork_check_refuse(chk, "cannot list /proc/self/fd");
+        qapi_free_FdsetInfoList(sets);
+        return;
+    }
+    while ((name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
+        g_autofree char *target = g_file_read_link(path, NULL);
+        g_autofree char *owner = NULL;
+        int fd = atoi(name);
+        int fl;
+
+        if (!target || fd <= STDERR_FILENO ||
+            g_hash_table_contains(chk->fd_owner, GINT_TO_POINTER(fd)) ||
+            is_harmless_anon(target) || is_harmless_device(target)) {
+            continue;
+        }
+        if (g_str_has_prefix(target, "/proc/") &&
+            g_str_has_suffix(target, "/fd")) {
+            continue;           /* this listing */
+        }
+        fl = fcntl(fd, F_GETFL);
+        if (target[0] == '/' && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY) {
+            continue;           /* read-only: shared as it is */
+        }
+        if (target[0] == '/' && is_own_pidfile(fd)) {
+            continue;
+        }
+        owner = fdset_owner(sets, fd);
+        vmfork_check_refuse(chk, "fd %d (%s%s)%s%s has no fork rule: no "
+                            "part of the VM claims it", fd, target,
+                            target[0] == '/' ? ", open for writing" : "",
+                            owner ? ", " : "", owner ? owner : "");
+    }
+    qapi_free_FdsetInfoList(sets);
+}

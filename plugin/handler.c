@@ -1,0 +1,179 @@
+/*
+ * vmfork: the registry of fork handlers and the phases that run them
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * See handler.h for how a subsystem opts in.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-types-vmfork.h"
+#include "vmfork-internal.h"
+#include "trace.h"
+
+static GSList *handlers;        /* of const VmforkHandler *, by priority */
+
+static gint handler_cmp(gconstpointer a, gconstpointer b)
+{
+    const VmforkHandler *ha = a, *hb = b;
+
+    return (int)ha->priority - (int)hb->priority;
+}
+
+void vmfork_register_handler(const VmforkHandler *handler)
+{
+    /* insert_sorted keeps registration order within one priority */
+    handlers = g_slist_insert_sorted(handlers, (gpointer)handler,
+                                     handler_cmp);
+}
+
+void vmfork_check_refuse(VmforkCheck *chk, const char *fmt, ...)
+{
+    va_list ap;
+
+    g_string_append(chk->why, chk->why->len ? "; " : "");
+    va_start(ap, fmt);
+    g_string_append_vprintf(chk->why, fmt, ap);
+    va_end(ap);
+}
+
+void vmfork_check_claim_fd(VmforkCheck *chk, int fd, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (fd < 0) {
+        return;
+    }
+    va_start(ap, fmt);
+    g_hash_table_replace(chk->fd_owner, GINT_TO_POINTER(fd),
+                         g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}
+
+static void claim_fd_links(VmforkCheck *chk, const char *link, bool prefix,
+                           const char *owner)
+{
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
+        g_autofree char *target = g_file_read_link(path, NULL);
+
+        if (target && (prefix ? g_str_has_prefix(target, link)
+                              : g_str_equal(target, link))) {
+            vmfork_check_claim_fd(chk, atoi(name), "%s", owner);
+        }
+    }
+}
+
+void vmfork_check_claim_fd_path(VmforkCheck *chk, const char *path,
+                                const char *owner)
+{
+    claim_fd_links(chk, path, false, owner);
+}
+
+void vmfork_check_claim_fd_prefix(VmforkCheck *chk, const char *prefix,
+                                  const char *owner)
+{
+    claim_fd_links(chk, prefix, true, owner);
+}
+
+void vmfork_handlers_check(VmforkCheck *chk)
+{
+    for (GSList *l = handlers; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->check) {
+            h->check(chk);
+        }
+    }
+}
+
+/* Run one phase of every handler in order, stopping at the first error */
+#define RUN_PHASE(phase, ...)                                           \
+    for (GSList *l = handlers; l; l = l->next) {                        \
+        const VmforkHandler *h = l->data;                               \
+                                                                        \
+        if (h->phase && !h->phase(__VA_ARGS__)) {                       \
+            trace_vmfork_handler_failed(h->name, #phase);               \
+            return false;                                               \
+        }                                                               \
+    }                                                                   \
+    return true
+
+bool vmfork_handlers_prepare(VmforkRequest *req, Error **errp)
+{
+    RUN_PHASE(prepare, req, errp);
+}
+
+/*
+ * In reverse order, as one leaves nested sections: the threads stop last,
+ * after the other handlers have used them (a flush of a disk on an
+ * IOThread needs that IOThread), and start first again in parent and child.
+ */
+bool vmfork_handlers_paused(VmforkRequest *req, Error **errp)
+{
+    g_autoptr(GSList) rev = g_slist_reverse(g_slist_copy(handlers));
+
+    for (GSList *l = rev; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->paused && !h->paused(req, errp)) {
+            trace_vmfork_handler_failed(h->name, "paused");
+            return false;
+        }
+    }
+    return true;
+}
+
+bool vmfork_handlers_parent(VmforkRequest *req, Error **errp)
+{
+    RUN_PHASE(parent, req, errp);
+}
+
+bool vmfork_handlers_child(VmforkRequest *req, int index, Error **errp)
+{
+    for (GSList *l = handlers; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (!h->child) {
+            continue;
+        }
+        if (!h->child(req, index, errp) ||
+            vmfork_fault_child_fails(h->name, errp)) {
+            trace_vmfork_handler_failed(h->name, "child");
+            return false;
+        }
+        vmfork_child_phase_done(h->name);
+    }
+    return true;
+}
+
+void vmfork_handlers_abort(VmforkRequest *req)
+{
+    g_autoptr(GSList) rev = g_slist_reverse(g_slist_copy(handlers));
+
+    for (GSList *l = rev; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->abort) {
+            h->abort(req);
+        }
+    }
+}
+
+void vmfork_handlers_child_info(VmforkRequest *req, int index,
+                                VmforkChild *info)
+{
+    for (GSList *l = handlers; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->child_info) {
+            h->child_info(req, index, info);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+/*
+ * vmfork: IOThreads and worker pools across fork()
+ *
+ * Copyright (c) 2026 vmfork developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Only the forking thread exists in a child.  IOThreads (user-created
+ * ones, and internal ones such as the monitor's) stop at a clean point
+ * once the guest is paused and block I/O is drained (vm_stop() needs them
+ * running: a disk on an IOThread is drained in it), and start again in
+ * the parent and in each child.  The child's worker pools start empty.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/main-loop.h"
+#include "qemu/module.h"
+#include "block/aio.h"
+#include "block/thread-pool.h"
+#include "system/iothread.h"
+#include "vmfork-internal.h"
+
+static bool iothreads_stopped;
+
+static bool threads_paused(VmforkRequest *req, Error **errp)
+{
+    iothread_stop_all();
+    iothreads_stopped = true;
+    return true;
+}
+
+static bool threads_parent(VmforkRequest *req, Error **errp)
+{
+    iothread_restart_all();
+    iothreads_stopped = false;
+    return true;
+}
+
+static void threads_abort(VmforkRequest *req)
+{
+    if (iothreads_stopped) {
+        threads_parent(req, NULL);
+    }
+}
+
+/* The thread pool of the child's AioContexts: main loop's and IOThreads' */
+static int reset_iothread_pool(Object *obj, void *opaque)
+{
+    IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
+
+    if (iothread && iothread_get_aio_context(iothread)->thread_pool) {
+        thread_pool_reset_after_fork_aio(
+            iothread_get_aio_context(iothread)->thread_pool);
+    }
+    return 0;
+}
+
+static bool threads_child(VmforkRequest *req, int index, Error **errp)
+{
+    AioContext *ctxs[] = {
+        qemu_get_aio_context(), iohandler_get_aio_context()
+    };
+
+    iothreads_stopped = false;
+    iothread_restart_all();
+    for (size_t i = 0; i < ARRAY_SIZE(ctxs); i++) {
+        if (ctxs[i]->thread_pool) {
+            thread_pool_reset_after_fork_aio(ctxs[i]->thread_pool);
+        }
+    }
+    object_child_foreach(object_get_objects_root(), reset_iothread_pool, NULL);
+    object_child_foreach(object_get_internal_root(), reset_iothread_pool,
+                         NULL);
+    return true;
+}
+
+static const VmforkHandler threads_handler = {
+    .name = "threads",
+    .priority = VMFORK_PRIO_THREADS,
+    .paused = threads_paused,
+    .parent = threads_parent,
+    .child = threads_child,
+    .abort = threads_abort,
+};
+
+static void threads_register(void)
+{
+    vmfork_register_handler(&threads_handler);
+}
+type_init(threads_register);
