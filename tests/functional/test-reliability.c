@@ -436,11 +436,21 @@ static void fork_with_iothread(void)
 /*
  * A child killed at each phase of its re-initialisation (VMFORK_FAULT,
  * plugin/fault.c): the parent reports each exit, reaps it, removes the
- * monitor socket it left, keeps no fd of it, and its guest runs on.
+ * monitor socket it left, keeps no fd of it, and its guest runs on.  A
+ * child that dies before it has set up fails the command (and its
+ * sibling is killed: never half-forked); one that dies later exits on
+ * its own.  The phases are the child's common steps and then one per
+ * fork handler (plugin/handler.h), in their order.
  */
-static const char *const child_phases[] = {
-    "forked", "fds", "threads", "io", "accel", "devices", "started",
-    "monitor",
+static const struct {
+    const char *name;
+    bool set_up;                /* the command has answered already */
+} child_phases[] = {
+    { "forked", false }, { "fds", false }, { "threads", false },
+    { "block", false }, { "net", false }, { "tap", false },
+    { "accel", false }, { "identity", false }, { "devices", false },
+    { "tap-mac", false }, { "chardev", false }, { "started", true },
+    { "monitor", true },
 };
 
 static void child_killed_at_each_phase(gconstpointer accel)
@@ -448,7 +458,9 @@ static void child_killed_at_each_phase(gconstpointer accel)
     for (guint p = 0; p < G_N_ELEMENTS(child_phases); p++) {
         VmOptions o = { .guest = GUEST_TINY, .accel = accel };
         g_autofree char *fault = g_strdup_printf("kill-child:%s",
-                                                 child_phases[p]);
+                                                 child_phases[p].name);
+        g_autoptr(GPtrArray) monitors = g_ptr_array_new_with_free_func(
+            g_free);
         g_autoptr(JsonArray) children = NULL;
         g_autoptr(GError) none = NULL;
         JsonNode *q, *ready;
@@ -463,7 +475,22 @@ static void child_killed_at_each_phase(gconstpointer accel)
         g_unsetenv("VMFORK_FAULT");
         fds0 = count_dir("/proc/%d/fd", vm->pid);
 
-        children = vm_fork(vm, "{\"count\": 2}");
+        if (child_phases[p].set_up) {
+            children = vm_fork(vm, "{\"count\": 2}");
+            for (guint i = 0; i < 2; i++) {
+                g_ptr_array_add(monitors, g_strdup(
+                    json_object_get_string_member(
+                        json_array_get_object_element(children, i),
+                        "monitor")));
+            }
+        } else {
+            g_autoptr(GError) err = vm_qmp_error(vm, "vmfork",
+                                                 "{\"count\": 2}");
+
+            g_assert_nonnull(err);
+            g_test_message("%s: %s", fault, err->message);
+            g_assert_nonnull(strstr(err->message, "failed to set up"));
+        }
         for (guint i = 0; i < 2; i++) {
             g_autoptr(GError) err = NULL;
             JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
@@ -480,16 +507,18 @@ static void child_killed_at_each_phase(gconstpointer accel)
             g_assert_cmpint(json_object_get_int_member(d, "status"), ==,
                             128 + SIGKILL);
             g_assert_true(pid_wait_gone(pid, 5000));
+            if (!child_phases[p].set_up) {
+                g_ptr_array_add(monitors, g_strdup_printf(
+                    "%s.fork-%d", vm->qmp_path, pid));
+            }
             json_node_unref(ev);
         }
         /* None got as far as telling the parent it runs */
         ready = qmp_wait_event(vm->qmp, "VMFORK_CHILD_READY", 100, &none);
         g_assert_null(ready);
-        for (guint i = 0; i < 2; i++) {
-            const char *mon = json_object_get_string_member(
-                json_array_get_object_element(children, i), "monitor");
-
-            g_assert_false(g_file_test(mon, G_FILE_TEST_EXISTS));
+        for (guint i = 0; i < monitors->len; i++) {
+            g_assert_false(g_file_test(monitors->pdata[i],
+                                       G_FILE_TEST_EXISTS));
         }
         q = vm_qmp(vm, "query-vmfork", NULL);
         {
@@ -510,6 +539,72 @@ static void child_killed_at_each_phase(gconstpointer accel)
         vm_quit(vm);
         vm_cleanup_all();
     }
+}
+
+/*
+ * A child that fails (its handler reports an error, VMFORK_FAULT
+ * fail-child) says why: before it has set up, the command fails with its
+ * reason; later, VMFORK_CHILD_EXITED and query-vmfork carry the reason.
+ */
+static void child_failure_says_why(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GError) err = NULL, qerr = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    JsonNode *ev, *q;
+    JsonObject *d, *ci;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    /* Before set-up: the command's error says which child and why */
+    g_setenv("VMFORK_FAULT", "fail-child:chardev", TRUE);
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(err->message, "failed to set up"));
+    g_assert_nonnull(strstr(err->message, "failing at 'chardev'"));
+    ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &qerr);
+    g_assert_no_error(qerr);
+    d = qmp_event_data(ev);
+    g_assert_cmpint(json_object_get_int_member(d, "status"), ==, 1);
+    g_assert_nonnull(strstr(json_object_get_string_member(d, "reason"),
+                            "failing at 'chardev'"));
+    json_node_unref(ev);
+    assert_runs_on(vm);
+    vm_quit(vm);
+    vm_cleanup_all();
+
+    /* After set-up: the command succeeded, the exit says why */
+    g_setenv("VMFORK_FAULT", "fail-child:monitor", TRUE);
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    children = vm_fork(vm, NULL);
+    ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &qerr);
+    g_assert_no_error(qerr);
+    d = qmp_event_data(ev);
+    g_assert_cmpint(json_object_get_int_member(d, "pid"), ==,
+                    json_object_get_int_member(
+                        json_array_get_object_element(children, 0), "pid"));
+    g_assert_nonnull(strstr(json_object_get_string_member(d, "reason"),
+                            "failing at 'monitor'"));
+    json_node_unref(ev);
+    q = vm_qmp(vm, "query-vmfork", NULL);
+    ci = json_array_get_object_element(json_object_get_array_member(
+        json_node_get_object(q), "children"), 0);
+    g_assert_cmpstr(json_object_get_string_member(ci, "state"), ==,
+                    "exited");
+    g_assert_nonnull(strstr(json_object_get_string_member(ci, "reason"),
+                            "failing at 'monitor'"));
+    json_node_unref(q);
+    assert_runs_on(vm);
+    vm_quit(vm);
+    vm_cleanup_all();
 }
 
 /* The parent's disk is the image it had, and the overlay dir is empty */
@@ -951,6 +1046,8 @@ int main(int argc, char **argv)
                          "tcg", child_killed_at_each_phase);
     g_test_add_data_func("/reliability/tiny/kvm/child-killed-at-each-phase",
                          "kvm", child_killed_at_each_phase);
+    g_test_add_func("/reliability/tiny/tcg/child-failure-says-why",
+                    child_failure_says_why);
     g_test_add_func("/reliability/tiny/tcg/fork-failure-injected",
                     fork_failure_injected);
     g_test_add_func("/reliability/tiny/tcg/fork-denied-by-seccomp",

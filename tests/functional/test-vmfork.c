@@ -506,6 +506,57 @@ static void fork_bad_arguments_leave_parent_running(void)
     vm_cleanup_all();
 }
 
+/*
+ * Arguments that would make a child fail as it comes up are refused up
+ * front: a serial template that names a directory, a hostfwd-offset that
+ * moves some child's host forward off the valid ports.
+ */
+static void fork_child_arguments_checked_up_front(void)
+{
+    int port = 65000;
+    g_autofree char *netdev = g_strdup_printf(
+        "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22", port);
+    const char *extra[] = { "-netdev", netdev, NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *serial_dir = NULL;
+    const struct { const char *args, *desc; } cases[] = {
+        { "{\"serial\": \"/tmp\"}", "serial path '/tmp' is a directory" },
+        { "{\"serial\": \"/nonexistent-dir/s-%p\"}",
+          "cannot create serial files" },
+        { "{\"hostfwd-offset\": 300, \"count\": 2, "
+          "\"monitor\": \"@DIR@/c-%i.qmp\"}",
+          "would listen on port 65600 in child 1" },
+        { "{\"hostfwd-offset\": -65000}", "would listen on port 0" },
+    };
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autoptr(GString) args = g_string_new(cases[i].args);
+        g_autoptr(GError) err = NULL;
+
+        g_string_replace(args, "@DIR@", vm->dir, 0);
+        err = vm_qmp_error(vm, "vmfork", args->str);
+        g_assert_nonnull(err);
+        g_test_message("%s -> %s", args->str, err->message);
+        g_assert_nonnull(strstr(qmp_error_desc(err), cases[i].desc));
+    }
+    /* Nothing was forked, and the VM runs on */
+    {
+        JsonNode *q = vm_qmp(vm, "query-vmfork", NULL);
+
+        g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+            json_node_get_object(q), "children")), ==, 0);
+        json_node_unref(q);
+    }
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* Configurations that cannot be forked are refused, naming the cause */
 static void fork_blockers_refused(void)
 {
@@ -1649,6 +1700,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
+    g_test_add_func("/vmfork/tiny/tcg/child-arguments-checked-up-front",
+                    fork_child_arguments_checked_up_front);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
