@@ -22,6 +22,7 @@ PKGS=(
     python3 python3-venv python3-distlib python3-pycotap/bookworm-backports
     libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev ccache
     libjson-glib-dev
+    libspice-server-dev libaio-dev liburing-dev libseccomp-dev
     busybox-static cpio xz-utils dpkg-dev ca-certificates
     gnuplot-nox git
 )

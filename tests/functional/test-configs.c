@@ -340,6 +340,130 @@ static void config_row(gconstpointer data)
     vm_cleanup_all();
 }
 
+static char *file_sha256(const char *path)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data,
+                                       len);
+}
+
+/*
+ * The image under a disk at the fork (the base) is the parent's and every
+ * child's backing file: no child ever writes it, not even the metadata
+ * that qcow2 writes when it closes an image.  Here the base carries a
+ * persistent dirty bitmap (libvirt checkpoints, incremental backup),
+ * which qcow2 stores when it closes the image: a child that quits must
+ * leave the base byte for byte as it was.
+ */
+static void base_never_written(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .extra = blockdev_virtio };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL;
+    g_autofree char *h_fork = NULL, *h_after = NULL, *info = NULL;
+    g_autofree char *cmd = NULL;
+    JsonArray *children;
+    Vm *parent, *child;
+    int status;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    vm_register_dir(dir);
+    disk = g_build_filename(dir, "disk.qcow2", NULL);
+    qemu_img_create(disk, "qcow2", 64);
+    o.dir = dir;
+    parent = vm_start(&o);
+    json_node_unref(vm_qmp(parent, "block-dirty-bitmap-add",
+                           "{\"node\": \"libvirt-1-format\", "
+                           "\"name\": \"checkpoint0\", "
+                           "\"persistent\": true}"));
+    disk_write(parent, "vda", 100, "before-the-fork");
+
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    children = vm_fork(parent, args);
+    h_fork = file_sha256(disk);
+    child = vm_attach_child(parent, json_array_get_object_element(children,
+                                                                  0));
+    json_array_unref(children);
+    disk_write(child, "vda", 200, "written-by-the-child");
+    vm_quit(child);
+    h_after = file_sha256(disk);
+    g_test_message("base %s at the fork, %s after the child quit", h_fork,
+                   h_after);
+    g_assert_cmpstr(h_fork, ==, h_after);
+
+    /* The parent owns the base: it stores its bitmap there at its end */
+    disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_quit(parent);
+    cmd = g_strdup_printf("%s info %s", g_getenv("VMFORK_QEMU_IMG"), disk);
+    g_assert_true(g_spawn_command_line_sync(cmd, &info, NULL, &status,
+                                            NULL));
+    g_assert_cmpint(status, ==, 0);
+    g_assert_nonnull(strstr(info, "checkpoint0"));
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 3);
+    vm_cleanup_all();
+}
+
+/* A disk plugged in at run time (blockdev-add, device_add) is seen too */
+static void hotplugged_disk(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX };
+    g_autofree char *dir = NULL, *disk = NULL, *add = NULL, *args = NULL;
+    g_autofree char *w_p = NULL, *w_c = NULL, *img_p = NULL, *img_c = NULL;
+    g_autoptr(GError) err = NULL;
+    JsonArray *children;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    vm_register_dir(dir);
+    disk = g_build_filename(dir, "disk.qcow2", NULL);
+    qemu_img_create(disk, "qcow2", 64);
+    o.dir = dir;
+    parent = vm_start(&o);
+    add = g_strdup_printf("{\"driver\": \"qcow2\", \"node-name\": "
+                          "\"hot0\", \"file\": {\"driver\": \"file\", "
+                          "\"filename\": \"%s\"}}", disk);
+    json_node_unref(vm_qmp(parent, "blockdev-add", add));
+    json_node_unref(vm_qmp(parent, "device_add",
+                           "{\"driver\": \"virtio-blk-pci\", "
+                           "\"drive\": \"hot0\", \"id\": \"hotdisk\"}"));
+    g_free(vm_sh(parent, "for i in $(seq 100); do [ -b /dev/vda ] && "
+                 "break; echo 1 > /sys/bus/pci/rescan; sleep 0.1; done; "
+                 "[ -b /dev/vda ]"));
+
+    err = vm_qmp_error(parent, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(err->message, "disk 'hotdisk' (node 'hot0')"));
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    children = vm_fork(parent, args);
+    child = vm_attach_child(parent, json_array_get_object_element(children,
+                                                                  0));
+    json_array_unref(children);
+    img_p = active_images(parent);
+    img_c = active_images(child);
+    g_test_message("active images: parent %s, child %s", img_p, img_c);
+    g_assert_null(strstr(img_p, "disk.qcow2"));
+    g_assert_null(strstr(img_c, "disk.qcow2"));
+    disk_write(parent, "vda", 200, "written-by-the-parent");
+    disk_write(child, "vda", 200, "written-by-the-child");
+    w_p = disk_read(parent, "vda", 200);
+    w_c = disk_read(child, "vda", 200);
+    g_assert_cmpstr(w_p, ==, "written-by-the-parent");
+    g_assert_cmpstr(w_c, ==, "written-by-the-child");
+    vm_quit(child);
+    vm_quit(parent);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 3);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -349,5 +473,8 @@ int main(int argc, char **argv)
 
         g_test_add_data_func(path, &rows[i], config_row);
     }
+    g_test_add_func("/configs/linux/tcg/base-never-written",
+                    base_never_written);
+    g_test_add_func("/configs/linux/tcg/hotplugged-disk", hotplugged_disk);
     return g_test_run();
 }

@@ -741,6 +741,66 @@ static void tiny_fork_serial_template(void)
     vm_cleanup_all();
 }
 
+/*
+ * The fd safety net: an fd that no part of the VM claims refuses the
+ * fork, naming its path.  Here a writable file handed to QEMU the way
+ * libvirt hands fds over (getfd, add-fd) and never used: a child would
+ * share it with the parent.  Once it is gone, the VM forks.
+ */
+static void fork_unclaimed_fd_refused(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(JsonObject) getfd = json_object_new();
+    g_autoptr(JsonObject) addfd = json_object_new();
+    g_autofree char *path = NULL, *path2 = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    Vm *vm, *child;
+    int fd;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    path = g_build_filename(vm->dir, "behind-its-back.img", NULL);
+    path2 = g_build_filename(vm->dir, "in-an-fd-set.img", NULL);
+
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    g_assert_cmpint(fd, >=, 0);
+    json_object_set_string_member(getfd, "fdname", "leak");
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "getfd", getfd, fd,
+                                        10000, &err));
+    g_assert_no_error(err);
+    close(fd);
+    fd = open(path2, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    g_assert_cmpint(fd, >=, 0);
+    json_object_set_int_member(addfd, "fdset-id", 7);
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "add-fd", addfd, fd, 10000,
+                                        &err));
+    g_assert_no_error(err);
+    close(fd);
+
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(err->message, path));
+    g_assert_nonnull(strstr(err->message, path2));
+    g_assert_nonnull(strstr(err->message, "open for writing"));
+    g_assert_nonnull(strstr(err->message, "fd set 7"));
+    g_clear_error(&err);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+
+    /* Without them, it forks */
+    json_node_unref(vm_qmp(vm, "closefd", "{\"fdname\": \"leak\"}"));
+    json_node_unref(vm_qmp(vm, "remove-fd", "{\"fdset-id\": 7}"));
+    children = vm_fork(vm, NULL);
+    child = vm_attach_child(vm, json_array_get_object_element(children, 0));
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- Disks ------------------------------------------------------------ */
 
 static char *disk_read(Vm *vm, int sector)
@@ -1702,6 +1762,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
     g_test_add_func("/vmfork/tiny/tcg/child-arguments-checked-up-front",
                     fork_child_arguments_checked_up_front);
+    g_test_add_func("/vmfork/tiny/tcg/unclaimed-fd-refused",
+                    fork_unclaimed_fd_refused);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
