@@ -25,7 +25,9 @@
 #include "qapi/qapi-visit-vmfork.h"
 #include "qapi/qobject-input-visitor.h"
 #include "qapi/visitor.h"
+#include "qemu/config-file.h"
 #include "qemu/error-report.h"
+#include "qemu/option.h"
 #include "qemu/main-loop.h"
 #include "qemu/rcu.h"
 #include "qemu/job.h"
@@ -329,6 +331,20 @@ VmforkInfo *qmp_query_vmfork(Error **errp)
 
 /* ---- Checks: what cannot be forked is refused before anything happens - */
 
+#ifdef CONFIG_SECCOMP
+/* -sandbox spawn=deny (libvirt's default) makes fork() fail with EPERM */
+static int check_sandbox(void *opaque, QemuOpts *opts, Error **errp)
+{
+    if (qemu_opt_get_bool(opts, "enable", false) &&
+        !g_strcmp0(qemu_opt_get(opts, "spawn"), "deny")) {
+        vmfork_check_refuse(opaque, "the seccomp sandbox denies fork() "
+                            "(-sandbox spawn=deny, which libvirt sets "
+                            "unless seccomp_sandbox = 0 in qemu.conf)");
+    }
+    return 0;
+}
+#endif
+
 /*
  * Everything that refuses the fork, in one error before any side effect:
  * the state of the VM, the blockers that devices registered, each fork
@@ -364,6 +380,12 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
     if (replay_mode != REPLAY_MODE_NONE) {
         vmfork_check_refuse(&chk, "record/replay is active");
     }
+#ifdef CONFIG_SECCOMP
+    if (qemu_find_opts_err("sandbox", NULL)) {
+        qemu_opts_foreach(qemu_find_opts("sandbox"), check_sandbox, &chk,
+                          NULL);
+    }
+#endif
     vmfork_fd_claim_detached(&chk);
     /* Our own: the children's exit and status fds */
     QTAILQ_FOREACH(c, &vmfork_state.children, next) {

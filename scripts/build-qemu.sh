@@ -115,5 +115,9 @@ mkdir -p "$out"
 rm -f "$out/.key"
 cp -f "$bld/qemu-system-x86_64" "$bld/qemu-img" "$out/"
 "$here/fetch-firmware.sh" "$out/qemu-bundle$QEMU_FIRMWARE_PATH"
+# VNC's keymaps (text files of the source tree; "-vnc" needs en-us)
+mkdir -p "$out/qemu-bundle$QEMU_FIRMWARE_PATH/keymaps"
+find "$src/pc-bios/keymaps" -maxdepth 1 -type f ! -name 'meson.build' \
+    -exec cp -f {} "$out/qemu-bundle$QEMU_FIRMWARE_PATH/keymaps/" \;
 echo "$key" > "$out/.key"
 log "done: $out/qemu-system-x86_64 (series key $key)"
