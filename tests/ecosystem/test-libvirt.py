@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ecotest                                     # noqa: E402
 from ecotest import check                          # noqa: E402
 
-PLAN = 13
+PLAN = 14
 TIMEOUT = 30.0
 PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients']
 # Bind-mounted in the private mount namespace: the mount point, our name
@@ -212,6 +212,8 @@ class LibvirtTest:
         # under the seccomp emulator (names up to 20 characters: libvirt
         # shortens longer ones in cgroup and directory names)
         self.sb_dom = 'vmfork-sb-%d' % os.getpid()
+        # written the way virt-install writes a domain
+        self.vi_dom = 'vmfork-vi-%d' % os.getpid()
         self.domains = []                     # defined so far
         self.d = reaper.dir
         self.sdir = reaper.path('s')          # sockets of the guests
@@ -318,7 +320,7 @@ class LibvirtTest:
                 continue
             for n in names:
                 if any(n.endswith('-%s.libvirt-qemu' % d)
-                       for d in (self.dom, self.sb_dom)):
+                       for d in (self.dom, self.sb_dom, self.vi_dom)):
                     found.append(os.path.join(m, n))
         return found
 
@@ -365,7 +367,8 @@ class LibvirtTest:
         names = [b for a, b in zip(args, args[1:]) if a == '-name']
         return os.path.realpath(args[0]) == os.path.realpath(self.qemu) and \
             any(n.split(',')[0] in ('guest=' + self.dom,
-                                    'guest=' + self.sb_dom) for n in names)
+                                    'guest=' + self.sb_dom,
+                                    'guest=' + self.vi_dom) for n in names)
 
     def kill_leftovers(self):
         """Every QEMU of our domain still alive: the children we know of,
@@ -790,6 +793,163 @@ class LibvirtTest:
             agent.close()
         self.virsh('destroy', self.sb_dom)
 
+    def virt_install_domain(self):
+        """A domain as virt-install writes one (q35, qcow2 on virtio-blk
+        with an IOThread, a SATA cdrom, a qemu-ga channel, VNC, virtio-rng,
+        balloon, tablet, user network): forked with virsh
+        qemu-monitor-command, each VM writes its own disk, each guest's
+        channel carries its own line, every image passes qemu-img check"""
+        qimg = os.path.join(os.path.dirname(self.qemu), 'qemu-img')
+        disk, cd = self.r.path('vi-disk.qcow2'), self.r.path('vi-cd.iso')
+        odir = self.r.path('vi-overlays')
+        os.makedirs(odir)
+        run([qimg, 'create', '-q', '-f', 'qcow2', disk, '64M'])
+        run([qimg, 'create', '-q', '-f', 'raw', cd, '1M'])
+        agent_sock = os.path.join(self.sdir, 'vi-agent.sock')
+        qga = os.path.join(self.sdir, 'vi-qga.sock')
+        vnc = os.path.join(self.sdir, 'vi-vnc.sock')
+        xml = f'''<domain type='qemu'>
+  <name>{escape(self.vi_dom)}</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <iothreads>1</iothreads>
+  <genid/>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{escape(self.kernel)}</kernel>
+    <initrd>{escape(self.initrd)}</initrd>
+    <cmdline>console=ttyS1 quiet</cmdline>
+  </os>
+  <features><acpi/><apic/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>{escape(self.qemu)}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' iothread='1' discard='unmap'/>
+      <source file='{escape(disk)}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{escape(cd)}'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <controller type='usb' model='qemu-xhci' ports='15'/>
+    <interface type='user'><model type='virtio'/></interface>
+    <serial type='unix'>
+      <source mode='bind' path='{escape(agent_sock)}'/>
+      <target port='0'/>
+    </serial>
+    <serial type='unix'>
+      <source mode='bind' path='{escape(agent_sock)}.console'/>
+      <target port='1'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='{escape(qga)}'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <input type='tablet' bus='usb'/>
+    <graphics type='vnc' socket='{escape(vnc)}'/>
+    <video><model type='vga'/></video>
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+'''
+        path = self.r.path(self.vi_dom + '.xml')
+        with open(path, 'w') as f:
+            f.write(xml)
+        if not self.domains:
+            self.r.on_cleanup(self.cleanup_domain)
+        self.virsh('define', path)
+        self.domains.append(self.vi_dom)
+        p = self.virsh('start', self.vi_dom, check_rc=False, timeout=120)
+        check(p.returncode == 0, 'virsh start: %s\n%s' %
+              (p.stderr.strip(), self.domain_log(self.vi_dom)[-3000:]))
+        self.started(self.vi_dom)
+        log = self.domain_log(self.vi_dom)
+        check('-blockdev' in log and 'iothread' in log and '-vnc' in log,
+              'libvirt did not use -blockdev, an IOThread and VNC:\n%s' %
+              log[-3000:])
+        pa = Agent(agent_sock)
+        ca = None
+        try:
+            pa.sync()
+            def sh(a, c):
+                """a guest shell command: its output (asserting status 0)"""
+                status, _, out = a.cmd('sh ' + c).partition(' ')
+                check(status == '0', 'guest: %r exited %s' % (c, status))
+                return bytes.fromhex(out).decode()
+
+            sh(pa, 'printf before-the-fork | dd of=/dev/vda bs=512 seek=100 '
+               'conv=fsync 2>/dev/null')
+            p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(
+                {'execute': 'vmfork', 'arguments': {
+                    'monitor': os.path.join(self.sdir, 'vi-child-%i.sock'),
+                    'overlay-dir': odir}}))
+            reply = json.loads(p.stdout)
+            check('return' in reply, 'vmfork: %s' % reply)
+            kid = reply['return']['children'][0]
+            self.children[kid['pid']] = kid
+            self.wait_monitor(kid)
+            chans = {c['id']: c['path'] for c in kid['chardevs']}
+            self.tap.diag('child %d: chardevs %s' % (kid['pid'], chans))
+            check(chans.get('charchannel0') == qga + '.fork-%d' % kid['pid'],
+                  'the qemu-ga channel is not listed: %s' % chans)
+            csock = os.path.join(self.sdir, 'vi-child-agent.sock')
+            self.qmp_child(kid['monitor'], 'chardev-change', {
+                'id': 'charserial0', 'backend': {'type': 'socket', 'data': {
+                    'addr': {'type': 'unix', 'data': {'path': csock}},
+                    'server': True, 'wait': False}}})
+            ca = Agent(csock)
+            ca.sync()
+            for a, word in ((pa, 'parent'), (ca, 'child')):
+                sh(a, 'printf written-by-the-%s | dd of=/dev/vda bs=512 '
+                   'seek=200 conv=fsync 2>/dev/null' % word)
+            for a, word in ((pa, 'parent'), (ca, 'child')):
+                got = sh(a, 'dd if=/dev/vda bs=512 skip=200 count=1 '
+                         'iflag=direct 2>/dev/null | tr -d "\\000"')
+                check(got == 'written-by-the-' + word, '%s reads %r' %
+                      (word, got))
+                got = sh(a, 'dd if=/dev/vda bs=512 skip=100 count=1 '
+                         'iflag=direct 2>/dev/null | tr -d "\\000"')
+                check(got == 'before-the-fork', '%s reads %r' % (word, got))
+            # The child's qemu-ga channel: its own socket carries its guest
+            ch = ecotest.connect_unix(chans['charchannel0'], TIMEOUT)
+            try:
+                dev = sh(ca, 'for p in /sys/class/virtio-ports/*; do '
+                         '[ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && '
+                         'echo /dev/${p##*/}; done').strip()
+                check(dev.startswith('/dev/vport'), 'no channel in the guest')
+                sh(ca, 'sleep 0.2; echo from-the-child > %s' % dev)
+                ch.settimeout(TIMEOUT)
+                got = b''
+                while not got.endswith(b'\n'):
+                    data = ch.recv(4096)
+                    check(data, 'the child channel closed')
+                    got += data
+                check(got == b'from-the-child\n', 'child channel: %r' % got)
+            finally:
+                ch.close()
+            self.qmp_child(kid['monitor'], 'quit')
+            check(ecotest.pid_wait_gone(kid['pid'], 15), 'child not gone')
+        finally:
+            pa.close()
+            if ca:
+                ca.close()
+        self.virsh('destroy', self.vi_dom)
+        for name in sorted(os.listdir(odir)) + [disk]:
+            img = os.path.join(odir, name) if name != disk else disk
+            p = run([qimg, 'check', '-q', img], check_rc=False)
+            check(p.returncode == 0, 'qemu-img check %s: %s' %
+                  (img, p.stdout + p.stderr))
+        check(len(os.listdir(odir)) == 2, 'overlays: %s' % os.listdir(odir))
+        self.tap.diag('overlays %s and the base pass qemu-img check' %
+                      ', '.join(sorted(os.listdir(odir))))
+
     def run(self):
         t = self.tap
         t.step('libvirt probes the patched QEMU (virsh domcapabilities '
@@ -818,6 +978,10 @@ class LibvirtTest:
         t.step("seccomp like libvirt's default sandbox (spawn=deny): vmfork "
                'fails with EPERM, the domain runs on untouched',
                self.seccomp_spawn_deny)
+        t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
+               'an IOThread, SATA cdrom, qemu-ga channel, VNC, rng, balloon, '
+               'tablet, user net) forks: own disk data, own channel, clean '
+               'images', self.virt_install_domain)
 
 
 def have(cmd):

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE     /* unshare() */
 #include "vmtest.h"
 #include <glib/gstdio.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <linux/if_packet.h>
@@ -796,6 +797,143 @@ static void fork_unclaimed_fd_refused(void)
     children = vm_fork(vm, NULL);
     child = vm_attach_child(vm, json_array_get_object_element(children, 0));
     g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/* ---- VNC ------------------------------------------------------------- */
+
+/* Read exactly @len bytes (5 s at most) */
+static bool read_full(int fd, void *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        ssize_t n;
+
+        if (poll(&pfd, 1, 5000) <= 0) {
+            return false;
+        }
+        n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
+            return false;
+        }
+        got += MAX(n, 0);
+    }
+    return true;
+}
+
+/* An RFB 3.8 client without authentication: the framebuffer size */
+static int vnc_connect(pid_t pid, const char *path, guint16 *w, guint16 *h)
+{
+    int fd = vm_unix_connect(pid, path, 10000);
+    guint8 version[12], n, types[16], result[4], init[24], shared = 1;
+    guint8 none = 1;
+    guint32 name_len;
+    g_autofree char *name = NULL;
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_true(read_full(fd, version, sizeof(version)));
+    g_assert_cmpint(memcmp(version, "RFB 003.008\n", 12), ==, 0);
+    g_assert_cmpint(write(fd, "RFB 003.008\n", 12), ==, 12);
+    g_assert_true(read_full(fd, &n, 1));
+    g_assert_true(n > 0 && n <= sizeof(types));
+    g_assert_true(read_full(fd, types, n));
+    g_assert_nonnull(memchr(types, none, n));
+    g_assert_cmpint(write(fd, &none, 1), ==, 1);
+    g_assert_true(read_full(fd, result, 4));
+    g_assert_cmpint(result[3], ==, 0);
+    g_assert_cmpint(write(fd, &shared, 1), ==, 1);
+    g_assert_true(read_full(fd, init, sizeof(init)));
+    *w = init[0] << 8 | init[1];
+    *h = init[2] << 8 | init[3];
+    name_len = GUINT32_FROM_BE(*(guint32 *)(init + 20));
+    name = g_malloc(name_len);
+    g_assert_true(read_full(fd, name, name_len));
+    return fd;
+}
+
+/* Ask for the whole framebuffer; the server answers with an update */
+static void vnc_assert_update(int fd, guint16 w, guint16 h)
+{
+    guint8 req[10] = { 3, 0, 0, 0, 0, 0, w >> 8, w, h >> 8, h };
+    guint8 hdr[4];
+
+    g_assert_cmpint(write(fd, req, sizeof(req)), ==, sizeof(req));
+    g_assert_true(read_full(fd, hdr, sizeof(hdr)));
+    g_assert_cmpint(hdr[0], ==, 0);         /* FramebufferUpdate */
+    g_assert_cmpint(hdr[2] << 8 | hdr[3], >, 0);
+    /* the rest of it: drain what came */
+    for (;;) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        char buf[65536];
+
+        if (poll(&pfd, 1, 200) <= 0 || read(fd, buf, sizeof(buf)) <= 0) {
+            break;
+        }
+    }
+}
+
+/*
+ * VNC, with a client connected at the fork: the child never hangs (the
+ * encoding worker is the parent's), drops the parent's client and
+ * listener, and listens where display-update says; the parent's client
+ * keeps its updates.
+ */
+static void tiny_fork_vnc_with_client(void)
+{
+    const char *extra[] = { "-device", "VGA",
+                            "-vnc", "unix:@DIR@/vnc.sock", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *psock = NULL, *csock = NULL, *upd = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    JsonNode *q;
+    guint16 w, h, cw, ch;
+    int pfd, cfd;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    psock = g_build_filename(vm->dir, "vnc.sock", NULL);
+    pfd = vnc_connect(vm->pid, psock, &w, &h);
+    vnc_assert_update(pfd, w, h);
+
+    children = vm_fork(vm, NULL);
+    child = vm_attach_child(vm, json_array_get_object_element(children, 0));
+    {
+        JsonNode *d1 = vm_qmp(child, "query-chardev", NULL);
+        JsonNode *d2 = vm_qmp(child, "query-status", NULL);
+        g_test_message("DEBUG %s %s", json_to_string(d1, false), json_to_string(d2, false));
+    }
+    if (vm_tiny_next_seq(child, 5000) < 0) {
+        g_test_message("DEBUG child %d stuck", child->pid);
+        FILE *f = fopen("/tmp/stuck-child", "w");
+        fprintf(f, "%d\n", child->pid);
+        fclose(f);
+        sleep(60);
+    }
+    /* The child answers and listens nowhere: its VNC is off */
+    q = vm_qmp(child, "query-vnc", NULL);
+    g_assert_false(json_object_get_boolean_member(json_node_get_object(q),
+                                                  "enabled"));
+    json_node_unref(q);
+    vnc_assert_update(pfd, w, h);
+
+    csock = g_build_filename(vm->dir, "child-vnc.sock", NULL);
+    upd = g_strdup_printf("{\"type\": \"vnc\", \"addresses\": "
+                          "[{\"type\": \"unix\", \"path\": \"%s\"}]}",
+                          csock);
+    json_node_unref(vm_qmp(child, "display-update", upd));
+    cfd = vnc_connect(child->pid, csock, &cw, &ch);
+    g_assert_cmpint(cw, ==, w);
+    g_assert_cmpint(ch, ==, h);
+    vnc_assert_update(cfd, cw, ch);
+    vnc_assert_update(pfd, w, h);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    close(cfd);
+    close(pfd);
     vm_quit(child);
     vm_quit(vm);
     vm_cleanup_all();
@@ -1764,6 +1902,8 @@ int main(int argc, char **argv)
                     fork_child_arguments_checked_up_front);
     g_test_add_func("/vmfork/tiny/tcg/unclaimed-fd-refused",
                     fork_unclaimed_fd_refused);
+    g_test_add_func("/vmfork/tiny/tcg/vnc-client-at-fork",
+                    tiny_fork_vnc_with_client);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
