@@ -109,6 +109,7 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
                           BlockDriverState *bs, GHashTable *covered)
 {
     BdrvChild *child;
+    const char *aio;
 
     GLOBAL_STATE_CODE();
     GRAPH_RDLOCK_GUARD_MAINLOOP();
@@ -126,12 +127,14 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
         vmfork_check_refuse(chk, "%s uses snapshot=on, a temporary image "
                             "that parent and children would share", disk);
     }
-    if (bs->open_flags & BDRV_O_NATIVE_AIO) {
+    /* -drive sets a flag, -blockdev an option of the file node */
+    aio = bs->options ? qdict_get_try_str(bs->options, "aio") : NULL;
+    if ((bs->open_flags & BDRV_O_NATIVE_AIO) || !g_strcmp0(aio, "native")) {
         vmfork_check_refuse(chk, "%s: node '%s' uses aio=native, whose "
                             "kernel context a child does not inherit", disk,
                             bdrv_get_node_name(bs));
     }
-    if (bs->open_flags & BDRV_O_IO_URING) {
+    if ((bs->open_flags & BDRV_O_IO_URING) || !g_strcmp0(aio, "io_uring")) {
         vmfork_check_refuse(chk, "%s: node '%s' uses aio=io_uring, whose "
                             "ring a child would share with the parent",
                             disk, bdrv_get_node_name(bs));

@@ -442,6 +442,29 @@ bool vmfork_check_template_per_child(const char *what, const char *tmpl,
     return true;
 }
 
+/*
+ * Child @index's path from a template, at its longest (PID_MAX_LIMIT is
+ * 2^22), in a directory where we can create @kind (sockets, files)
+ */
+static char *child_path_checked(const char *what, const char *kind,
+                                const char *tmpl, int index, Error **errp)
+{
+    g_autofree char *path = vmfork_expand_template(tmpl, index, 4194304,
+                                                   errp);
+    g_autofree char *dir = NULL;
+
+    if (!path) {
+        return NULL;
+    }
+    dir = g_path_get_dirname(path);
+    if (access(dir, W_OK | X_OK) < 0) {
+        error_setg_errno(errp, errno, "vmfork: cannot create %s %s in '%s'",
+                         what, kind, dir);
+        return NULL;
+    }
+    return g_steal_pointer(&path);
+}
+
 /* A child's socket path: not in use, and short enough for sun_path */
 static bool check_socket_template(const char *what, const char *tmpl,
                                   int count, Error **errp)
@@ -451,12 +474,9 @@ static bool check_socket_template(const char *what, const char *tmpl,
     if (!vmfork_check_template_per_child(what, tmpl, count, errp)) {
         return false;
     }
-
     for (int i = 0; i < count; i++) {
-        /* the longest pid (PID_MAX_LIMIT is 2^22) */
-        g_autofree char *path = vmfork_expand_template(tmpl, i, 4194304,
-                                                       errp);
-        g_autofree char *dir = NULL;
+        g_autofree char *path = child_path_checked(what, "sockets", tmpl, i,
+                                                   errp);
 
         if (!path) {
             return false;
@@ -470,12 +490,6 @@ static bool check_socket_template(const char *what, const char *tmpl,
         if (!strstr(tmpl, "%p") && access(path, F_OK) == 0) {
             error_setg(errp, "vmfork: %s path '%s' exists; a child would "
                        "replace it", what, path);
-            return false;
-        }
-        dir = g_path_get_dirname(path);
-        if (access(dir, W_OK | X_OK) < 0) {
-            error_setg_errno(errp, errno, "vmfork: cannot create %s "
-                             "sockets in '%s'", what, dir);
             return false;
         }
     }
@@ -497,21 +511,14 @@ static void vmfork_request_free(VmforkRequest *req)
 static bool check_serial_template(const char *tmpl, int count, Error **errp)
 {
     for (int i = 0; i < count; i++) {
-        g_autofree char *path = vmfork_expand_template(tmpl, i, 4194304,
-                                                       errp);
-        g_autofree char *dir = NULL;
+        g_autofree char *path = child_path_checked("serial", "files", tmpl,
+                                                   i, errp);
 
         if (!path) {
             return false;
         }
         if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
             error_setg(errp, "vmfork: serial path '%s' is a directory", path);
-            return false;
-        }
-        dir = g_path_get_dirname(path);
-        if (access(dir, W_OK | X_OK) < 0) {
-            error_setg_errno(errp, errno, "vmfork: cannot create serial "
-                             "files in '%s'", dir);
             return false;
         }
     }

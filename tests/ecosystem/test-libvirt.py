@@ -139,6 +139,19 @@ def tail(path, n=20):
         return ''
 
 
+def serial_xml(agent_sock):
+    """The guest's two serial ports: its agent, and its console"""
+    return f'''    <serial type='unix'>
+      <source mode='bind' path='{escape(agent_sock)}'/>
+      <target port='0'/>
+    </serial>
+    <serial type='unix'>
+      <source mode='bind' path='{escape(agent_sock)}.console'/>
+      <target port='1'/>
+    </serial>
+'''
+
+
 class Agent:
     """The Linux guest's agent on a serial port (a unix socket)"""
 
@@ -534,15 +547,7 @@ class LibvirtTest:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(emulator)}</emulator>
-    <serial type='unix'>
-      <source mode='bind' path='{escape(agent_sock)}'/>
-      <target port='0'/>
-    </serial>
-    <serial type='unix'>
-      <source mode='bind' path='{escape(agent_sock)}.console'/>
-      <target port='1'/>
-    </serial>
-    <controller type='usb' model='none'/>
+{serial_xml(agent_sock)}    <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -839,15 +844,7 @@ class LibvirtTest:
     </disk>
     <controller type='usb' model='qemu-xhci' ports='15'/>
     <interface type='user'><model type='virtio'/></interface>
-    <serial type='unix'>
-      <source mode='bind' path='{escape(agent_sock)}'/>
-      <target port='0'/>
-    </serial>
-    <serial type='unix'>
-      <source mode='bind' path='{escape(agent_sock)}.console'/>
-      <target port='1'/>
-    </serial>
-    <channel type='unix'>
+{serial_xml(agent_sock)}    <channel type='unix'>
       <source mode='bind' path='{escape(qga)}'/>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>

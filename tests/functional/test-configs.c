@@ -124,6 +124,33 @@ static const char *const tcp_server_chardev[] = {
     NULL
 };
 
+/* libvirt's <rng><backend model='egd' type='unix'> on a server socket */
+static const char *const rng_egd_unix_server[] = {
+    "-chardev", "socket,id=charrng0,path=@DIR@/egd.sock,server=on,wait=off",
+    "-object", "{\"qom-type\":\"rng-egd\",\"id\":\"objrng0\","
+               "\"chardev\":\"charrng0\"}",
+    "-device", "virtio-rng-pci,rng=objrng0,id=rng0",
+    NULL
+};
+
+/* libvirt's default sandbox with a seccomp-enabled QEMU */
+static const char *const sandbox_spawn_deny[] = {
+    "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+                "resourcecontrol=deny",
+    NULL
+};
+
+/* a writable disk the guest cannot fork with: Linux AIO */
+static const char *const aio_native[] = {
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
+                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"native\","
+                 "\"cache\":{\"direct\":true}}",
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"driver\":\"qcow2\","
+                 "\"file\":\"libvirt-1-storage\"}",
+    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+    NULL
+};
+
 static const ConfigRow rows[] = {
     { .name = "blockdev-virtio-blk", .extra = blockdev_virtio,
       .has = HAS_DISK, .dev = "vda" },
@@ -140,6 +167,11 @@ static const ConfigRow rows[] = {
       .has = HAS_DISK | HAS_CHANNEL, .dev = "vda" },
     { .name = "tcp-server-chardev", .extra = tcp_server_chardev,
       .refused = "chardev 'chartcp0'" },
+    { .name = "rng-egd-unix-server", .extra = rng_egd_unix_server },
+    { .name = "sandbox-spawn-deny", .extra = sandbox_spawn_deny,
+      .refused = "the seccomp sandbox denies fork()" },
+    { .name = "aio-native", .extra = aio_native,
+      .refused = "node 'libvirt-1-storage' uses aio=native" },
 };
 
 /* ---- Helpers ------------------------------------------------------------ */
@@ -350,6 +382,17 @@ static char *file_sha256(const char *path)
                                        len);
 }
 
+/* A new test directory with a 64 MiB qcow2 disk.qcow2, and its VM */
+static Vm *start_with_image(VmOptions *o, char **dir, char **disk)
+{
+    *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    vm_register_dir(*dir);
+    *disk = g_build_filename(*dir, "disk.qcow2", NULL);
+    qemu_img_create(*disk, "qcow2", 64);
+    o->dir = *dir;
+    return vm_start(o);
+}
+
 /*
  * The image under a disk at the fork (the base) is the parent's and every
  * child's backing file: no child ever writes it, not even the metadata
@@ -371,12 +414,7 @@ static void base_never_written(void)
     if (vm_skip_if_missing(&o)) {
         return;
     }
-    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    vm_register_dir(dir);
-    disk = g_build_filename(dir, "disk.qcow2", NULL);
-    qemu_img_create(disk, "qcow2", 64);
-    o.dir = dir;
-    parent = vm_start(&o);
+    parent = start_with_image(&o, &dir, &disk);
     json_node_unref(vm_qmp(parent, "block-dirty-bitmap-add",
                            "{\"node\": \"libvirt-1-format\", "
                            "\"name\": \"checkpoint0\", "
@@ -421,12 +459,7 @@ static void hotplugged_disk(void)
     if (vm_skip_if_missing(&o)) {
         return;
     }
-    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    vm_register_dir(dir);
-    disk = g_build_filename(dir, "disk.qcow2", NULL);
-    qemu_img_create(disk, "qcow2", 64);
-    o.dir = dir;
-    parent = vm_start(&o);
+    parent = start_with_image(&o, &dir, &disk);
     add = g_strdup_printf("{\"driver\": \"qcow2\", \"node-name\": "
                           "\"hot0\", \"file\": {\"driver\": \"file\", "
                           "\"filename\": \"%s\"}}", disk);

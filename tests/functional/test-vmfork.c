@@ -1871,6 +1871,88 @@ static void tiny_fork_tap(gconstpointer accel)
     vm_cleanup_all();
 }
 
+/*
+ * A new MAC for the NIC models a tap is used with (e1000e, e1000,
+ * rtl8139 beside virtio-net): QEMU's NIC holds the child's address, and
+ * the child's guest reads it when its driver probes the device again,
+ * while the parent's guest keeps its own.  (e1000e and e1000 used to keep
+ * the address they took at realize, in EEPROM and permanent_mac.)
+ */
+typedef struct NicModel {
+    const char *device;         /* QEMU's */
+    const char *driver;         /* Linux's */
+} NicModel;
+
+static const NicModel nic_models[] = {
+    { "e1000e", "e1000e" }, { "e1000", "e1000" }, { "rtl8139", "8139cp" },
+};
+
+/* The guest's address of its only NIC, after its driver probed it again */
+static char *guest_mac_after_rebind(Vm *vm, const char *driver)
+{
+    char *mac = vm_sh(vm,
+        "n=$(ls /sys/class/net | grep -v '^lo$'); "
+        "pci=$(basename $(readlink /sys/class/net/$n/device)); "
+        "echo $pci > /sys/bus/pci/drivers/%s/unbind; "
+        "echo $pci > /sys/bus/pci/drivers/%s/bind; "
+        "for i in $(seq 50); do n=$(ls /sys/class/net | grep -v '^lo$'); "
+        "[ -n \"$n\" ] && break; sleep 0.1; done; "
+        "cat /sys/class/net/$n/address", driver, driver);
+
+    return g_strchomp(mac);
+}
+
+static char *qom_mac(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "qom-get", "{\"path\": \"/machine/peripheral/"
+                         "nic0\", \"property\": \"mac\"}");
+    char *mac = g_strdup(json_node_get_string(r));
+
+    json_node_unref(r);
+    return mac;
+}
+
+static void linux_fork_nic_model_new_mac(gconstpointer data)
+{
+    const NicModel *m = data;
+    g_autofree char *dev = g_strdup_printf(
+        "%s,netdev=n0,id=nic0,mac=52:54:00:12:34:56", m->device);
+    const char *extra[] = {
+        "-netdev", "tap,id=n0,ifname=vmftp0,script=no,downscript=no",
+        "-device", dev, NULL
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autoptr(JsonArray) c = NULL;
+    g_autofree char *before = NULL, *q_child = NULL, *q_parent = NULL;
+    g_autofree char *g_child = NULL, *g_parent = NULL;
+    Vm *vm, *child;
+
+    if (tap_skip_or_enter_netns(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    g_free(vm_sh(vm, "modprobe %s", m->driver));
+    before = guest_mac_after_rebind(vm, m->driver);
+    g_assert_cmpstr(before, ==, "52:54:00:12:34:56");
+
+    c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
+                "\"ifname\": \"vmftc%i\"}]}");
+    child = vm_attach_child(vm, nth_child(c, 0));
+    q_child = qom_mac(child);
+    q_parent = qom_mac(vm);
+    g_child = guest_mac_after_rebind(child, m->driver);
+    g_parent = guest_mac_after_rebind(vm, m->driver);
+    g_test_message("%s: parent %s (guest %s), child %s (guest %s)",
+                   m->device, q_parent, g_parent, q_child, g_child);
+    g_assert_true(g_str_has_prefix(q_child, "02:fc:00:"));
+    g_assert_cmpstr(g_child, ==, q_child);
+    g_assert_cmpstr(q_parent, ==, "52:54:00:12:34:56");
+    g_assert_cmpstr(g_parent, ==, "52:54:00:12:34:56");
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1914,6 +1996,13 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
     g_test_add_func("/vmfork/linux/tcg/tap", linux_fork_tap);
     g_test_add_data_func("/vmfork/tiny/tcg/tap", "tcg", tiny_fork_tap);
+    for (guint i = 0; i < G_N_ELEMENTS(nic_models); i++) {
+        g_autofree char *path = g_strdup_printf(
+            "/vmfork/linux/tcg/tap-new-mac/%s", nic_models[i].device);
+
+        g_test_add_data_func(path, &nic_models[i],
+                             linux_fork_nic_model_new_mac);
+    }
     g_test_add_data_func("/vmfork/tiny/kvm/tap", "kvm", tiny_fork_tap);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
