@@ -9,7 +9,8 @@
  *
  * - unix socket server (a guest agent channel, a serial port on a
  *   socket): the child listens on the same path with ".fork-PID"
- *   appended, listed in the reply and in query-vmfork;
+ *   appended, or where the command's 'chardevs' template says, listed
+ *   in the reply and in query-vmfork;
  * - file: the child writes to the path with ".fork-PID" appended;
  * - pty, stdio: the child's is a null chardev;
  * - the first serial port follows the command's 'serial' template, if
@@ -157,6 +158,44 @@ static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
     return RULE_REFUSE;
 }
 
+static bool is_unix_server(Chardev *chr)
+{
+    SocketChardev *s = (SocketChardev *)object_dynamic_cast(
+        OBJECT(chr), TYPE_CHARDEV_SOCKET);
+
+    return s && s->is_listen && s->addr &&
+           s->addr->type == SOCKET_ADDRESS_TYPE_UNIX &&
+           !(s->addr->u.q_unix.has_abstract && s->addr->u.q_unix.abstract);
+}
+
+bool vmfork_chardevs_parse(VmforkRequest *req, VmforkChardevList *list,
+                           Error **errp)
+{
+    req->chardev_tmpls = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                               g_free, g_free);
+    for (; list; list = list->next) {
+        VmforkChardev *c = list->value;
+        Chardev *chr = qemu_chr_find(c->id);
+        g_autofree char *what = g_strdup_printf("chardev '%s'", c->id);
+
+        if (!chr || !is_unix_server(chr) || is_monitor(chr)) {
+            error_setg(errp, "vmfork: chardevs: '%s' is not a unix socket "
+                       "server chardev (other than a monitor's)", c->id);
+            return false;
+        }
+        if (!g_hash_table_insert(req->chardev_tmpls, g_strdup(c->id),
+                                 g_strdup(c->path))) {
+            error_setg(errp, "vmfork: chardevs: '%s' is named twice", c->id);
+            return false;
+        }
+        if (!vmfork_check_socket_template(what, c->path, req->count,
+                                          errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static void claim_socket_fds(VmforkCheck *chk, SocketChardev *s,
                              const char *id)
 {
@@ -268,8 +307,16 @@ static bool chardev_parent(VmforkRequest *req, Error **errp)
     return true;
 }
 
-static char *child_path(const ChardevPlan *plan, pid_t pid)
+/* Where child number @index, @pid, has the chardev of @plan */
+static char *child_path(const VmforkRequest *req, const ChardevPlan *plan,
+                        int index, pid_t pid)
 {
+    const char *tmpl = plan->rule == RULE_UNIX_SERVER ?
+        g_hash_table_lookup(req->chardev_tmpls, plan->id) : NULL;
+
+    if (tmpl) {
+        return vmfork_expand_template(tmpl, index, pid, &error_abort);
+    }
     return g_strdup_printf("%s.fork-%d", plan->path, (int)pid);
 }
 
@@ -287,7 +334,7 @@ static void chardev_child_info(VmforkRequest *req, int index,
         }
         c = g_new0(VmforkChardev, 1);
         c->id = g_strdup(plan->id);
-        c->path = child_path(plan, info->pid);
+        c->path = child_path(req, plan, index, info->pid);
         QAPI_LIST_APPEND(tail, c);
     }
 }
@@ -327,7 +374,7 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
             break;
         case RULE_UNIX_SERVER:
             /* The same chardev, listening elsewhere: any frontend */
-            path = child_path(plan, getpid());
+            path = child_path(req, plan, index, getpid());
             trace_vmfork_child_chardev(plan->id, path);
             if (!qemu_chr_socket_listen_after_fork(
                     qemu_chr_find(plan->id), path, errp)) {
@@ -336,7 +383,7 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
             }
             continue;
         case RULE_FILE:
-            path = child_path(plan, getpid());
+            path = child_path(req, plan, index, getpid());
             backend = backend_file(path);
             break;
         default:

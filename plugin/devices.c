@@ -9,7 +9,9 @@
  * be written by parent and children alike and is refused.  Devices that
  * drive host hardware or kernel backends directly are refused by type
  * (they hold fds the safety net would refuse too, but this names the
- * device).  Display surfaces are shared memory by design
+ * device).  A TPM is refused: its state lives in a swtpm process (or a
+ * host TPM) that parent and child would share.  Display surfaces are
+ * shared memory by design
  * (qemu_pixman_image_new_shareable()): each child gets private copies.
  */
 
@@ -19,6 +21,9 @@
 #include "exec/cpu-common.h"
 #include "qom/object.h"
 #include "ui/console.h"
+#ifdef CONFIG_TPM
+#include "qapi/qapi-commands-tpm.h"
+#endif
 #include "vmfork-internal.h"
 
 static int check_ram_block(RAMBlock *rb, void *opaque)
@@ -55,8 +60,25 @@ static int check_device(Object *obj, void *opaque)
     return 0;
 }
 
+static void check_tpms(VmforkCheck *chk)
+{
+#ifdef CONFIG_TPM
+    TPMInfoList *tpms = qmp_query_tpm(NULL);
+
+    for (TPMInfoList *l = tpms; l; l = l->next) {
+        vmfork_check_refuse(chk, "TPM '%s' (%s, %s backend) keeps its state "
+                            "outside QEMU, which a child would share with "
+                            "the parent", l->value->id,
+                            TpmModel_str(l->value->model),
+                            TpmType_str(l->value->options->type));
+    }
+    qapi_free_TPMInfoList(tpms);
+#endif
+}
+
 static void devices_check(VmforkCheck *chk)
 {
+    check_tpms(chk);
     qemu_ram_foreach_block(check_ram_block, chk);
     object_child_foreach_recursive(object_get_root(), check_device, chk);
     /* qemu_create_displaysurface(): the child copies them (below) */

@@ -25,12 +25,21 @@ struct VmforkRequest {
     char *overlay_dir;          /* NULL: no writable disk allowed */
     int64_t hostfwd_offset;     /* 0: children get no host forwards */
     GPtrArray *taps;            /* of VmforkTapPlan: tap.c */
+    GHashTable *chardev_tmpls;  /* chardev id -> child path template */
 };
 
 /* tap.c: the command's 'taps' argument */
 bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *taps,
                        Error **errp);
 void vmfork_taps_free(VmforkRequest *req);
+
+/* chardev.c: the command's 'chardevs' argument */
+bool vmfork_chardevs_parse(VmforkRequest *req, VmforkChardevList *list,
+                           Error **errp);
+
+/* A template of children's unix socket paths: valid, free, short enough */
+bool vmfork_check_socket_template(const char *what, const char *tmpl,
+                                  int count, Error **errp);
 
 /* With several children, a template must give each its own name */
 bool vmfork_check_template_per_child(const char *what, const char *tmpl,

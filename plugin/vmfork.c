@@ -466,7 +466,7 @@ static char *child_path_checked(const char *what, const char *kind,
 }
 
 /* A child's socket path: not in use, and short enough for sun_path */
-static bool check_socket_template(const char *what, const char *tmpl,
+bool vmfork_check_socket_template(const char *what, const char *tmpl,
                                   int count, Error **errp)
 {
     struct sockaddr_un sun;
@@ -502,6 +502,7 @@ static void vmfork_request_free(VmforkRequest *req)
     g_free(req->serial_tmpl);
     g_free(req->overlay_dir);
     vmfork_taps_free(req);
+    g_clear_pointer(&req->chardev_tmpls, g_hash_table_unref);
 }
 
 /*
@@ -533,7 +534,7 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                                  const char *overlay_dir,
                                  bool has_hostfwd_offset,
                                  int64_t hostfwd_offset, VmforkTapList *taps,
-                                 Error **errp)
+                                 VmforkChardevList *chardevs, Error **errp)
 {
     req->count = has_count ? count : 1;
     if (has_count && (count < 1 || count > VMFORK_MAX_COUNT)) {
@@ -561,8 +562,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
         }
         req->monitor_tmpl = g_strconcat(path, ".fork-%p", NULL);
     }
-    if (!check_socket_template("monitor", req->monitor_tmpl, req->count,
-                               errp)) {
+    if (!vmfork_check_socket_template("monitor", req->monitor_tmpl,
+                                      req->count, errp)) {
         return false;
     }
     if (has_hostfwd_offset) {
@@ -604,7 +605,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
         }
         req->serial_tmpl = g_strdup(serial);
     }
-    return vmfork_taps_parse(req, taps, errp);
+    return vmfork_chardevs_parse(req, chardevs, errp) &&
+           vmfork_taps_parse(req, taps, errp);
 }
 
 /* ---- The fork --------------------------------------------------------- */
@@ -781,7 +783,8 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
                          bool has_parent, VmforkParentState parent,
                          const char *overlay_dir, bool has_hostfwd_offset,
                          int64_t hostfwd_offset, bool has_taps,
-                         VmforkTapList *taps, Error **errp)
+                         VmforkTapList *taps, bool has_chardevs,
+                         VmforkChardevList *chardevs, Error **errp)
 {
     VmforkRequest req = { 0 };
     VmforkResult *result = g_new0(VmforkResult, 1);
@@ -795,7 +798,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
                               has_start, start, has_parent, parent,
                               overlay_dir, has_hostfwd_offset,
-                              hostfwd_offset, taps, errp) ||
+                              hostfwd_offset, taps, chardevs, errp) ||
         !vmfork_check(&req, errp)) {
         goto fail;
     }

@@ -11,10 +11,10 @@ QEMU_FIRMWARE_PATH=/usr/share/vmfork-firmware
 QEMU_CONFIGURE_FLAGS=(
     --target-list=x86_64-softmmu --without-default-features
     --enable-kvm --enable-tcg --enable-slirp --enable-pixman --enable-tools
-    # what a usual libvirt domain needs: <graphics type='vnc'/'spice'>,
+    # what a usual libvirt domain needs: <graphics type='vnc'/'spice'>, <tpm>,
     # io='native'/'io_uring', and the default -sandbox
     --enable-vnc --enable-spice --enable-spice-protocol
-    --enable-linux-aio --enable-linux-io-uring --enable-seccomp
+    --enable-linux-aio --enable-linux-io-uring --enable-seccomp --enable-tpm
     --enable-trace-backends=log
     --disable-docs --disable-install-blobs --disable-download
     --firmwarepath="$QEMU_FIRMWARE_PATH"

@@ -3,6 +3,7 @@
  *
  *   vmfork fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]
  *                      [--no-start] [--paused-parent] [--overlay-dir DIR]
+ *                      [--chardev ID=TEMPLATE]...
  *                      [--json]
  *   vmfork ls   SOCKET [--json]
  *   vmfork wait SOCKET PID
@@ -183,6 +184,7 @@ static gboolean fork_no_start;
 static gboolean fork_paused_parent;
 static char *fork_overlay_dir;
 static int fork_hostfwd_offset = -1;
+static char **fork_chardevs;
 static gboolean fork_no_wait;
 static gboolean opt_json;
 
@@ -204,6 +206,10 @@ static const GOptionEntry fork_entries[] = {
     { "hostfwd-offset", 0, 0, G_OPTION_ARG_INT, &fork_hostfwd_offset,
       "Shift each child's user-network host forward ports by N * (index "
       "+ 1)", "N" },
+    { "chardev", 'c', 0, G_OPTION_ARG_FILENAME_ARRAY, &fork_chardevs,
+      "Where each child's unix socket chardev ID listens: a path template "
+      "(%i, %p); repeat for several (default: its path + .fork-PID)",
+      "ID=TEMPLATE" },
     { "no-wait", 0, 0, G_OPTION_ARG_NONE, &fork_no_wait,
       "Do not wait for the children's " EVENT_READY " events", NULL },
     { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json,
@@ -255,6 +261,20 @@ static JsonObject *fork_arguments(void)
     if (fork_hostfwd_offset >= 0) {
         json_object_set_int_member(args, "hostfwd-offset",
                                    fork_hostfwd_offset);
+    }
+    if (fork_chardevs) {
+        JsonArray *chardevs = json_array_new();
+
+        for (char **c = fork_chardevs; *c; c++) {
+            JsonObject *o = json_object_new();
+            const char *eq = strchr(*c, '=');   /* checked by cmd_fork() */
+            g_autofree char *id = g_strndup(*c, eq - *c);
+
+            json_object_set_string_member(o, "id", id);
+            json_object_set_string_member(o, "path", eq + 1);
+            json_array_add_object_element(chardevs, o);
+        }
+        json_object_set_array_member(args, "chardevs", chardevs);
     }
     return args;
 }
@@ -433,6 +453,13 @@ static int cmd_fork(Tool *tool, int argc, char **argv)
     if (fork_hostfwd_offset < -1) {
         return tool_usage_error(tool, "--hostfwd-offset must not be "
                                 "negative");
+    }
+    for (char **c = fork_chardevs; c && *c; c++) {
+        const char *eq = strchr(*c, '=');
+
+        if (!eq || eq == *c || !eq[1]) {
+            return tool_usage_error(tool, "--chardev takes ID=TEMPLATE");
+        }
     }
 
     client = tool_connect(tool, argv[1], &rc);
@@ -734,6 +761,7 @@ static const struct {
     "  fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]\n" \
     "              [--no-start] [--paused-parent] [--overlay-dir DIR] " \
     "[--json]\n" \
+    "              [--chardev ID=TEMPLATE]...\n" \
     "                     fork the VM into children\n" \
     "  ls SOCKET [--json] list the children and this VM's identity\n" \
     "  wait SOCKET PID    wait for a child to exit\n" \

@@ -34,6 +34,9 @@ typedef struct ConfigRow {
     const char *dev;            /* the disk in the guest */
     const char *guest_setup;    /* a guest shell command before the fork */
     const char *refused;        /* NULL: it forks; else what the error names */
+    /* before QEMU starts: what the host must run (NULL: ready; else why
+     * the row is skipped) */
+    const char *(*host_setup)(const char *dir);
 } ConfigRow;
 
 #define BLOCKDEV_QCOW2 \
@@ -69,6 +72,13 @@ static const char *const blockdev_scsi_iothread[] = {
     BLOCKDEV_QCOW2,
     "-device", "virtio-scsi-pci,iothread=iothread1,id=scsi0",
     "-device", "scsi-hd,bus=scsi0.0,drive=libvirt-1-format,id=scsi0-0-0-0",
+    NULL
+};
+
+/* libvirt's <disk ...><target dev='sda' bus='sata'/> on q35's AHCI */
+static const char *const blockdev_sata[] = {
+    BLOCKDEV_QCOW2,
+    "-device", "ide-hd,bus=ide.0,drive=libvirt-1-format,id=sata0-0-0",
     NULL
 };
 
@@ -151,6 +161,44 @@ static const char *const aio_native[] = {
     NULL
 };
 
+/* libvirt's <tpm model='tpm-crb'><backend type='emulator' .../> */
+static const char *const tpm_crb_swtpm[] = {
+    "-chardev", "socket,id=chrtpm,path=@DIR@/swtpm.sock",
+    "-tpmdev", "emulator,id=tpm-tpm0,chardev=chrtpm",
+    "-device", "tpm-crb,tpmdev=tpm-tpm0,id=tpm0",
+    NULL
+};
+
+static const char *start_swtpm(const char *dir)
+{
+    g_autofree char *swtpm = g_find_program_in_path("swtpm");
+    g_autofree char *cmd = NULL;
+    int status;
+
+    if (!swtpm) {
+        return "swtpm is not installed (Debian's swtpm)";
+    }
+    /* it ends when QEMU closes its control channel */
+    cmd = g_strdup_printf("%s socket --tpm2 --tpmstate dir=%s "
+                          "--ctrl type=unixio,path=%s/swtpm.sock "
+                          "--terminate --daemon", swtpm, dir, dir);
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+    return NULL;
+}
+
+/* libvirt's <vsock model='virtio'> */
+static const char *const vhost_vsock[] = {
+    "-device", "vhost-vsock-pci,id=vsock0,guest-cid=3",
+    NULL
+};
+
+static const char *need_vhost_vsock(const char *dir G_GNUC_UNUSED)
+{
+    return access("/dev/vhost-vsock", R_OK | W_OK) ? "no /dev/vhost-vsock "
+           "here (the vhost_vsock module)" : NULL;
+}
+
 static const ConfigRow rows[] = {
     { .name = "blockdev-virtio-blk", .extra = blockdev_virtio,
       .has = HAS_DISK, .dev = "vda" },
@@ -159,6 +207,11 @@ static const ConfigRow rows[] = {
     { .name = "blockdev-virtio-scsi-iothread",
       .extra = blockdev_scsi_iothread, .has = HAS_DISK, .dev = "sda",
       .guest_setup = "modprobe virtio_scsi && modprobe sd_mod && "
+                     "for i in $(seq 50); do [ -b /dev/sda ] && break; "
+                     "sleep 0.1; done; [ -b /dev/sda ]" },
+    { .name = "blockdev-sata-q35", .machine = "q35", .extra = blockdev_sata,
+      .has = HAS_DISK, .dev = "sda",
+      .guest_setup = "modprobe ahci && modprobe sd_mod && "
                      "for i in $(seq 50); do [ -b /dev/sda ] && break; "
                      "sleep 0.1; done; [ -b /dev/sda ]" },
     { .name = "virtio-serial-unix-channel", .extra = channel_only,
@@ -172,6 +225,12 @@ static const ConfigRow rows[] = {
       .refused = "the seccomp sandbox denies fork()" },
     { .name = "aio-native", .extra = aio_native,
       .refused = "node 'libvirt-1-storage' uses aio=native" },
+    { .name = "tpm-crb-swtpm", .extra = tpm_crb_swtpm,
+      .refused = "TPM 'tpm-tpm0' (tpm-crb, emulator backend)",
+      .host_setup = start_swtpm },
+    { .name = "vhost-vsock", .extra = vhost_vsock,
+      .refused = "device 'vsock0' (vhost-vsock-pci)",
+      .host_setup = need_vhost_vsock },
 };
 
 /* ---- Helpers ------------------------------------------------------------ */
@@ -293,6 +352,15 @@ static void config_row(gconstpointer data)
     cd = g_build_filename(dir, "cd.iso", NULL);
     qemu_img_create(disk, "qcow2", 64);
     qemu_img_create(cd, "raw", 1);
+    if (row->host_setup) {
+        const char *missing = row->host_setup(dir);
+
+        if (missing) {
+            g_test_skip(missing);
+            vm_cleanup_all();
+            return;
+        }
+    }
     o.dir = dir;
     parent = vm_start(&o);
     if (row->guest_setup) {

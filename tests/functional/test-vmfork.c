@@ -802,6 +802,73 @@ static void fork_unclaimed_fd_refused(void)
     vm_cleanup_all();
 }
 
+/*
+ * A unix socket server chardev of each child listens where the command's
+ * 'chardevs' template says (here the tiny guest's serial port): the reply
+ * lists each child's path, and each carries that child's guest.
+ */
+static void tiny_fork_chardev_template(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autofree char *args = NULL;
+    g_autoptr(JsonArray) c = NULL;
+    const struct { const char *args, *desc; } bad[] = {
+        { "{\"chardevs\": [{\"id\": \"nosuch\", \"path\": \"/tmp/x\"}]}",
+          "'nosuch' is not a unix socket server chardev" },
+        { "{\"chardevs\": [{\"id\": \"compat_monitor0\", "
+          "\"path\": \"/tmp/x\"}]}", "not a unix socket server chardev" },
+        { "{\"count\": 2, \"chardevs\": [{\"id\": \"agent\", "
+          "\"path\": \"/tmp/same.sock\"}]}", "needs %i or %p" },
+        { "{\"chardevs\": [{\"id\": \"agent\", "
+          "\"path\": \"/nonexistent-dir/a.sock\"}]}",
+          "cannot create chardev 'agent' sockets" },
+    };
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", bad[i].args);
+
+        g_assert_nonnull(err);
+        g_test_message("%s -> %s", bad[i].args, err->message);
+        g_assert_nonnull(strstr(qmp_error_desc(err), bad[i].desc));
+    }
+    args = g_strdup_printf("{\"count\": 2, \"monitor\": \"%s/c-%%i.qmp\", "
+                           "\"chardevs\": [{\"id\": \"agent\", "
+                           "\"path\": \"%s/agent-%%i.sock\"}]}",
+                           vm->dir, vm->dir);
+    c = vm_fork(vm, args);
+    for (guint i = 0; i < 2; i++) {
+        JsonObject *kid = nth_child(c, i);
+        JsonObject *ch = json_array_get_object_element(
+            json_object_get_array_member(kid, "chardevs"), 0);
+        g_autofree char *want = g_strdup_printf("%s/agent-%u.sock", vm->dir,
+                                                i);
+        g_autofree char *line = NULL;
+        pid_t pid = json_object_get_int_member(kid, "pid");
+        int fd;
+
+        g_assert_cmpstr(json_object_get_string_member(ch, "id"), ==,
+                        "agent");
+        g_assert_cmpstr(json_object_get_string_member(ch, "path"), ==, want);
+        fd = vm_unix_connect(pid, want, 10000);
+        g_assert_cmpint(fd, >=, 0);
+        /* a whole counter line of this child's guest */
+        g_free(fd_read_line(fd, 10000));
+        line = fd_read_line(fd, 10000);
+        g_test_message("child %d on %s: %s", pid, want, line);
+        g_assert_nonnull(line);
+        g_assert_true(g_str_has_prefix(line, "C "));
+        close(fd);
+    }
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- VNC ------------------------------------------------------------- */
 
 /* Read exactly @len bytes (5 s at most) */
@@ -1986,6 +2053,8 @@ int main(int argc, char **argv)
                     fork_unclaimed_fd_refused);
     g_test_add_func("/vmfork/tiny/tcg/vnc-client-at-fork",
                     tiny_fork_vnc_with_client);
+    g_test_add_func("/vmfork/tiny/tcg/chardev-template",
+                    tiny_fork_chardev_template);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);

@@ -540,7 +540,8 @@ static void fork_sends_arguments_and_waits_for_ready(Fixture *f,
     REQUIRE(RUN(f, "vmfork", "fork", qmp_peer_path(f->peer), "--count", "2",
                 "--monitor", "/tmp/c-%i.sock", "--serial", "/tmp/s-%p.log",
                 "--no-start", "--paused-parent", "--overlay-dir", "/tmp/ov",
-                "--json", "--timeout", "5000"));
+                "--chardev", "charchannel0=/tmp/qga-%i.sock",
+                "-c", "agent=/tmp/a=%p", "--json", "--timeout", "5000"));
     REQUIRE(peer_finished(f->peer));
 
     g_assert_cmpint(f->run.status, ==, 0);
@@ -549,7 +550,10 @@ static void fork_sends_arguments_and_waits_for_ready(Fixture *f,
     assert_json(received_arguments(f->peer, 1),
                 "{\"count\": 2, \"monitor\": \"/tmp/c-%i.sock\", "
                 "\"serial\": \"/tmp/s-%p.log\", \"start\": false, "
-                "\"parent\": \"paused\", \"overlay-dir\": \"/tmp/ov\"}");
+                "\"parent\": \"paused\", \"overlay-dir\": \"/tmp/ov\", "
+                "\"chardevs\": [{\"id\": \"charchannel0\", "
+                "\"path\": \"/tmp/qga-%i.sock\"}, {\"id\": \"agent\", "
+                "\"path\": \"/tmp/a=%p\"}]}");
 
     out = stdout_json(&f->run);
     REQUIRE(out && JSON_NODE_HOLDS_OBJECT(out));
@@ -893,6 +897,9 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "fork", NULL },
         { "vmfork", "fork", sock, "--count", "0", NULL },
         { "vmfork", "fork", sock, "--count", "two", NULL },
+        { "vmfork", "fork", sock, "--chardev", "qga", NULL },
+        { "vmfork", "fork", sock, "--chardev", "=/tmp/x", NULL },
+        { "vmfork", "fork", sock, "--chardev", "qga=", NULL },
         { "vmfork", "ls", sock, "extra", NULL },
         { "vmfork", "wait", sock, NULL },
         { "vmfork", "wait", sock, "abc", NULL },
