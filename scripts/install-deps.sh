@@ -23,6 +23,7 @@ PKGS=(
     libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev ccache
     libjson-glib-dev
     libspice-server-dev libaio-dev liburing-dev libseccomp-dev
+    swtpm
     busybox-static cpio xz-utils dpkg-dev ca-certificates
     gnuplot-nox git
 )
