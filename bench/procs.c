@@ -175,6 +175,9 @@ pid_t procs_spawn(char **argv, const char *log)
         dup2(null, 0);
         dup2(fd, 1);
         dup2(fd, 2);
+        /* QEMU gets stdio and nothing else we inherited (vmfork's fd
+         * safety net would refuse a fork over an fd of unknown owner) */
+        close_range(3, ~0U, 0);
         execv(argv[0], argv);
         _exit(127);
     }

@@ -95,32 +95,47 @@ static char *fdset_owner(FdsetInfoList *sets, int fd)
     return NULL;
 }
 
-void vmfork_fd_safety_net(VmforkCheck *chk)
+bool vmfork_fd_list(VmforkCheck *chk)
 {
     g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    FdsetInfoList *sets = qmp_query_fdsets(NULL);
     const char *name;
 
     if (!dir) {
-        vmfork_check_refuse(chk, "cannot list /proc/self/fd");
-        qapi_free_FdsetInfoList(sets);
-        return;
+        return false;
     }
     while ((name = g_dir_read_name(dir))) {
         g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
-        g_autofree char *target = g_file_read_link(path, NULL);
+        char *target = g_file_read_link(path, NULL);
+
+        /* none: closed meanwhile (the listing's own fd) */
+        if (target && !(g_str_has_prefix(target, "/proc/") &&
+                        g_str_has_suffix(target, "/fd"))) {
+            g_hash_table_insert(chk->fd_target, GINT_TO_POINTER(atoi(name)),
+                                target);
+        } else {
+            g_free(target);
+        }
+    }
+    return true;
+}
+
+void vmfork_fd_safety_net(VmforkCheck *chk)
+{
+    FdsetInfoList *sets = NULL;
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&iter, chk->fd_target);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        const char *target = value;
         g_autofree char *owner = NULL;
-        int fd = atoi(name);
+        int fd = GPOINTER_TO_INT(key);
         int fl;
 
-        if (!target || fd <= STDERR_FILENO ||
-            g_hash_table_contains(chk->fd_owner, GINT_TO_POINTER(fd)) ||
+        if (fd <= STDERR_FILENO ||
+            g_hash_table_contains(chk->fd_owner, key) ||
             is_harmless_anon(target) || is_harmless_device(target)) {
             continue;
-        }
-        if (g_str_has_prefix(target, "/proc/") &&
-            g_str_has_suffix(target, "/fd")) {
-            continue;           /* this listing */
         }
         fl = fcntl(fd, F_GETFL);
         if (target[0] == '/' && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY) {
@@ -128,6 +143,9 @@ void vmfork_fd_safety_net(VmforkCheck *chk)
         }
         if (target[0] == '/' && is_own_pidfile(fd)) {
             continue;
+        }
+        if (!sets) {
+            sets = qmp_query_fdsets(NULL);
         }
         owner = fdset_owner(sets, fd);
         vmfork_check_refuse(chk, "fd %d (%s%s)%s%s has no fork rule: no "
@@ -137,3 +155,4 @@ void vmfork_fd_safety_net(VmforkCheck *chk)
     }
     qapi_free_FdsetInfoList(sets);
 }
+

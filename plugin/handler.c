@@ -56,16 +56,14 @@ void vmfork_check_claim_fd(VmforkCheck *chk, int fd, const char *fmt, ...)
 static void claim_fd_links(VmforkCheck *chk, const char *link, bool prefix,
                            const char *owner)
 {
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    const char *name;
+    GHashTableIter iter;
+    gpointer fd, target;
 
-    while (dir && (name = g_dir_read_name(dir))) {
-        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
-        g_autofree char *target = g_file_read_link(path, NULL);
-
-        if (target && (prefix ? g_str_has_prefix(target, link)
-                              : g_str_equal(target, link))) {
-            vmfork_check_claim_fd(chk, atoi(name), "%s", owner);
+    g_hash_table_iter_init(&iter, chk->fd_target);
+    while (g_hash_table_iter_next(&iter, &fd, &target)) {
+        if (prefix ? g_str_has_prefix(target, link)
+                   : g_str_equal(target, link)) {
+            vmfork_check_claim_fd(chk, GPOINTER_TO_INT(fd), "%s", owner);
         }
     }
 }

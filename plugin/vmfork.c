@@ -355,10 +355,17 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
     g_autoptr(GString) why = g_string_new(NULL);
     g_autoptr(GHashTable) fd_owner = g_hash_table_new_full(NULL, NULL, NULL,
                                                            g_free);
-    VmforkCheck chk = { .req = req, .why = why, .fd_owner = fd_owner };
+    g_autoptr(GHashTable) fd_target = g_hash_table_new_full(NULL, NULL, NULL,
+                                                            g_free);
+    VmforkCheck chk = {
+        .req = req, .why = why, .fd_owner = fd_owner, .fd_target = fd_target,
+    };
     RunState state = runstate_get();
     VmforkChildRecord *c;
 
+    if (!vmfork_fd_list(&chk)) {
+        vmfork_check_refuse(&chk, "cannot list /proc/self/fd");
+    }
     for (GSList *l = vmfork_state.blockers; l; l = l->next) {
         vmfork_check_refuse(&chk, "%s", error_get_pretty(l->data));
     }

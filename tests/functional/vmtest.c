@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
+#define _GNU_SOURCE     /* close_range() */
 #include "vmtest.h"
 
 #include <errno.h>
@@ -233,9 +234,9 @@ static pid_t spawn(GPtrArray *argv, const char *log)
         dup2(null, 0);
         dup2(fd, 1);
         dup2(fd, 2);
-        /* QEMU gets stdio and nothing else of ours (vmfork checks fds) */
-        close(fd);
-        close(null);
+        /* QEMU gets stdio and nothing else we have or inherited (vmfork's
+         * fd safety net refuses a fork over an fd of unknown owner) */
+        close_range(3, ~0U, 0);
         execv(argv->pdata[0], (char **)argv->pdata);
         _exit(127);
     }
