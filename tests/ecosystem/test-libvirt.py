@@ -921,7 +921,13 @@ class LibvirtTest:
                          '[ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && '
                          'echo /dev/${p##*/}; done').strip()
                 check(dev.startswith('/dev/vport'), 'no channel in the guest')
-                sh(ca, 'sleep 0.2; echo from-the-child > %s' % dev)
+                # the port is open on the host side once QEMU has the client
+                check(ecotest.wait_for(lambda: any(
+                    c['label'] == 'charchannel0' and
+                    not c['filename'].startswith('disconnected:')
+                    for c in self.qmp_child(kid['monitor'], 'query-chardev')),
+                    10), 'the child did not accept the channel client')
+                sh(ca, 'echo from-the-child > %s' % dev)
                 ch.settimeout(TIMEOUT)
                 got = b''
                 while not got.endswith(b'\n'):

@@ -272,6 +272,34 @@ static char *channel_dev(Vm *vm)
     return dev;
 }
 
+/* Until QEMU has accepted a client on chardev @id (10 s at most) */
+static void wait_chardev_connected(Vm *vm, const char *id)
+{
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+
+    for (;;) {
+        JsonNode *r = vm_qmp(vm, "query-chardev", NULL);
+        JsonArray *a = json_node_get_array(r);
+        bool connected = false;
+
+        for (guint i = 0; i < json_array_get_length(a); i++) {
+            JsonObject *c = json_array_get_object_element(a, i);
+
+            if (g_str_equal(json_object_get_string_member(c, "label"), id)) {
+                connected = !g_str_has_prefix(
+                    json_object_get_string_member(c, "filename"),
+                    "disconnected:");
+            }
+        }
+        json_node_unref(r);
+        if (connected) {
+            return;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+}
+
 /* A line the guest writes on its channel arrives on the host socket */
 static void channel_carries(Vm *vm, pid_t pid, const char *path,
                             const char *word)
@@ -281,8 +309,9 @@ static void channel_carries(Vm *vm, pid_t pid, const char *path,
     int fd = vm_unix_connect(pid, path, 10000);
 
     g_assert_cmpint(fd, >=, 0);
-    /* The guest sees the host side open once QEMU accepted the client */
-    g_free(vm_sh(vm, "sleep 0.2; echo %s > %s", word, dev));
+    /* The port is open on the host side once QEMU has the client */
+    wait_chardev_connected(vm, "charchannel0");
+    g_free(vm_sh(vm, "echo %s > %s", word, dev));
     line = fd_read_line(fd, 10000);
     close(fd);
     g_test_message("channel %s: '%s'", path, line ? line : "(nothing)");
