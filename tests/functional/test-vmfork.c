@@ -869,6 +869,29 @@ static void tiny_fork_chardev_template(void)
     vm_cleanup_all();
 }
 
+/*
+ * A QEMU started with -daemonize forks (its pipe to the launcher is closed
+ * once used, so no fd of unknown owner is left), and the child runs.
+ */
+static void tiny_fork_daemonized(void)
+{
+    VmOptions o = { .guest = GUEST_TINY, .daemonize = true };
+    g_autoptr(JsonArray) c = NULL;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    c = vm_fork(vm, NULL);
+    child = vm_attach_child(vm, nth_child(c, 0));
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- VNC ------------------------------------------------------------- */
 
 /* Read exactly @len bytes (5 s at most) */
@@ -2055,6 +2078,7 @@ int main(int argc, char **argv)
                     tiny_fork_vnc_with_client);
     g_test_add_func("/vmfork/tiny/tcg/chardev-template",
                     tiny_fork_chardev_template);
+    g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);

@@ -386,6 +386,9 @@ Vm *vm_start(const VmOptions *o)
     ARG("-chardev"); ARG("socket,id=agent,path=%s,server=on,wait=off", serial);
     ARG("-serial"); ARG("chardev:agent");
     ARG("-pidfile"); ARG("%s/qemu.pid", dir);
+    if (o->daemonize) {
+        ARG("-daemonize");
+    }
     if (o->guest == GUEST_LINUX) {
         ARG("-serial"); ARG("file:%s/console.log", dir);
         ARG("-kernel"); ARG("%s", g_getenv("VMFORK_LINUX_KERNEL"));
@@ -408,6 +411,22 @@ Vm *vm_start(const VmOptions *o)
 
     vm->pid = spawn(argv, log);
     register_group(vm->pid);
+    if (o->daemonize) {
+        /* The launcher exits once the daemon is up; we reap the daemon
+         * (a subreaper), which runs in a process group of its own */
+        g_autofree char *pidfile = g_build_filename(dir, "qemu.pid", NULL);
+        g_autofree char *text = NULL;
+        int status;
+
+        g_assert_cmpint(waitpid(vm->pid, &status, 0), ==, vm->pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+            dump_log(vm, "qemu.log");
+            g_error("QEMU -daemonize failed: status 0x%x", status);
+        }
+        g_assert_true(g_file_get_contents(pidfile, &text, NULL, NULL));
+        vm->pid = atoi(text);
+        register_group(getpgid(vm->pid));
+    }
     vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
     if (!vm->qmp) {
         dump_log(vm, "qemu.log");

@@ -32,6 +32,8 @@ typedef struct VmOptions {
     const char *machine;        /* -M argument, default "pc" */
     const char *dir;            /* the test directory, made by the caller
                                  * (default: a new one) */
+    bool daemonize;             /* -daemonize, as libvirt's older releases
+                                 * and init scripts run QEMU */
     const char *const *extra;   /* more QEMU arguments, NULL-terminated;
                                  * "@DIR@" stands for the test directory */
     bool no_boot;               /* leave the VM as QEMU starts it (-S) */
