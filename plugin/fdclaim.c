@@ -19,6 +19,8 @@
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
  *   fork() does not pass on.
+ * - the report files of ASan and UBSan (log_path in ASAN_OPTIONS and
+ *   UBSAN_OPTIONS), which each process reopens under its own pid.
  *
  * Anything else (a file open for writing, a socket, a device node, a
  * pipe, an io_uring, a timerfd) that no handler claims refuses the fork,
@@ -81,6 +83,29 @@ static bool is_own_pidfile(int fd)
            vmfork_pid_is_ours(pid);
 }
 
+/* A sanitizer's report file: log_path=PREFIX, the file PREFIX.PID */
+static bool is_sanitizer_report(const char *target)
+{
+    static const char *const vars[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(vars); i++) {
+        const char *opts = g_getenv(vars[i]);
+        const char *p = opts ? strstr(opts, "log_path=") : NULL;
+        g_autofree char *prefix = NULL;
+
+        if (!p) {
+            continue;
+        }
+        p += strlen("log_path=");
+        prefix = g_strndup(p, strcspn(p, ":"));
+        if (*prefix && g_str_has_prefix(target, prefix) &&
+            target[strlen(prefix)] == '.') {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* What the monitor's fd sets say of @fd, or NULL */
 static char *fdset_owner(FdsetInfoList *sets, int fd)
 {
@@ -141,7 +166,8 @@ void vmfork_fd_safety_net(VmforkCheck *chk)
         if (target[0] == '/' && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY) {
             continue;           /* read-only: shared as it is */
         }
-        if (target[0] == '/' && is_own_pidfile(fd)) {
+        if (target[0] == '/' &&
+            (is_own_pidfile(fd) || is_sanitizer_report(target))) {
             continue;
         }
         if (!sets) {
