@@ -105,6 +105,16 @@ static char *file_chardev_path(Chardev *chr)
     return g_file_read_link(link, NULL);
 }
 
+static bool is_unix_server(Chardev *chr)
+{
+    SocketChardev *s = (SocketChardev *)object_dynamic_cast(
+        OBJECT(chr), TYPE_CHARDEV_SOCKET);
+
+    return s && s->is_listen && s->addr &&
+           s->addr->type == SOCKET_ADDRESS_TYPE_UNIX &&
+           !(s->addr->u.q_unix.has_abstract && s->addr->u.q_unix.abstract);
+}
+
 /* The rule for @chr; for RULE_REFUSE, *why says why */
 static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
                                 char **path, const char **why)
@@ -125,8 +135,7 @@ static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
                    "again on its own";
             return RULE_REFUSE;
         }
-        if (!s->addr || s->addr->type != SOCKET_ADDRESS_TYPE_UNIX ||
-            (s->addr->u.q_unix.has_abstract && s->addr->u.q_unix.abstract)) {
+        if (!is_unix_server(chr)) {
             *why = "it listens on a TCP port (or a passed fd or abstract "
                    "socket), which a child cannot have a copy of";
             return RULE_REFUSE;
@@ -156,16 +165,6 @@ static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
     *why = "vmfork has no rule for this kind of chardev (a pipe, a host "
            "device, UDP, SPICE)";
     return RULE_REFUSE;
-}
-
-static bool is_unix_server(Chardev *chr)
-{
-    SocketChardev *s = (SocketChardev *)object_dynamic_cast(
-        OBJECT(chr), TYPE_CHARDEV_SOCKET);
-
-    return s && s->is_listen && s->addr &&
-           s->addr->type == SOCKET_ADDRESS_TYPE_UNIX &&
-           !(s->addr->u.q_unix.has_abstract && s->addr->u.q_unix.abstract);
 }
 
 bool vmfork_chardevs_parse(VmforkRequest *req, VmforkChardevList *list,

@@ -190,34 +190,54 @@ static bool detach_socket(int fd, Error **errp)
     return fd_replace(fd, sv[0], (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0, errp);
 }
 
-bool vmfork_fd_make_private(Error **errp)
+GHashTable *vmfork_fd_targets(Error **errp)
 {
-    g_autoptr(GDir) dir = NULL;
-    g_autoptr(GArray) epolls = g_array_new(false, false, sizeof(int));
-    g_autoptr(GArray) sockets = g_array_new(false, false, sizeof(int));
     g_autoptr(GError) gerr = NULL;
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, &gerr);
+    GHashTable *targets;
     const char *name;
 
-    dir = g_dir_open("/proc/self/fd", 0, &gerr);
     if (!dir) {
         error_setg(errp, "vmfork: cannot list /proc/self/fd: %s",
                    gerr->message);
+        return NULL;
+    }
+    targets = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    while ((name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
+        char *target = g_file_read_link(path, NULL);
+
+        /* none: closed meanwhile; and not the listing's own fd */
+        if (target && !(g_str_has_prefix(target, "/proc/") &&
+                        g_str_has_suffix(target, "/fd"))) {
+            g_hash_table_insert(targets, GINT_TO_POINTER(atoi(name)), target);
+        } else {
+            g_free(target);
+        }
+    }
+    return targets;
+}
+
+bool vmfork_fd_make_private(Error **errp)
+{
+    g_autoptr(GHashTable) targets = vmfork_fd_targets(errp);
+    g_autoptr(GArray) epolls = g_array_new(false, false, sizeof(int));
+    g_autoptr(GArray) sockets = g_array_new(false, false, sizeof(int));
+    GHashTableIter iter;
+    gpointer key, target;
+
+    if (!targets) {
         return false;
     }
     /*
      * First the eventfds, so that the epoll instances built afterwards
      * watch the new ones.  The fds created here get higher numbers than
-     * the ones being listed or are dup3()'d over them; GDir's own fd is
-     * not a candidate.
+     * the ones listed or are dup3()'d over them.
      */
-    while ((name = g_dir_read_name(dir))) {
-        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
-        g_autofree char *target = g_file_read_link(path, NULL);
-        int fd = atoi(name);
+    g_hash_table_iter_init(&iter, targets);
+    while (g_hash_table_iter_next(&iter, &key, &target)) {
+        int fd = GPOINTER_TO_INT(key);
 
-        if (!target) {
-            continue;
-        }
         if (g_str_equal(target, "anon_inode:[eventfd]")) {
             if (!replace_eventfd(fd, errp)) {
                 return false;

@@ -120,30 +120,6 @@ static char *fdset_owner(FdsetInfoList *sets, int fd)
     return NULL;
 }
 
-bool vmfork_fd_list(VmforkCheck *chk)
-{
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    const char *name;
-
-    if (!dir) {
-        return false;
-    }
-    while ((name = g_dir_read_name(dir))) {
-        g_autofree char *path = g_strdup_printf("/proc/self/fd/%s", name);
-        char *target = g_file_read_link(path, NULL);
-
-        /* none: closed meanwhile (the listing's own fd) */
-        if (target && !(g_str_has_prefix(target, "/proc/") &&
-                        g_str_has_suffix(target, "/fd"))) {
-            g_hash_table_insert(chk->fd_target, GINT_TO_POINTER(atoi(name)),
-                                target);
-        } else {
-            g_free(target);
-        }
-    }
-    return true;
-}
-
 void vmfork_fd_safety_net(VmforkCheck *chk)
 {
     FdsetInfoList *sets = NULL;

@@ -91,21 +91,31 @@ void vmfork_handlers_check(VmforkCheck *chk)
     }
 }
 
-/* Run one phase of every handler in order, stopping at the first error */
-#define RUN_PHASE(phase, ...)                                           \
-    for (GSList *l = handlers; l; l = l->next) {                        \
-        const VmforkHandler *h = l->data;                               \
-                                                                        \
-        if (h->phase && !h->phase(__VA_ARGS__)) {                       \
-            trace_vmfork_handler_failed(h->name, #phase);               \
-            return false;                                               \
-        }                                                               \
-    }                                                                   \
-    return true
+typedef bool (*VmforkPhase)(VmforkRequest *req, Error **errp);
+
+/*
+ * Run the phase at @offset in VmforkHandler (prepare, paused or parent)
+ * of every handler of @order, stopping at the first error
+ */
+static bool run_phase(GSList *order, size_t offset, const char *phase,
+                      VmforkRequest *req, Error **errp)
+{
+    for (GSList *l = order; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+        VmforkPhase fn = *(const VmforkPhase *)((const char *)h + offset);
+
+        if (fn && !fn(req, errp)) {
+            trace_vmfork_handler_failed(h->name, phase);
+            return false;
+        }
+    }
+    return true;
+}
 
 bool vmfork_handlers_prepare(VmforkRequest *req, Error **errp)
 {
-    RUN_PHASE(prepare, req, errp);
+    return run_phase(handlers, offsetof(VmforkHandler, prepare), "prepare",
+                     req, errp);
 }
 
 /*
@@ -117,20 +127,14 @@ bool vmfork_handlers_paused(VmforkRequest *req, Error **errp)
 {
     g_autoptr(GSList) rev = g_slist_reverse(g_slist_copy(handlers));
 
-    for (GSList *l = rev; l; l = l->next) {
-        const VmforkHandler *h = l->data;
-
-        if (h->paused && !h->paused(req, errp)) {
-            trace_vmfork_handler_failed(h->name, "paused");
-            return false;
-        }
-    }
-    return true;
+    return run_phase(rev, offsetof(VmforkHandler, paused), "paused", req,
+                     errp);
 }
 
 bool vmfork_handlers_parent(VmforkRequest *req, Error **errp)
 {
-    RUN_PHASE(parent, req, errp);
+    return run_phase(handlers, offsetof(VmforkHandler, parent), "parent",
+                     req, errp);
 }
 
 bool vmfork_handlers_child(VmforkRequest *req, int index, Error **errp)

@@ -110,10 +110,7 @@ void vmfork_handlers_abort(VmforkRequest *req);
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
                                 VmforkChild *info);
 
-/* fdclaim.c: the fds of the process, read once for a check (false: the
- * listing failed, which the safety net reports) */
-bool vmfork_fd_list(VmforkCheck *chk);
-/* ... and the safety net, after every handler's check */
+/* fdclaim.c: the safety net, after every handler's check */
 void vmfork_fd_safety_net(VmforkCheck *chk);
 
 #endif

@@ -8,8 +8,10 @@
  * A tap netdev's fd crosses fork() with its open file: parent and child
  * would share one tap queue, each reading frames meant for the other.
  * The command names a tap for each child (@taps: fds passed with getfd
- * or add-fd, or an interface name template); a tap netdev without one is a blocker.
- * The fds are taken from the monitor once the checks pass, each child
+ * or add-fd, or an interface name template); a tap netdev without one is
+ * a blocker.
+ * The fds are taken from the monitor as the command is parsed (they are
+ * the command's whatever happens next; the checks claim them), each child
  * switches to its own (tap_switch_after_fork()) and closes the others,
  * and the parent closes them all.  Its NIC gets a MAC address of its own
  * (qemu_nic_set_macaddr()); a NIC model that cannot change its address
@@ -313,6 +315,8 @@ static bool new_mac(NetClientState *nc, int nr, Error **errp)
     qmp_set_link(nc->name, false, &error_abort);
     /* every copy the NIC keeps: filter, EEPROM, config space, reset */
     if (!qemu_nic_set_macaddr(nic, &mac, errp)) {
+        g_free(b->netdev);
+        g_free(b);
         return false;
     }
     trace_vmfork_child_mac(nc->name, nc->peer->name, nc->peer->info_str);

@@ -49,7 +49,9 @@ bool vmfork_check_template_per_child(const char *what, const char *tmpl,
 char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
                              Error **errp);
 
-/* fd.c: make every inherited kernel object that is shared by fd private */
+/* fd.c: every fd of the process and its /proc/self/fd link, read once */
+GHashTable *vmfork_fd_targets(Error **errp);
+/* ... make every inherited kernel object that is shared by fd private */
 bool vmfork_fd_make_private(Error **errp);
 /* ... and the fds that doing so left us with are ours */
 void vmfork_fd_claim_detached(VmforkCheck *chk);

@@ -170,11 +170,30 @@ static void vmfork_child_record_free(VmforkChildRecord *c)
     g_free(c);
 }
 
+/*
+ * After STATUS_FAILED: the child's reason, @len bytes of it already read
+ * at @start, the rest up to end of file (the child exits once it is sent)
+ */
+static void vmfork_child_read_reason(VmforkChildRecord *c, const char *start,
+                                     size_t len)
+{
+    GString *reason = g_string_new_len(start, len);
+    char buf[512];
+    ssize_t n;
+
+    while ((n = read(c->status_fd, buf, sizeof(buf))) > 0 ||
+           (n < 0 && errno == EINTR)) {
+        g_string_append_len(reason, buf, MAX(n, 0));
+    }
+    g_free(c->reason);
+    c->reason = g_string_free(reason, false);
+}
+
 /* Read and act on what the child said; false once it has nothing more */
 static bool vmfork_child_status_take(VmforkChildRecord *c)
 {
     char buf[4096];
-    ssize_t n = read(c->status_fd, buf, sizeof(buf) - 1);
+    ssize_t n = read(c->status_fd, buf, sizeof(buf));
 
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
         return true;
@@ -185,10 +204,8 @@ static bool vmfork_child_status_take(VmforkChildRecord *c)
             qapi_event_send_vmfork_child_ready(c->pid, c->clone_id,
                                                c->monitor);
         } else if (buf[i] == STATUS_FAILED) {
-            buf[n] = 0;
-            g_free(c->reason);
-            c->reason = g_strdup(buf + i + 1);
-            break;
+            vmfork_child_read_reason(c, buf + i + 1, n - i - 1);
+            return false;       /* end of file was reached */
         }
     }
     return n > 0;
@@ -277,18 +294,6 @@ static void vmfork_child_record_watch(VmforkChildRecord *c)
     }
 }
 
-static VmforkChildRecord *vmfork_child_record_find(pid_t pid)
-{
-    VmforkChildRecord *c;
-
-    QTAILQ_FOREACH(c, &vmfork_state.children, next) {
-        if (c->pid == pid) {
-            return c;
-        }
-    }
-    return NULL;
-}
-
 /*
  * In the child: the parent's children are not ours.  Forget them without
  * touching them (their fds only lose this process's reference).
@@ -355,16 +360,15 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
     g_autoptr(GString) why = g_string_new(NULL);
     g_autoptr(GHashTable) fd_owner = g_hash_table_new_full(NULL, NULL, NULL,
                                                            g_free);
-    g_autoptr(GHashTable) fd_target = g_hash_table_new_full(NULL, NULL, NULL,
-                                                            g_free);
+    g_autoptr(GHashTable) fd_target = vmfork_fd_targets(errp);
     VmforkCheck chk = {
         .req = req, .why = why, .fd_owner = fd_owner, .fd_target = fd_target,
     };
     RunState state = runstate_get();
     VmforkChildRecord *c;
 
-    if (!vmfork_fd_list(&chk)) {
-        vmfork_check_refuse(&chk, "cannot list /proc/self/fd");
+    if (!fd_target) {
+        return false;
     }
     for (GSList *l = vmfork_state.blockers; l; l = l->next) {
         vmfork_check_refuse(&chk, "%s", error_get_pretty(l->data));
@@ -712,19 +716,18 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
  */
 #define VMFORK_SETUP_TIMEOUT_MS 30000
 
-static bool vmfork_wait_set_up(VmforkChildList *children, Error **errp)
+static bool vmfork_wait_set_up(GPtrArray *records, Error **errp)
 {
     g_autoptr(GArray) pfds = g_array_new(false, false, sizeof(struct pollfd));
     int64_t deadline = g_get_monotonic_time() +
                        VMFORK_SETUP_TIMEOUT_MS * 1000LL;
-    int waiting = 0;
+    guint waiting = records->len;
 
-    for (VmforkChildList *l = children; l; l = l->next) {
-        VmforkChildRecord *c = vmfork_child_record_find(l->value->pid);
+    for (guint i = 0; i < records->len; i++) {
+        VmforkChildRecord *c = records->pdata[i];
         struct pollfd pfd = { .fd = c->status_fd, .events = POLLIN };
 
         g_array_append_val(pfds, pfd);
-        waiting++;
     }
     while (waiting) {
         int64_t left = (deadline - g_get_monotonic_time()) / 1000;
@@ -744,16 +747,12 @@ static bool vmfork_wait_set_up(VmforkChildList *children, Error **errp)
         }
         for (guint i = 0; n > 0 && i < pfds->len; i++) {
             struct pollfd *pfd = &g_array_index(pfds, struct pollfd, i);
-            VmforkChildRecord *c;
+            VmforkChildRecord *c = records->pdata[i];
             char byte;
             ssize_t r;
 
             if (pfd->fd < 0 || !pfd->revents) {
                 continue;
-            }
-            c = QTAILQ_FIRST(&vmfork_state.children);
-            while (c && c->status_fd != pfd->fd) {
-                c = QTAILQ_NEXT(c, next);
             }
             r = read(pfd->fd, &byte, 1);
             if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
@@ -764,17 +763,8 @@ static bool vmfork_wait_set_up(VmforkChildList *children, Error **errp)
                 waiting--;
                 continue;
             }
-            /* It failed: its reason follows, then end of file */
             if (r == 1 && byte == STATUS_FAILED) {
-                g_autoptr(GString) reason = g_string_new(NULL);
-                char buf[512];
-
-                while ((r = read(pfd->fd, buf, sizeof(buf))) > 0 ||
-                       (r < 0 && errno == EINTR)) {
-                    g_string_append_len(reason, buf, MAX(r, 0));
-                }
-                g_free(c->reason);
-                c->reason = g_strdup(reason->str);
+                vmfork_child_read_reason(c, NULL, 0);
             }
             error_setg(errp, "vmfork: child %d failed to set up: %s",
                        (int)c->pid, c->reason ? c->reason :
@@ -796,6 +786,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     VmforkRequest req = { 0 };
     VmforkResult *result = g_new0(VmforkResult, 1);
     VmforkChildList **tail = &result->children;
+    g_autoptr(GPtrArray) records = g_ptr_array_new();  /* of this command */
     int64_t t0 = g_get_monotonic_time(), t_stop;
     int gate[2] = { -1, -1 };
     bool prepared = false, ok = false;
@@ -882,7 +873,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         vc->clone_id = pid;
         vmfork_handlers_child_info(&req, i, vc);
         QAPI_LIST_APPEND(tail, vc);
-        vmfork_child_record_new(vc, status[0]);
+        g_ptr_array_add(records, vmfork_child_record_new(vc, status[0]));
         trace_vmfork_parent_forked(i, pid, g_get_monotonic_time() - t0);
     }
 
@@ -904,9 +895,9 @@ resume:
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
 
-    ok = ok && vmfork_wait_set_up(result->children, errp);
-    for (VmforkChildList *l = result->children; l; l = l->next) {
-        VmforkChildRecord *c = vmfork_child_record_find(l->value->pid);
+    ok = ok && vmfork_wait_set_up(records, errp);
+    for (guint j = 0; j < records->len; j++) {
+        VmforkChildRecord *c = records->pdata[j];
 
         /* Not half-forked: on error the children made so far go */
         if (!ok) {
