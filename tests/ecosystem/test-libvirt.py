@@ -200,6 +200,12 @@ class Agent:
         raise ecotest.StepFailed('the guest agent did not answer in %d s'
                                  % timeout)
 
+    def sh(self, command, timeout=TIMEOUT):
+        """A guest shell command: its output (asserting status 0)"""
+        status, _, out = self.cmd('sh ' + command, timeout).partition(' ')
+        check(status == '0', 'guest: %r exited %s' % (command, status))
+        return bytes.fromhex(out).decode()
+
     def cmd(self, line, timeout=TIMEOUT):
         """A command; the text after "OK " (asserting OK)"""
         self.sock.sendall((line + '\n').encode())
@@ -875,13 +881,7 @@ class LibvirtTest:
         ca = None
         try:
             pa.sync()
-            def sh(a, c):
-                """a guest shell command: its output (asserting status 0)"""
-                status, _, out = a.cmd('sh ' + c).partition(' ')
-                check(status == '0', 'guest: %r exited %s' % (c, status))
-                return bytes.fromhex(out).decode()
-
-            sh(pa, 'printf before-the-fork | dd of=/dev/vda bs=512 seek=100 '
+            pa.sh('printf before-the-fork | dd of=/dev/vda bs=512 seek=100 '
                'conv=fsync 2>/dev/null')
             p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(
                 {'execute': 'vmfork', 'arguments': {
@@ -904,20 +904,20 @@ class LibvirtTest:
             ca = Agent(csock)
             ca.sync()
             for a, word in ((pa, 'parent'), (ca, 'child')):
-                sh(a, 'printf written-by-the-%s | dd of=/dev/vda bs=512 '
+                a.sh('printf written-by-the-%s | dd of=/dev/vda bs=512 '
                    'seek=200 conv=fsync 2>/dev/null' % word)
             for a, word in ((pa, 'parent'), (ca, 'child')):
-                got = sh(a, 'dd if=/dev/vda bs=512 skip=200 count=1 '
+                got = a.sh('dd if=/dev/vda bs=512 skip=200 count=1 '
                          'iflag=direct 2>/dev/null | tr -d "\\000"')
                 check(got == 'written-by-the-' + word, '%s reads %r' %
                       (word, got))
-                got = sh(a, 'dd if=/dev/vda bs=512 skip=100 count=1 '
+                got = a.sh('dd if=/dev/vda bs=512 skip=100 count=1 '
                          'iflag=direct 2>/dev/null | tr -d "\\000"')
                 check(got == 'before-the-fork', '%s reads %r' % (word, got))
             # The child's qemu-ga channel: its own socket carries its guest
             ch = ecotest.connect_unix(chans['charchannel0'], TIMEOUT)
             try:
-                dev = sh(ca, 'for p in /sys/class/virtio-ports/*; do '
+                dev = ca.sh('for p in /sys/class/virtio-ports/*; do '
                          '[ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && '
                          'echo /dev/${p##*/}; done').strip()
                 check(dev.startswith('/dev/vport'), 'no channel in the guest')
@@ -927,7 +927,7 @@ class LibvirtTest:
                     not c['filename'].startswith('disconnected:')
                     for c in self.qmp_child(kid['monitor'], 'query-chardev')),
                     10), 'the child did not accept the channel client')
-                sh(ca, 'echo from-the-child > %s' % dev)
+                ca.sh('echo from-the-child > %s' % dev)
                 ch.settimeout(TIMEOUT)
                 got = b''
                 while not got.endswith(b'\n'):

@@ -246,20 +246,6 @@ static void qemu_img_create(const char *path, const char *fmt, int mib)
     g_assert_cmpint(status, ==, 0);
 }
 
-/* Write @text at sector @sector of /dev/@dev, synchronously */
-static void disk_write(Vm *vm, const char *dev, int sector, const char *text)
-{
-    g_free(vm_sh(vm, "printf %s | dd of=/dev/%s bs=512 seek=%d conv=fsync "
-                 "2>/dev/null", text, dev, sector));
-}
-
-/* The text at sector @sector of /dev/@dev, read past the page cache */
-static char *disk_read(Vm *vm, const char *dev, int sector)
-{
-    return vm_sh(vm, "dd if=/dev/%s bs=512 skip=%d count=1 iflag=direct "
-                 "2>/dev/null | tr -d '\\000'", dev, sector);
-}
-
 /* The guest's /dev node of the channel port */
 static char *channel_dev(Vm *vm)
 {
@@ -396,7 +382,7 @@ static void config_row(gconstpointer data)
         g_free(vm_sh(parent, "%s", row->guest_setup));
     }
     if (row->has & HAS_DISK) {
-        disk_write(parent, row->dev, 100, "before-the-fork");
+        vm_disk_write(parent, row->dev, 100, "before-the-fork");
         /* A writable disk needs overlays: refused without, named */
         err = vm_qmp_error(parent, "vmfork", NULL);
         g_assert_nonnull(err);
@@ -439,12 +425,12 @@ static void config_row(gconstpointer data)
         g_assert_null(strstr(img_c, "disk.qcow2"));
         g_assert_cmpstr(img_p, !=, img_c);
 
-        disk_write(parent, row->dev, 200, "written-by-the-parent");
-        disk_write(child, row->dev, 200, "written-by-the-child");
-        b_p = disk_read(parent, row->dev, 100);
-        b_c = disk_read(child, row->dev, 100);
-        w_p = disk_read(parent, row->dev, 200);
-        w_c = disk_read(child, row->dev, 200);
+        vm_disk_write(parent, row->dev, 200, "written-by-the-parent");
+        vm_disk_write(child, row->dev, 200, "written-by-the-child");
+        b_p = vm_disk_read(parent, row->dev, 100);
+        b_c = vm_disk_read(child, row->dev, 100);
+        w_p = vm_disk_read(parent, row->dev, 200);
+        w_c = vm_disk_read(child, row->dev, 200);
         g_assert_cmpstr(b_p, ==, "before-the-fork");
         g_assert_cmpstr(b_c, ==, "before-the-fork");
         g_assert_cmpstr(w_p, ==, "written-by-the-parent");
@@ -467,16 +453,6 @@ static void config_row(gconstpointer data)
         g_assert_cmpuint(vm_qemu_img_check_dir(parent->dir, false), ==, 3);
     }
     vm_cleanup_all();
-}
-
-static char *file_sha256(const char *path)
-{
-    g_autofree char *data = NULL;
-    gsize len;
-
-    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
-    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data,
-                                       len);
 }
 
 /* A new test directory with a 64 MiB qcow2 disk.qcow2, and its VM */
@@ -516,7 +492,7 @@ static void base_never_written(void)
                            "{\"node\": \"libvirt-1-format\", "
                            "\"name\": \"checkpoint0\", "
                            "\"persistent\": true}"));
-    disk_write(parent, "vda", 100, "before-the-fork");
+    vm_disk_write(parent, "vda", 100, "before-the-fork");
 
     args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
     children = vm_fork(parent, args);
@@ -524,7 +500,7 @@ static void base_never_written(void)
     child = vm_attach_child(parent, json_array_get_object_element(children,
                                                                   0));
     json_array_unref(children);
-    disk_write(child, "vda", 200, "written-by-the-child");
+    vm_disk_write(child, "vda", 200, "written-by-the-child");
     vm_quit(child);
     h_after = file_sha256(disk);
     g_test_message("base %s at the fork, %s after the child quit", h_fork,
@@ -532,7 +508,7 @@ static void base_never_written(void)
     g_assert_cmpstr(h_fork, ==, h_after);
 
     /* The parent owns the base: it stores its bitmap there at its end */
-    disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_disk_write(parent, "vda", 200, "written-by-the-parent");
     vm_quit(parent);
     cmd = g_strdup_printf("%s info %s", g_getenv("VMFORK_QEMU_IMG"), disk);
     g_assert_true(g_spawn_command_line_sync(cmd, &info, NULL, &status,
@@ -582,10 +558,10 @@ static void hotplugged_disk(void)
     g_test_message("active images: parent %s, child %s", img_p, img_c);
     g_assert_null(strstr(img_p, "disk.qcow2"));
     g_assert_null(strstr(img_c, "disk.qcow2"));
-    disk_write(parent, "vda", 200, "written-by-the-parent");
-    disk_write(child, "vda", 200, "written-by-the-child");
-    w_p = disk_read(parent, "vda", 200);
-    w_c = disk_read(child, "vda", 200);
+    vm_disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_disk_write(child, "vda", 200, "written-by-the-child");
+    w_p = vm_disk_read(parent, "vda", 200);
+    w_c = vm_disk_read(child, "vda", 200);
     g_assert_cmpstr(w_p, ==, "written-by-the-parent");
     g_assert_cmpstr(w_c, ==, "written-by-the-child");
     vm_quit(child);

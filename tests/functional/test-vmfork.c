@@ -1020,33 +1020,6 @@ static void tiny_fork_vnc_with_client(void)
 
 /* ---- Disks ------------------------------------------------------------ */
 
-static char *disk_read(Vm *vm, int sector)
-{
-    g_autofree char *cmd = g_strdup_printf(
-        "sh echo 3 > /proc/sys/vm/drop_caches; "
-        "dd if=/dev/vda bs=512 skip=%d count=1 2>/dev/null | tr -d '\\000'",
-        sector);
-    g_autofree char *reply = vm_agent(vm, "%s", cmd);
-    g_auto(GStrv) parts = g_strsplit(reply, " ", 2);
-    gsize len = parts[1] ? strlen(parts[1]) / 2 : 0;
-    char *text = g_malloc0(len + 1);
-
-    g_assert_cmpstr(parts[0], ==, "0");
-    for (gsize i = 0; i < len; i++) {
-        sscanf(parts[1] + 2 * i, "%2hhx", (unsigned char *)&text[i]);
-    }
-    return text;
-}
-
-static void disk_write(Vm *vm, int sector, const char *text)
-{
-    g_autofree char *reply = vm_agent(
-        vm, "sh printf %s | dd of=/dev/vda bs=512 seek=%d conv=fsync "
-        "2>/dev/null", text, sector);
-
-    g_assert_true(g_str_has_prefix(reply, "0"));
-}
-
 /*
  * Disks: each clone writes its own qcow2 overlay on top of the image that
  * was active at the fork, which keeps the data from before the fork and
@@ -1075,7 +1048,7 @@ static void linux_fork_disks_are_private(void)
     g_assert_true(g_file_set_contents(base, "", 0, NULL));
     g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
     parent = vm_start(&o);
-    disk_write(parent, 100, "before-the-fork");
+    vm_disk_write(parent, "vda", 100, "before-the-fork");
 
     /* Without overlay-dir: refused, naming the disk */
     {
@@ -1087,12 +1060,12 @@ static void linux_fork_disks_are_private(void)
     args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
     child = fork_one(parent, args);
 
-    disk_write(parent, 200, "written-by-the-parent");
-    disk_write(child, 200, "written-by-the-child");
-    b_p = disk_read(parent, 100);
-    b_c = disk_read(child, 100);
-    w_p = disk_read(parent, 200);
-    w_c = disk_read(child, 200);
+    vm_disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_disk_write(child, "vda", 200, "written-by-the-child");
+    b_p = vm_disk_read(parent, "vda", 100);
+    b_c = vm_disk_read(child, "vda", 100);
+    w_p = vm_disk_read(parent, "vda", 200);
+    w_c = vm_disk_read(child, "vda", 200);
     g_assert_cmpstr(b_p, ==, "before-the-fork");
     g_assert_cmpstr(b_c, ==, "before-the-fork");
     g_assert_cmpstr(w_p, ==, "written-by-the-parent");
@@ -1119,15 +1092,6 @@ static void linux_fork_disks_are_private(void)
     }
     g_rmdir(dir);
     vm_cleanup_all();
-}
-
-static char *file_sha256(const char *path)
-{
-    g_autofree char *data = NULL;
-    gsize len;
-
-    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
-    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len);
 }
 
 /*

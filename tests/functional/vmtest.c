@@ -257,8 +257,7 @@ static int unix_connect(const char *path)
     return fd;
 }
 
-/* Connect to a socket that the process will create soon */
-static int connect_retry(pid_t pid, const char *path, int timeout_ms)
+int vm_unix_connect(pid_t pid, const char *path, int timeout_ms)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
     int fd;
@@ -270,11 +269,6 @@ static int connect_retry(pid_t pid, const char *path, int timeout_ms)
         g_usleep(2000);
     }
     return fd;
-}
-
-int vm_unix_connect(pid_t pid, const char *path, int timeout_ms)
-{
-    return connect_retry(pid, path, timeout_ms);
 }
 
 char *fd_read_line(int fd, int timeout_ms)
@@ -308,7 +302,7 @@ char *fd_read_line(int fd, int timeout_ms)
     }
 }
 
-static QmpClient *qmp_connect_retry(pid_t pid, const char *path)
+static QmpClient *qmp_vm_unix_connect(pid_t pid, const char *path)
 {
     gint64 deadline = g_get_monotonic_time() + QMP_TIMEOUT_MS * 1000LL;
 
@@ -427,13 +421,13 @@ Vm *vm_start(const VmOptions *o)
         vm->pid = atoi(text);
         register_group(getpgid(vm->pid));
     }
-    vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
+    vm->qmp = qmp_vm_unix_connect(vm->pid, vm->qmp_path);
     if (!vm->qmp) {
         dump_log(vm, "qemu.log");
         g_error("QEMU did not open its QMP socket");
     }
     /* Connected before the guest runs (-S): no output is lost */
-    vm->serial_fd = connect_retry(vm->pid, serial, QMP_TIMEOUT_MS);
+    vm->serial_fd = vm_unix_connect(vm->pid, serial, QMP_TIMEOUT_MS);
     g_assert_cmpint(vm->serial_fd, >=, 0);
     if (o->no_boot) {
         return vm;
@@ -469,7 +463,7 @@ Vm *vm_attach_child(Vm *parent, JsonObject *child)
     vm->pid = json_object_get_int_member(child, "pid");
     vm->is_child = true;
     vm->qmp_path = g_strdup(json_object_get_string_member(child, "monitor"));
-    vm->qmp = qmp_connect_retry(vm->pid, vm->qmp_path);
+    vm->qmp = qmp_vm_unix_connect(vm->pid, vm->qmp_path);
     if (!vm->qmp) {
         dump_log(vm, "qemu.log");       /* the child's stderr too */
         g_error("child %d did not open its QMP socket", vm->pid);
@@ -481,7 +475,7 @@ Vm *vm_attach_child(Vm *parent, JsonObject *child)
                            "\"unix\", \"data\": {\"path\": \"%s\"}}, "
                            "\"server\": true, \"wait\": false}}}", serial);
     json_node_unref(vm_qmp(vm, "chardev-change", args));
-    vm->serial_fd = connect_retry(vm->pid, serial, QMP_TIMEOUT_MS);
+    vm->serial_fd = vm_unix_connect(vm->pid, serial, QMP_TIMEOUT_MS);
     g_assert_cmpint(vm->serial_fd, >=, 0);
     return vm;
 }
@@ -724,6 +718,28 @@ char *vm_sh(Vm *vm, const char *fmt, ...)
         g_string_append_c(out, byte);
     }
     return g_string_free(out, false);
+}
+
+void vm_disk_write(Vm *vm, const char *dev, int sector, const char *text)
+{
+    g_free(vm_sh(vm, "printf %s | dd of=/dev/%s bs=512 seek=%d conv=fsync "
+                 "2>/dev/null", text, dev, sector));
+}
+
+char *vm_disk_read(Vm *vm, const char *dev, int sector)
+{
+    return vm_sh(vm, "dd if=/dev/%s bs=512 skip=%d count=1 iflag=direct "
+                 "2>/dev/null | tr -d '\\000'", dev, sector);
+}
+
+char *file_sha256(const char *path)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data,
+                                       len);
 }
 
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak)

@@ -127,9 +127,17 @@ guint vm_qemu_img_check_dir(const char *dir, bool may_leak);
  * its standard output */
 char *vm_sh(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
+/* Linux guest: write @text at sector @sector of /dev/@dev, synchronously,
+ * and the text at a sector, read past the page cache (NULs dropped) */
+void vm_disk_write(Vm *vm, const char *dev, int sector, const char *text);
+char *vm_disk_read(Vm *vm, const char *dev, int sector);
+
 /* Connect to a unix socket that process @pid creates soon (-1: it did not
  * within timeout_ms, or the process is gone); the fd is non-blocking */
 int vm_unix_connect(pid_t pid, const char *path, int timeout_ms);
+
+/* The SHA-256 of a file's contents, in hex */
+char *file_sha256(const char *path);
 
 /* Read one line from a non-blocking fd (NULL on timeout) */
 char *fd_read_line(int fd, int timeout_ms);
