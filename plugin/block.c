@@ -20,6 +20,8 @@
  * below it read-only and inactive, without any I/O
  * (bdrv_forget_writes_after_fork()): it never flushes them or writes
  * their headers, refcounts or bitmaps, not even when it closes them.
+ * The files under the base get read-only open file descriptions of the
+ * child's own (a write would fail in the kernel).
  *
  * Refused, by name: a writable node that no disk uses (nobody could say
  * who writes it), drivers other than qcow2 and raw over a file or host
@@ -392,9 +394,41 @@ static bool block_parent(VmforkRequest *req, Error **errp)
     return ok;
 }
 
+/*
+ * The files under the base, in a child: the fds it inherited are the
+ * parent's open file descriptions, writable.  Each becomes a read-only
+ * one of the child's own, so the kernel, not only the block layer, keeps
+ * the child from writing the base, and the parent's image locks (on its
+ * open file descriptions) stay out of the child's reach.
+ */
+static bool base_files_readonly(BlockDriverState *bs, GHashTable *seen,
+                                Error **errp)
+{
+    BdrvChild *child;
+
+    GLOBAL_STATE_CODE();
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    if (!g_hash_table_add(seen, bs)) {
+        return true;
+    }
+    if (bs->drv && bs->drv->protocol_name && *bs->filename &&
+        !vmfork_fd_reopen_readonly(bs->filename, errp)) {
+        return false;
+    }
+    QLIST_FOREACH(child, &bs->children, next) {
+        if (!base_files_readonly(child->bs, seen, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* In child number @index, before its guest runs */
 static bool block_child(VmforkRequest *req, int index, Error **errp)
 {
+    g_autoptr(GHashTable) seen = g_hash_table_new(NULL, NULL);
+
     /* The locks are the parent's, through the shared open files */
     bdrv_file_forget_locks_after_fork();
 
@@ -412,6 +446,9 @@ static bool block_child(VmforkRequest *req, int index, Error **errp)
         }
         /* The base is the parent's too: read it, never write it */
         bdrv_forget_writes_after_fork(d->base);
+        if (!base_files_readonly(d->base, seen, errp)) {
+            return false;
+        }
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
     return true;

@@ -28,14 +28,22 @@
  *   no address).  Subsystems that need a live socket in the child create
  *   a new one (the child's monitor, its chardevs).
  *
+ * - signalfd: replaced by a new signalfd with the same mask.  A read or
+ *   poll of a shared one already concerns the caller's own signals, but
+ *   the mask would still be one object for two processes;
+ * - a pidfile of this process or an ancestor (QEMU's -pidfile, libvirt's):
+ *   replaced by /dev/null.  Its lock stays with the parent (fcntl() locks
+ *   do not pass to a child) and the child must never write it.
+ *
  * Everything else is left as it is: regular files (shared offsets are
  * handled by their owners), pipes, /dev/kvm (the accelerator rebuilds the
- * VM), signalfd (a read returns the reader's own signals).
+ * VM).
  */
 
 #include "qemu/osdep.h"
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include "qapi/error.h"
 #include "vmfork-internal.h"
@@ -165,6 +173,58 @@ static bool replace_epoll(int fd, Error **errp)
     return fd_replace(fd, newfd, flags, errp);
 }
 
+static bool replace_signalfd(int fd, Error **errp)
+{
+    g_autofree char *info = fdinfo_read(fd, errp);
+    const char *p;
+    uint64_t bits;
+    sigset_t mask;
+    int flags, newfd;
+
+    if (!info) {
+        return false;
+    }
+    /* "sigmask:" is the mask in hex, signal N at bit N - 1 */
+    p = strstr(info, "sigmask:");
+    if (!fdinfo_flags(info, &flags) || !p ||
+        sscanf(p, "sigmask: %" SCNx64, &bits) != 1) {
+        error_setg(errp, "vmfork: cannot parse fdinfo of signalfd %d", fd);
+        return false;
+    }
+    sigemptyset(&mask);
+    for (int sig = 1; sig <= 64; sig++) {
+        if (bits & (1ULL << (sig - 1))) {
+            sigaddset(&mask, sig);
+        }
+    }
+    newfd = signalfd(-1, &mask, SFD_CLOEXEC |
+                     ((flags & O_NONBLOCK) ? SFD_NONBLOCK : 0));
+    if (newfd < 0) {
+        error_setg_errno(errp, errno, "vmfork: signalfd() failed");
+        return false;
+    }
+    trace_vmfork_fd_signalfd(fd, bits);
+    return fd_replace(fd, newfd, flags, errp);
+}
+
+/* The parent's pidfile: the child keeps the number, not the file */
+static bool replace_pidfile(int fd, Error **errp)
+{
+    int flags = fcntl(fd, F_GETFD);
+    int newfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+    if (newfd < 0 || flags < 0) {
+        error_setg_errno(errp, errno, "vmfork: cannot replace pidfile fd %d",
+                         fd);
+        if (newfd >= 0) {
+            close(newfd);
+        }
+        return false;
+    }
+    trace_vmfork_fd_pidfile(fd);
+    return fd_replace(fd, newfd, (flags & FD_CLOEXEC) ? O_CLOEXEC : 0, errp);
+}
+
 static bool detach_socket(int fd, Error **errp)
 {
     int sv[2];
@@ -230,8 +290,8 @@ bool vmfork_fd_make_private(Error **errp)
         return false;
     }
     /*
-     * First the eventfds, so that the epoll instances built afterwards
-     * watch the new ones.  The fds created here get higher numbers than
+     * First the eventfds and signalfds, so that the epoll instances built
+     * afterwards watch the new ones.  The fds created here get higher numbers than
      * the ones listed or are dup3()'d over them.
      */
     g_hash_table_iter_init(&iter, targets);
@@ -240,6 +300,15 @@ bool vmfork_fd_make_private(Error **errp)
 
         if (g_str_equal(target, "anon_inode:[eventfd]")) {
             if (!replace_eventfd(fd, errp)) {
+                return false;
+            }
+        } else if (g_str_equal(target, "anon_inode:[signalfd]")) {
+            if (!replace_signalfd(fd, errp)) {
+                return false;
+            }
+        } else if (((const char *)target)[0] == '/' &&
+                   vmfork_fd_is_own_pidfile(fd)) {
+            if (!replace_pidfile(fd, errp)) {
                 return false;
             }
         } else if (g_str_equal(target, "anon_inode:[eventpoll]")) {
@@ -255,6 +324,51 @@ bool vmfork_fd_make_private(Error **errp)
     }
     for (guint i = 0; i < epolls->len; i++) {
         if (!replace_epoll(g_array_index(epolls, int, i), errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool vmfork_fd_reopen_readonly(const char *path, Error **errp)
+{
+    g_autoptr(GHashTable) targets = NULL;
+    GHashTableIter iter;
+    gpointer key, target;
+    struct stat want;
+
+    if (stat(path, &want) < 0) {
+        error_setg_errno(errp, errno, "vmfork: cannot stat '%s'", path);
+        return false;
+    }
+    targets = vmfork_fd_targets(errp);
+    if (!targets) {
+        return false;
+    }
+    g_hash_table_iter_init(&iter, targets);
+    while (g_hash_table_iter_next(&iter, &key, &target)) {
+        int fd = GPOINTER_TO_INT(key);
+        g_autofree char *self = NULL;
+        int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD), newfd;
+        struct stat st;
+
+        if (((const char *)target)[0] != '/' || fl < 0 || fdfl < 0 ||
+            (fl & O_ACCMODE) == O_RDONLY || fstat(fd, &st) < 0 ||
+            st.st_dev != want.st_dev || st.st_ino != want.st_ino) {
+            continue;
+        }
+        /* The same file, with the same O_DIRECT/O_NONBLOCK, read-only */
+        self = g_strdup_printf("/proc/self/fd/%d", fd);
+        newfd = open(self, O_RDONLY | O_CLOEXEC |
+                     (fl & (O_DIRECT | O_NONBLOCK | O_LARGEFILE)));
+        if (newfd < 0) {
+            error_setg_errno(errp, errno, "vmfork: cannot reopen '%s' "
+                             "read-only", path);
+            return false;
+        }
+        trace_vmfork_fd_readonly(fd, path);
+        if (!fd_replace(fd, newfd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0,
+                        errp)) {
             return false;
         }
     }

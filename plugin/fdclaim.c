@@ -13,12 +13,12 @@
  *   child's input becomes /dev/null; output is shared as any daemon's);
  * - files and devices open read-only;
  * - /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom;
- * - eventfds and epoll instances, which fd.c replaces in the child, and
- *   signalfds (a read returns the reader's own signals);
+ * - eventfds, epoll instances and signalfds, which fd.c replaces in the
+ *   child;
  * - pidfds, which only tell when a process exits;
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
- *   fork() does not pass on.
+ *   fork() does not pass on (fd.c gives the child /dev/null instead).
  * - the report files of ASan and UBSan (log_path in ASAN_OPTIONS and
  *   UBSAN_OPTIONS), which each process reopens under its own pid.
  *
@@ -52,7 +52,7 @@ static bool is_harmless_anon(const char *target)
 }
 
 /* A small regular file that holds this process's pid (or an ancestor's) */
-static bool is_own_pidfile(int fd)
+bool vmfork_fd_is_own_pidfile(int fd)
 {
     g_autofree char *path = NULL;
     char buf[32];
@@ -143,7 +143,7 @@ void vmfork_fd_safety_net(VmforkCheck *chk)
             continue;           /* read-only: shared as it is */
         }
         if (target[0] == '/' &&
-            (is_own_pidfile(fd) || is_sanitizer_report(target))) {
+            (vmfork_fd_is_own_pidfile(fd) || is_sanitizer_report(target))) {
             continue;
         }
         if (!sets) {

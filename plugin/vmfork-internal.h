@@ -55,6 +55,11 @@ GHashTable *vmfork_fd_targets(Error **errp);
 bool vmfork_fd_make_private(Error **errp);
 /* ... and the fds that doing so left us with are ours */
 void vmfork_fd_claim_detached(VmforkCheck *chk);
+/* ... give each writable fd of the file at @path an open file description
+ * of our own, read-only (same number, O_DIRECT kept) */
+bool vmfork_fd_reopen_readonly(const char *path, Error **errp);
+/* fdclaim.c: is @fd a pidfile of this process or of an ancestor? */
+bool vmfork_fd_is_own_pidfile(int fd);
 
 /* child.c: the child's side of the command; false: the child must exit */
 bool vmfork_child_setup(VmforkRequest *req, int index, Error **errp);

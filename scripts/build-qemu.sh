@@ -107,7 +107,8 @@ fi
 # 4. Build with progress.
 log "building qemu-system-x86_64 and qemu-img (ninja -j$(nproc), progress every 5 %)"
 set -o pipefail
-ninja -C "$bld" -j"$(nproc)" qemu-system-x86_64 qemu-img 2>&1 | ninja_progress
+# (the lock: scripts/check-qemu.sh builds QEMU's tests in the same tree)
+flock "$bld.lock" ninja -C "$bld" -j"$(nproc)" qemu-system-x86_64 qemu-img 2>&1 | ninja_progress
 
 # 5. Install into build/qemu/: the binaries, and the firmware where a
 #    binary looks for it (get_relocated_path(): <exe dir>/qemu-bundle/<path>).
