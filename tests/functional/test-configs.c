@@ -10,6 +10,7 @@
  */
 
 #include "vmtest.h"
+#include "audit.h"
 #include <glib/gstdio.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -122,6 +123,12 @@ static const char *const q35_libvirt[] = {
     "-device", "virtio-rng-pci,rng=objrng0,id=rng0,bus=pci.1,addr=0x0",
     "-device", "pvpanic,id=panic0",
     "-device", "vmgenid",
+    "-device", "pcie-root-port,port=21,chassis=6,id=pci.6,bus=pcie.0,"
+               "addr=0x2.0x5",
+    "-netdev", "{\"type\":\"user\",\"id\":\"hostnet0\"}",
+    "-device", "{\"driver\":\"virtio-net-pci\",\"netdev\":\"hostnet0\","
+               "\"id\":\"net0\",\"mac\":\"52:54:00:5c:1d:0e\","
+               "\"bus\":\"pci.6\",\"addr\":\"0x0\"}",
     NULL
 };
 
@@ -411,9 +418,11 @@ static void config_row(gconstpointer data)
     c0 = json_array_get_object_element(children, 0);
     child = vm_attach_child(parent, c0);
 
-    /* Both guests answer */
+    /* Both guests answer, and the child shares no fd or mapping with the
+     * parent that it should not (disks, NIC, IOThread, chardev sockets) */
     g_free(vm_sh(parent, "true"));
     g_free(vm_sh(child, "true"));
+    audit_vm_pair(parent, child);
 
     if (row->has & HAS_DISK) {
         g_autofree char *b_p = NULL, *b_c = NULL, *w_p = NULL, *w_c = NULL;
