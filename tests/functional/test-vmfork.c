@@ -621,8 +621,8 @@ static void linux_fork_new_identity(void)
     g_autofree char *id_parent = NULL, *id_child = NULL, *want = NULL;
     g_autofree char *dmesg_parent = NULL, *dmesg_child = NULL;
     g_autofree char *r_parent = NULL, *r_child = NULL, *t_read = NULL;
-    g_autofree char *t_seen = NULL;
-    guint64 t_fork;
+    g_autofree char *t_seen = NULL, *t_first = NULL;
+    guint64 t_run;
     JsonNode *reply;
     Vm *parent, *child;
 
@@ -639,12 +639,13 @@ static void linux_fork_new_identity(void)
      * The new generation ID reaches Linux as an ACPI notification that
      * the kernel handles in a worker, so the child may run before the
      * reseed: it waits for the kernel's "crng reseeded" record (reading
-     * the log takes nothing from the RNG), then reads /dev/urandom.  Its
-     * guest clock continues from the fork, so it tells how soon after the
-     * fork the read was; the parent reads as many bytes, and without the
-     * reseed both would get the same ones.
+     * the log takes nothing from the RNG), then reads /dev/urandom.  The
+     * parent reads as many bytes, and without the reseed both would get
+     * the same ones.  How soon is measured on the child's own guest
+     * clock, which stood still while it was paused: from its first
+     * command (run as soon as it runs) to the read, so neither the QMP
+     * command nor the host's load before the child runs counts.
      */
-    t_fork = g_ascii_strtoull(vm_agent(parent, "time"), NULL, 10);
     reply = vm_qmp(parent, "vmfork", "{\"start\": false}");
     g_assert_false(json_object_has_member(json_node_get_object(reply),
                                           "warning"));
@@ -652,20 +653,22 @@ static void linux_fork_new_identity(void)
         json_object_get_array_member(json_node_get_object(reply), "children"),
         0));
     json_node_unref(reply);
+    vm_agent_send(child, "time");
     vm_agent_send(child, "kmsg 1000 reseeded due to virtual machine fork");
     vm_agent_send(child, "rand 32");
     vm_agent_send(child, "time");
     json_node_unref(vm_qmp(child, "cont", NULL));
+    t_first = vm_agent_reply(child);
     t_seen = vm_agent_reply(child);
     r_child = vm_agent_reply(child);
     t_read = vm_agent_reply(child);
     r_parent = vm_agent(parent, "rand 32");
+    t_run = g_ascii_strtoull(t_first, NULL, 10);
     g_test_message("child saw the reseed %.1f ms and read /dev/urandom "
-                   "%.1f ms of guest time after the parent's last clock "
-                   "reading before the fork",
-                   (g_ascii_strtoull(t_seen, NULL, 10) - t_fork) / 1e6,
-                   (g_ascii_strtoull(t_read, NULL, 10) - t_fork) / 1e6);
-    g_assert_cmpuint(g_ascii_strtoull(t_read, NULL, 10) - t_fork, <,
+                   "%.1f ms of guest time after its first command",
+                   (g_ascii_strtoull(t_seen, NULL, 10) - t_run) / 1e6,
+                   (g_ascii_strtoull(t_read, NULL, 10) - t_run) / 1e6);
+    g_assert_cmpuint(g_ascii_strtoull(t_read, NULL, 10) - t_run, <,
                      100 * 1000 * 1000);
     g_assert_cmpstr(r_parent, !=, r_child);
 
@@ -1719,11 +1722,44 @@ static char *tap_ifaces(pid_t pid)
     return g_string_free(g_steal_pointer(&names), false);
 }
 
+/* The tiny guest's next "L <changes> <up>" line (NULL: none in time);
+ * the tick lines before it are dropped */
+static char *tiny_next_link(Vm *vm, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    for (;;) {
+        int left = (deadline - g_get_monotonic_time()) / 1000;
+        char *line = vm_read_line(vm, MAX(left, 0));
+
+        if (!line || g_str_has_prefix(line, "L ")) {
+            return line;
+        }
+        g_free(line);
+    }
+}
+
+/* How many link lines the tiny guest prints in its next @ticks ticks */
+static guint tiny_link_lines_in_ticks(Vm *vm, int ticks)
+{
+    guint links = 0;
+
+    while (ticks > 0) {
+        g_autofree char *line = vm_read_line(vm, 30000);
+
+        g_assert_nonnull(line);
+        links += g_str_has_prefix(line, "L ");
+        ticks -= g_str_has_prefix(line, "C ");
+    }
+    return links;
+}
+
 /*
  * The tap switch and the link bounce under each accelerator, with the
- * tiny guest (it has no NIC driver: the device model runs, and the
- * guest runs on), and a tap passed in an fd set (add-fd): the child
- * holds that tap, the parent its own.
+ * tiny guest, which watches its virtio-net device's link status (it has
+ * no NIC driver: the device model runs, and the guest runs on), and a tap
+ * passed in an fd set (add-fd): the child holds that tap, the parent its
+ * own.
  */
 static void tiny_fork_tap(gconstpointer accel)
 {
@@ -1736,6 +1772,7 @@ static void tiny_fork_tap(gconstpointer accel)
     g_autoptr(JsonArray) c = NULL;
     g_autoptr(GError) err = NULL;
     g_autofree char *mac = NULL, *ifs_p = NULL, *ifs_c = NULL;
+    g_autofree char *down = NULL, *up = NULL;
     Vm *vm, *child;
     gint64 a, b;
     int fd;
@@ -1750,16 +1787,26 @@ static void tiny_fork_tap(gconstpointer accel)
                                         EVENT_TIMEOUT_MS, &err));
     g_assert_no_error(err);
     close(fd);
-    c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
+    /* Paused until its serial port is connected: it sees all it prints */
+    c = vm_fork(vm, "{\"start\": false, \"taps\": [{\"netdev\": \"n0\", "
                 "\"fds\": [\"/dev/fdset/7\"]}]}");
     child = vm_attach_child(vm, nth_child(c, 0));
     mac = nic_mac(child);
     g_assert_true(g_str_has_prefix(mac, "02:fc:00:"));
-    g_usleep(200 * 1000);       /* past the link bounce */
+    json_node_unref(vm_qmp(child, "cont", NULL));
+
+    /* The child's guest sees its link go down, then up; the parent's not */
+    down = tiny_next_link(child, 30000);
+    up = tiny_next_link(child, 30000);
+    g_test_message("child's guest: link lines '%s', '%s'", down, up);
+    g_assert_nonnull(down);
+    g_assert_nonnull(up);
+    g_assert_true(g_str_has_suffix(down, " 0"));
+    g_assert_true(g_str_has_suffix(up, " 1"));
     a = vm_tiny_next_seq(child, 30000);
     b = vm_tiny_next_seq(child, 30000);
     g_assert_cmpint(b, ==, a + 1);
-    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    g_assert_cmpuint(tiny_link_lines_in_ticks(vm, 20), ==, 0);
 
     /*
      * The parent keeps its tap (and the fd set, the caller's to remove);

@@ -446,7 +446,7 @@ static void qmp_call_timeout_exits_3(Fixture *f, gconstpointer data)
         PEER_GREETING,
         PEER_NEGOTIATE,
         PEER_EXPECT("{\"execute\": \"query-status\"}"),
-        PEER_SLEEP(600),        /* no reply within --timeout */
+        PEER_SLEEP(600),        /* no reply, ever */
         PEER_END,
     };
     gint64 start = g_get_monotonic_time();
@@ -455,9 +455,13 @@ static void qmp_call_timeout_exits_3(Fixture *f, gconstpointer data)
     f->peer = qmp_peer_start(script);
     REQUIRE(RUN(f, "qmp-call", "--timeout", "100", qmp_peer_path(f->peer),
                 "query-status"));
+    /*
+     * No reply comes: "timed out" (exit 3) shows that the tool gave up on
+     * its own, whatever the load; and not before its --timeout of 100 ms.
+     */
     g_assert_cmpint(f->run.status, ==, 3);
-    g_assert_cmpint(g_get_monotonic_time() - start, <, 500 * 1000);
     g_assert_nonnull(strstr(f->run.err, "timed out"));
+    g_assert_cmpint(g_get_monotonic_time() - start, >=, 100 * 1000);
     REQUIRE(peer_finished(f->peer));
 }
 

@@ -2,11 +2,13 @@
  * vmfork tiny test guest: a freestanding 32-bit multiboot kernel.
  *
  * Single-threaded and polling only (interrupts stay off).  It talks on
- * COM1 (0x3f8) and does three things (protocol in ../README.md):
+ * COM1 (0x3f8) and does four things (protocol in ../README.md):
  *   - prints "TINY READY" once,
  *   - every TICK_TSC_DELTA TSC cycles prints "C <seq> <tsc>",
  *   - answers line commands "w <seed>" and "h" about a 1 MiB pattern
- *     region at guest-physical 4 MiB.
+ *     region at guest-physical 4 MiB,
+ *   - watches the link of the first legacy virtio-net device on PCI bus 0
+ *     at each tick, and prints "L <changes> <up>" when it changes.
  * Every output line is written whole, so lines never interleave.
  * No system headers, no libgcc: only 32-bit division is used.
  */
@@ -46,6 +48,25 @@ static inline u8 inb(u16 port)
 {
     u8 v;
     __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static inline void outl(u16 port, u32 v)
+{
+    __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u32 inl(u16 port)
+{
+    u32 v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static inline u16 inw(u16 port)
+{
+    u16 v;
+    __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
     return v;
 }
 
@@ -152,6 +173,60 @@ static u32 pattern_hash(void)
     return h;
 }
 
+/*
+ * The link of a legacy (transitional) virtio-net device, read from its
+ * device configuration: the firmware has assigned its I/O BAR; without
+ * MSI-X the configuration starts at offset 20, and "status" (bit 0: link
+ * up) is its 16-bit field at offset 6.
+ */
+#define PCI_CONFIG_ADDR 0xcf8
+#define PCI_CONFIG_DATA 0xcfc
+#define VIRTIO_NET_LEGACY_ID 0x10001af4u        /* device << 16 | vendor */
+#define VIRTIO_NET_STATUS_OFF (20 + 6)
+
+static u16 net_io;                      /* 0: no such device */
+static u32 link_up, link_changes;
+
+static u32 pci_read(u32 dev, u32 reg)
+{
+    outl(PCI_CONFIG_ADDR, 0x80000000u | (dev << 11) | reg);
+    return inl(PCI_CONFIG_DATA);
+}
+
+static void link_find(void)
+{
+    for (u32 dev = 0; dev < 32; dev++) {
+        if (pci_read(dev, 0) == VIRTIO_NET_LEGACY_ID) {
+            u32 bar = pci_read(dev, 0x10);
+
+            if ((bar & 1) && (pci_read(dev, 4) & 1)) {  /* I/O, decoded */
+                net_io = (u16)(bar & 0xfffc);
+                link_up = inw(net_io + VIRTIO_NET_STATUS_OFF) & 1;
+            }
+            return;
+        }
+    }
+}
+
+static void link_poll(void)
+{
+    u32 up;
+
+    if (!net_io) {
+        return;
+    }
+    up = inw(net_io + VIRTIO_NET_STATUS_OFF) & 1;
+    if (up != link_up) {
+        link_up = up;
+        link_changes++;
+        put_str("L ");
+        put_dec(link_changes);
+        put_char(' ');
+        put_dec(up);
+        line_end();
+    }
+}
+
 static int is_space(char c)
 {
     return c == ' ' || c == '\t';
@@ -228,6 +303,7 @@ void tiny_main(void)
     u64 next;
 
     uart_init();
+    link_find();
     put_str("TINY READY");
     line_end();
     next = rdtsc() + TICK_TSC_DELTA;
@@ -246,6 +322,7 @@ void tiny_main(void)
             if ((s64)(now - next) >= 0) {
                 next = now + TICK_TSC_DELTA;    /* missed ticks: no burst */
             }
+            link_poll();
         }
         if (inb(COM1 + UART_LSR) & LSR_DR) {
             char c = (char)inb(COM1 + UART_RBR);
