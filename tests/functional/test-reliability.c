@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <unistd.h>
@@ -316,21 +318,36 @@ static void fork_refused_during_incoming(void)
 }
 
 /* Two monitors asking at once: both forks happen, one after the other */
-typedef struct SecondFork {
+typedef struct MonitorFork {
     QmpClient *qmp;
     char *args;
     JsonNode *reply;
     GError *err;
-} SecondFork;
+} MonitorFork;
 
-static gpointer second_fork(gpointer data)
+static gpointer monitor_fork(gpointer data)
 {
-    SecondFork *f = data;
+    MonitorFork *f = data;
 
-    f->reply = qmp_execute_json(f->qmp, "vmfork", f->args, 30000, &f->err);
+    f->reply = qmp_execute_json(f->qmp, "vmfork", f->args, 60000, &f->err);
     return NULL;
 }
 
+/* Bytes written to a unix socket that its peer has not read yet */
+static int unread_bytes(QmpClient *qmp)
+{
+    int n = 0;
+
+    g_assert_cmpint(ioctl(qmp_client_get_fd(qmp), SIOCOUTQ, &n), ==, 0);
+    return n;
+}
+
+/*
+ * Both requests are made to overlap for sure: QEMU is stopped (SIGSTOP)
+ * while each monitor's client sends its vmfork, and continued once both
+ * requests wait unread in its sockets.  Each gets a child of its own, and
+ * both children run.
+ */
 static void fork_from_two_monitors(void)
 {
     const char *extra[] = {
@@ -339,36 +356,61 @@ static void fork_from_two_monitors(void)
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
     g_autofree char *second = NULL;
     g_autoptr(GError) err = NULL;
-    g_autoptr(JsonArray) c1 = NULL;
-    SecondFork f = { 0 };
-    GThread *t;
-    Vm *vm;
-    pid_t p1, p2;
+    MonitorFork f[2] = { 0 };
+    GThread *t[2];
+    Vm *vm, *child[2];
+    int waited;
 
     if (vm_skip_if_missing(&o)) {
         return;
     }
     vm = vm_start(&o);
     second = g_strdup_printf("%s/qmp2.sock", vm->dir);
-    f.qmp = qmp_connect_unix(second, 30000, &err);
+    f[0].qmp = vm->qmp;
+    f[0].args = g_strdup("{}");
+    f[1].qmp = qmp_connect_unix(second, 30000, &err);
     g_assert_no_error(err);
-    f.args = g_strdup_printf("{\"monitor\": \"%s/second-%%p.qmp\"}",
-                             vm->dir);
-    t = g_thread_new("second-monitor", second_fork, &f);
-    c1 = vm_fork(vm, NULL);
-    g_thread_join(t);
-    g_assert_no_error(f.err);
-    p1 = json_object_get_int_member(json_array_get_object_element(c1, 0),
-                                    "pid");
-    p2 = json_object_get_int_member(json_array_get_object_element(
-        json_object_get_array_member(json_node_get_object(f.reply),
-                                     "children"), 0), "pid");
-    g_test_message("children %d and %d", p1, p2);
-    g_assert_cmpint(p1, !=, p2);
-    json_node_unref(f.reply);
-    g_free(f.args);
-    qmp_close(f.qmp);
+    f[1].args = g_strdup_printf("{\"monitor\": \"%s/second-%%p.qmp\"}",
+                                vm->dir);
+
+    g_assert_cmpint(kill(vm->pid, SIGSTOP), ==, 0);
+    for (int i = 0; i < 2; i++) {
+        t[i] = g_thread_new("monitor-fork", monitor_fork, &f[i]);
+    }
+    for (waited = 0; waited < 30000 && (!unread_bytes(f[0].qmp) ||
+                                        !unread_bytes(f[1].qmp)); waited++) {
+        g_usleep(1000);
+    }
+    g_test_message("both requests unread in QEMU's sockets after %d ms: "
+                   "%d and %d bytes", waited, unread_bytes(f[0].qmp),
+                   unread_bytes(f[1].qmp));
+    g_assert_cmpint(unread_bytes(f[0].qmp), >, 0);
+    g_assert_cmpint(unread_bytes(f[1].qmp), >, 0);
+    g_assert_cmpint(kill(vm->pid, SIGCONT), ==, 0);
+
+    for (int i = 0; i < 2; i++) {
+        JsonArray *c;
+
+        g_thread_join(t[i]);
+        g_assert_no_error(f[i].err);
+        c = json_object_get_array_member(json_node_get_object(f[i].reply),
+                                         "children");
+        g_assert_cmpuint(json_array_get_length(c), ==, 1);
+        child[i] = vm_attach_child(vm, json_array_get_object_element(c, 0));
+        json_node_unref(f[i].reply);
+        g_free(f[i].args);
+    }
+    g_test_message("children %d and %d", child[0]->pid, child[1]->pid);
+    g_assert_cmpint(child[0]->pid, !=, child[1]->pid);
+    for (int i = 0; i < 2; i++) {
+        gint64 a = vm_tiny_next_seq(child[i], 30000);
+
+        g_assert_cmpint(vm_tiny_next_seq(child[i], 30000), ==, a + 1);
+    }
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    qmp_close(f[1].qmp);
+    vm_quit(child[1]);
+    vm_quit(child[0]);
     vm_quit(vm);
     vm_cleanup_all();
 }
@@ -439,40 +481,82 @@ static void fork_overlay_dir_full(void)
     vm_cleanup_all();       /* removes base_dir and dir */
 }
 
-/* A user IOThread: stopped for the fork, running again in both VMs */
+/* The read and write system calls a thread has made (/proc/.../io) */
+static guint64 thread_syscalls(pid_t pid, gint64 tid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task/%" G_GINT64_FORMAT
+                                            "/io", pid, tid);
+    g_autofree char *text = NULL;
+    const char *r, *w;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    r = strstr(text, "syscr:");
+    w = strstr(text, "syscw:");
+    g_assert_nonnull(r);
+    g_assert_nonnull(w);
+    return g_ascii_strtoull(r + 6, NULL, 10) + g_ascii_strtoull(w + 6, NULL,
+                                                                10);
+}
+
+/*
+ * A user IOThread serving a virtio-blk disk (as libvirt's <iothreads>
+ * and <driver iothread='1'/> configure it): stopped for the fork, then
+ * in each VM it runs again, in that process, and serves that VM's disk:
+ * the guest writes and reads its disk, and the IOThread's own system
+ * calls (the disk's notifications, its completions) go up.
+ */
 static void fork_with_iothread(void)
 {
-    const char *extra[] = { "-object", "iothread,id=io0", NULL };
-    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-io-XXXXXX", NULL);
+    g_autofree char *base = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *drive = g_strdup_printf(
+        "file=%s,format=raw,if=none,id=d0", base);
+    g_autofree char *args = g_strdup_printf("{\"overlay-dir\": \"%s\"}",
+                                            dir);
+    const char *extra[] = {
+        "-object", "iothread,id=io0", "-drive", drive,
+        "-device", "virtio-blk-pci,drive=d0,iothread=io0", NULL
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra, .dir = dir };
     g_autoptr(JsonArray) children = NULL;
-    JsonNode *q;
     Vm *vm, *child;
 
+    vm_register_dir(dir);
     if (vm_skip_if_missing(&o)) {
+        vm_cleanup_all();
         return;
     }
+    g_assert_true(g_file_set_contents(base, "", 0, NULL));
+    g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
     vm = vm_start(&o);
-    children = vm_fork(vm, NULL);
+    children = vm_fork(vm, args);
     child = vm_attach_child(vm, json_array_get_object_element(children, 0));
     for (Vm *v = vm; v; v = v == vm ? child : NULL) {
-        JsonArray *threads;
+        g_autofree char *text = g_strdup_printf("iothread-of-%d", v->pid);
+        g_autofree char *task = NULL, *back = NULL;
+        JsonNode *q = vm_qmp(v, "query-iothreads", NULL);
+        JsonArray *threads = json_node_get_array(q);
+        gint64 tid;
+        guint64 calls0, calls1;
 
-        q = vm_qmp(v, "query-iothreads", NULL);
-        threads = json_node_get_array(q);
         g_assert_cmpuint(json_array_get_length(threads), ==, 1);
-        g_assert_cmpint(json_object_get_int_member(
-            json_array_get_object_element(threads, 0), "thread-id"), >, 0);
-        /* the thread exists in this process */
-        {
-            g_autofree char *task = g_strdup_printf(
-                "/proc/%d/task/%" G_GINT64_FORMAT, v->pid,
-                json_object_get_int_member(
-                    json_array_get_object_element(threads, 0), "thread-id"));
-
-            g_assert_true(g_file_test(task, G_FILE_TEST_IS_DIR));
-        }
+        tid = json_object_get_int_member(
+            json_array_get_object_element(threads, 0), "thread-id");
         json_node_unref(q);
-        g_assert_cmpint(vm_tiny_next_seq(v, 30000), >, 0);
+        /* the thread exists in this process */
+        task = g_strdup_printf("/proc/%d/task/%" G_GINT64_FORMAT, v->pid, tid);
+        g_assert_true(g_file_test(task, G_FILE_TEST_IS_DIR));
+
+        calls0 = thread_syscalls(v->pid, tid);
+        vm_disk_write(v, "vda", 300, text);
+        back = vm_disk_read(v, "vda", 300);
+        calls1 = thread_syscalls(v->pid, tid);
+        g_test_message("%s %d: IOThread %" G_GINT64_FORMAT " made %"
+                       G_GUINT64_FORMAT " read/write calls for the disk",
+                       v == vm ? "parent" : "child", v->pid, tid,
+                       calls1 - calls0);
+        g_assert_cmpstr(back, ==, text);
+        g_assert_cmpuint(calls1, >, calls0);
     }
     vm_quit(child);     /* joins the child's own IOThread: no hang */
     vm_quit(vm);
@@ -1274,7 +1358,7 @@ int main(int argc, char **argv)
                     fork_refused_after_migration);
     g_test_add_func("/reliability/tiny/tcg/overlay-dir-full",
                     fork_overlay_dir_full);
-    g_test_add_func("/reliability/tiny/tcg/iothread", fork_with_iothread);
+    g_test_add_func("/reliability/linux/tcg/iothread", fork_with_iothread);
     g_test_add_data_func("/reliability/tiny/tcg/child-killed-at-each-phase",
                          "tcg", child_killed_at_each_phase);
     g_test_add_data_func("/reliability/tiny/kvm/child-killed-at-each-phase",
