@@ -13,6 +13,7 @@
 #include "audit.h"
 #include <glib/gstdio.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,6 +26,7 @@
 enum {
     HAS_DISK = 1 << 0,          /* a writable qcow2 disk, @DEV@ in the guest */
     HAS_CHANNEL = 1 << 1,       /* a virtio-serial port on a unix socket */
+    HAS_CDROM = 1 << 2,         /* a read-only cd.iso */
 };
 
 typedef struct ConfigRow {
@@ -224,7 +226,7 @@ static const ConfigRow rows[] = {
     { .name = "virtio-serial-unix-channel", .extra = channel_only,
       .has = HAS_CHANNEL },
     { .name = "q35-libvirt", .machine = "q35", .extra = q35_libvirt,
-      .has = HAS_DISK | HAS_CHANNEL, .dev = "vda" },
+      .has = HAS_DISK | HAS_CHANNEL | HAS_CDROM, .dev = "vda" },
     { .name = "tcp-server-chardev", .extra = tcp_server_chardev,
       .refused = "chardev 'chartcp0'" },
     { .name = "rng-egd-unix-server", .extra = rng_egd_unix_server },
@@ -433,6 +435,11 @@ static void config_row(gconstpointer data)
         g_assert_null(strstr(img_p, "disk.qcow2"));
         g_assert_null(strstr(img_c, "disk.qcow2"));
         g_assert_cmpstr(img_p, !=, img_c);
+        /* a read-only disk is shared as it is: no overlay, the same file */
+        if (row->has & HAS_CDROM) {
+            g_assert_nonnull(strstr(img_p, cd));
+            g_assert_nonnull(strstr(img_c, cd));
+        }
 
         vm_disk_write(parent, row->dev, 200, "written-by-the-parent");
         vm_disk_write(child, row->dev, 200, "written-by-the-child");
@@ -579,6 +586,89 @@ static void hotplugged_disk(void)
     vm_cleanup_all();
 }
 
+/* Does qemu-img ARGS fail on an image lock (another process uses it)? */
+static bool qemu_img_locked(const char *args)
+{
+    g_autofree char *cmd = g_strdup_printf("%s %s",
+                                           g_getenv("VMFORK_QEMU_IMG"), args);
+    g_autofree char *out = NULL, *err = NULL;
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, &out, &err, &status, NULL));
+    g_test_message("qemu-img %s: %s", args,
+                   status ? g_strstrip(err) : "succeeded");
+    return status != 0 && strstr(err, "lock");
+}
+
+/* The one image of a VM's disk whose file is not the base */
+static char *overlay_of(Vm *vm, const char *base)
+{
+    g_autofree char *images = active_images(vm);
+
+    g_assert_null(strstr(images, base));
+    g_assert_null(strchr(images, ' '));
+    return g_steal_pointer(&images);
+}
+
+/*
+ * Image locks stay the parent's: they live on open file descriptions, and
+ * a child neither takes nor drops the parent's (it reopens the base
+ * read-only for itself).  While a child runs, and after one quits and
+ * one is killed, the parent's overlay and base keep their locks (another
+ * writer is refused); a child's overlay is locked while it runs, and free
+ * once it is gone.
+ */
+static void image_locks_stay_the_parents(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .extra = blockdev_virtio };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL;
+    g_autofree char *ov_p = NULL, *ov_c = NULL, *resize = NULL;
+    g_autofree char *info_p = NULL, *info_c = NULL;
+    g_autoptr(JsonArray) c1 = NULL, c2 = NULL;
+    Vm *parent, *child;
+    pid_t killed;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = start_with_image(&o, &dir, &disk);
+    resize = g_strdup_printf("resize %s +1M", disk);
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+
+    c1 = vm_fork(parent, args);
+    child = vm_attach_child(parent, json_array_get_object_element(c1, 0));
+    ov_p = overlay_of(parent, disk);
+    ov_c = overlay_of(child, disk);
+    info_p = g_strdup_printf("info %s", ov_p);
+    info_c = g_strdup_printf("info %s", ov_c);
+    g_assert_true(qemu_img_locked(info_p));
+    g_assert_true(qemu_img_locked(info_c));
+    g_assert_true(qemu_img_locked(resize));     /* the base: no writer */
+
+    vm_quit(child);
+    g_assert_true(qemu_img_locked(info_p));
+    g_assert_true(qemu_img_locked(resize));
+    g_assert_false(qemu_img_locked(info_c));
+
+    /* A child killed by a signal: nothing of it may run at its end */
+    c2 = vm_fork(parent, args);
+    killed = json_object_get_int_member(json_array_get_object_element(c2, 0),
+                                        "pid");
+    g_assert_cmpint(kill(killed, SIGKILL), ==, 0);
+    g_assert_true(pid_wait_gone(killed, 10000));
+    g_free(ov_p);
+    ov_p = overlay_of(parent, disk);
+    g_free(info_p);
+    info_p = g_strdup_printf("info %s", ov_p);
+    g_assert_true(qemu_img_locked(info_p));
+    g_assert_true(qemu_img_locked(resize));
+
+    g_free(vm_sh(parent, "true"));
+    vm_quit(parent);
+    g_assert_false(qemu_img_locked(resize));
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -591,5 +681,7 @@ int main(int argc, char **argv)
     g_test_add_func("/configs/linux/tcg/base-never-written",
                     base_never_written);
     g_test_add_func("/configs/linux/tcg/hotplugged-disk", hotplugged_disk);
+    g_test_add_func("/configs/linux/tcg/image-locks-stay-the-parents",
+                    image_locks_stay_the_parents);
     return g_test_run();
 }
