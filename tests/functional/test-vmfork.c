@@ -1374,6 +1374,105 @@ static void linux_fork_user_network(void)
     vm_cleanup_all();
 }
 
+/* The HOST_FORWARD lines of 'info usernet' (slirp's sockets) */
+static guint host_forwards(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "human-monitor-command",
+                         "{\"command-line\": \"info usernet\"}");
+    g_auto(GStrv) lines = g_strsplit(json_node_get_string(r), "\n", -1);
+    guint n = 0;
+
+    for (char **l = lines; *l; l++) {
+        n += strstr(*l, "HOST_FORWARD") != NULL;
+    }
+    json_node_unref(r);
+    return n;
+}
+
+/*
+ * Without hostfwd-offset a child has no host forwards (the parent's ports
+ * are the parent's): its stack lists none and listens nowhere on the
+ * host, and the parent's forward still reaches the parent's guest.
+ */
+static void linux_fork_no_hostfwd_without_offset(void)
+{
+    int port = free_tcp_port();
+    g_autofree char *netdev = g_strdup_printf(
+        "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7777", port);
+    const char *extra[] = { "-netdev", netdev, "-device",
+                            "virtio-net-pci,netdev=n0,romfile=", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *b_parent = NULL, *b_after = NULL;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    guest_net_up(parent, "parent");
+    b_parent = tcp_wait_banner(port, "parent");
+    g_assert_cmpstr(b_parent, ==, "parent");
+    g_assert_cmpuint(host_forwards(parent), ==, 1);
+
+    child = fork_one(parent, NULL);
+    g_free(vm_agent(child, "sh echo child > /tmp/id"));
+    g_assert_cmpuint(host_forwards(child), ==, 0);
+    g_assert_cmpuint(host_forwards(parent), ==, 1);
+    /* the child holds no listening TCP socket on the host */
+    audit_vm_pair(parent, child);
+    {
+        g_autofree char *cmd = g_strdup_printf(
+            "sh -c 'ss -Htlnp | grep -c \"pid=%d,\" || true'", child->pid);
+        g_autofree char *out = NULL;
+
+        g_assert_true(g_spawn_command_line_sync(cmd, &out, NULL, NULL,
+                                                NULL));
+        g_assert_cmpint(atoi(out), ==, 0);
+    }
+    b_after = tcp_read_banner(port);
+    g_assert_cmpstr(b_after, ==, "parent");
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
+ * 'qom-set ... guid auto' gives a running VM a new generation ID at any
+ * time, as a fork does: the property changes and Linux reseeds its RNG.
+ */
+static void linux_vmgenid_guid_auto(void)
+{
+    const char *extra[] = { "-device", "vmgenid,id=vmgenid0", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    const char *get = "{\"path\": \"/machine/peripheral/vmgenid0\", "
+                      "\"property\": \"guid\"}";
+    g_autofree char *g0 = NULL, *g1 = NULL, *before = NULL;
+    JsonNode *r;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    g_free(vm_agent(vm, "rand 16"));   /* the RNG is seeded: it says so */
+    before = vm_sh(vm, "dmesg | grep -c 'virtual machine fork' || true");
+    g_assert_cmpint(atoi(before), ==, 0);
+    r = vm_qmp(vm, "qom-get", get);
+    g0 = g_strdup(json_node_get_string(r));
+    json_node_unref(r);
+    json_node_unref(vm_qmp(vm, "qom-set", "{\"path\": \"/machine/peripheral/"
+                           "vmgenid0\", \"property\": \"guid\", "
+                           "\"value\": \"auto\"}"));
+    r = vm_qmp(vm, "qom-get", get);
+    g1 = g_strdup(json_node_get_string(r));
+    json_node_unref(r);
+    g_test_message("guid %s -> %s", g0, g1);
+    g_assert_cmpstr(g0, !=, g1);
+    g_free(vm_agent(vm, "kmsg 5000 reseeded due to virtual machine fork"));
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- Audit: nothing shared between parent and child ------------------- */
 
 /*
@@ -1873,6 +1972,126 @@ static void tiny_fork_tap(gconstpointer accel)
 }
 
 /*
+ * The fds that 'taps' names from getfd are taken over even when the fork
+ * fails (here: fork() itself, VMFORK_FAULT=fail-fork:1): the name is gone
+ * from the monitor and QEMU holds the tap no more.  An add-fd set stays,
+ * the caller's to remove, with its fd.  The parent runs on.
+ */
+static void tiny_tap_fds_after_failed_fork(void)
+{
+    const char *extra[] = {
+        "-netdev", "tap,id=n0,ifname=vmfgp0,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=n0", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autoptr(JsonObject) getfd = json_object_new();
+    g_autoptr(JsonObject) addfd = json_object_new();
+    g_autoptr(GError) err = NULL, e1 = NULL, e2 = NULL, e3 = NULL;
+    g_autofree char *ifs0 = NULL, *ifs1 = NULL, *ifs2 = NULL;
+    JsonNode *sets;
+    Vm *vm;
+    int fd;
+
+    if (tap_skip_or_enter_netns(&o)) {
+        return;
+    }
+    g_setenv("VMFORK_FAULT", "fail-fork:1", TRUE);
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+
+    fd = tap_create("vmfgc0");
+    json_object_set_string_member(getfd, "fdname", "tap-c0");
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "getfd", getfd, fd,
+                                        EVENT_TIMEOUT_MS, &err));
+    g_assert_no_error(err);
+    close(fd);
+    ifs0 = tap_ifaces(vm->pid);
+    g_assert_nonnull(strstr(ifs0, "vmfgc0"));
+
+    e1 = vm_qmp_error(vm, "vmfork", "{\"taps\": [{\"netdev\": \"n0\", "
+                      "\"fds\": [\"tap-c0\"]}]}");
+    g_assert_nonnull(e1);
+    g_test_message("%s", e1->message);
+    g_assert_nonnull(strstr(qmp_error_desc(e1), "fork() failed"));
+    ifs1 = tap_ifaces(vm->pid);
+    g_test_message("tap fds: before %s, after %s", ifs0, ifs1);
+    g_assert_null(strstr(ifs1, "vmfgc0"));
+    e2 = vm_qmp_error(vm, "vmfork", "{\"taps\": [{\"netdev\": \"n0\", "
+                      "\"fds\": [\"tap-c0\"]}]}");
+    g_assert_nonnull(e2);
+    g_assert_nonnull(strstr(qmp_error_desc(e2), "'tap-c0' has not been found"));
+
+    /* The same from an add-fd set: the set and its tap stay */
+    fd = tap_create("vmfgs0");
+    json_object_set_int_member(addfd, "fdset-id", 3);
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "add-fd", addfd, fd,
+                                        EVENT_TIMEOUT_MS, &err));
+    g_assert_no_error(err);
+    close(fd);
+    e3 = vm_qmp_error(vm, "vmfork", "{\"taps\": [{\"netdev\": \"n0\", "
+                      "\"fds\": [\"/dev/fdset/3\"]}]}");
+    g_assert_nonnull(e3);
+    g_assert_nonnull(strstr(qmp_error_desc(e3), "fork() failed"));
+    ifs2 = tap_ifaces(vm->pid);
+    g_assert_nonnull(strstr(ifs2, "vmfgs0"));
+    sets = vm_qmp(vm, "query-fdsets", NULL);
+    g_assert_cmpuint(json_array_get_length(json_node_get_array(sets)), ==, 1);
+    g_assert_cmpint(json_object_get_int_member(json_array_get_object_element(
+        json_node_get_array(sets), 0), "fdset-id"), ==, 3);
+    json_node_unref(sets);
+
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/*
+ * A tap's down script is the parent's: a child that quits never runs it
+ * (it has switched to a tap of its own), the parent runs it once at its
+ * end, for its own interface.
+ */
+static void tiny_tap_downscript_parent_only(void)
+{
+    const char *extra[] = {
+        "-netdev", "tap,id=n0,ifname=vmfdp0,script=no,"
+                   "downscript=@DIR@/down.sh",
+        "-device", "virtio-net-pci,netdev=n0", NULL
+    };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *script = g_build_filename(dir, "down.sh", NULL);
+    g_autofree char *log = g_build_filename(dir, "down.log", NULL);
+    g_autofree char *text = NULL, *want = NULL;
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra, .dir = dir };
+    g_autoptr(JsonArray) c = NULL;
+    Vm *vm, *child;
+    pid_t pid;
+
+    vm_register_dir(dir);
+    if (tap_skip_or_enter_netns(&o)) {
+        vm_cleanup_all();
+        return;
+    }
+    text = g_strdup_printf("#!/bin/sh\necho \"$PPID $1\" >> %s\n", log);
+    g_assert_true(g_file_set_contents(script, text, -1, NULL));
+    g_assert_cmpint(chmod(script, 0755), ==, 0);
+    vm = vm_start(&o);
+    pid = vm->pid;
+    c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
+                "\"ifname\": \"vmfdc%i\"}]}");
+    child = vm_attach_child(vm, nth_child(c, 0));
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    vm_quit(child);
+    g_assert_false(g_file_test(log, G_FILE_TEST_EXISTS));
+    vm_quit(vm);
+    g_clear_pointer(&text, g_free);
+    g_assert_true(g_file_get_contents(log, &text, NULL, NULL));
+    want = g_strdup_printf("%d vmfdp0\n", pid);
+    g_test_message("down.log: %s", text);
+    g_assert_cmpstr(text, ==, want);
+    vm_cleanup_all();
+}
+
+/*
  * A new MAC for the NIC models a tap is used with (e1000e, e1000,
  * rtl8139 beside virtio-net): QEMU's NIC holds the child's address, and
  * the child's guest reads it when its driver probes the device again,
@@ -1882,10 +2101,18 @@ static void tiny_fork_tap(gconstpointer accel)
 typedef struct NicModel {
     const char *device;         /* QEMU's */
     const char *driver;         /* Linux's */
+    /*
+     * Does Linux's driver see a link bounce at all?  Its e1000 driver
+     * misses even a 500 ms 'set_link' off/on on a VM that never forked
+     * (QEMU 10.0, Linux 6.1: no "Link is Down", carrier_changes flat),
+     * so on e1000 a clone's guest is not told of its new MAC this way.
+     */
+    bool sees_bounce;
 } NicModel;
 
 static const NicModel nic_models[] = {
-    { "e1000e", "e1000e" }, { "e1000", "e1000" }, { "rtl8139", "8139cp" },
+    { "e1000e", "e1000e", true }, { "e1000", "e1000", false },
+    { "rtl8139", "8139cp", true },
 };
 
 /* The guest's address of its only NIC, after its driver probed it again */
@@ -1901,6 +2128,24 @@ static char *guest_mac_after_rebind(Vm *vm, const char *driver)
         "cat /sys/class/net/$n/address", driver, driver);
 
     return g_strchomp(mac);
+}
+
+/* The guest's NIC (whatever its name): how often its carrier changed */
+static guint64 nic_carrier_changes(Vm *vm)
+{
+    g_autofree char *r = vm_sh(vm, "n=$(ls /sys/class/net | grep -v '^lo$'); "
+                               "cat /sys/class/net/$n/carrier_changes");
+
+    return g_ascii_strtoull(r, NULL, 10);
+}
+
+/* ... wait until it is up with a carrier (10 s at most) */
+static void nic_up(Vm *vm)
+{
+    g_free(vm_sh(vm, "n=$(ls /sys/class/net | grep -v '^lo$'); "
+                 "ip link set $n up; for i in $(seq 100); do "
+                 "[ \"$(cat /sys/class/net/$n/carrier)\" = 1 ] && exit 0; "
+                 "sleep 0.1; done; exit 1"));
 }
 
 static char *qom_mac(Vm *vm)
@@ -1926,6 +2171,7 @@ static void linux_fork_nic_model_new_mac(gconstpointer data)
     g_autoptr(JsonArray) c = NULL;
     g_autofree char *before = NULL, *q_child = NULL, *q_parent = NULL;
     g_autofree char *g_child = NULL, *g_parent = NULL;
+    guint64 carrier0;
     Vm *vm, *child;
 
     if (tap_skip_or_enter_netns(&o)) {
@@ -1935,10 +2181,32 @@ static void linux_fork_nic_model_new_mac(gconstpointer data)
     g_free(vm_sh(vm, "modprobe %s", m->driver));
     before = guest_mac_after_rebind(vm, m->driver);
     g_assert_cmpstr(before, ==, "52:54:00:12:34:56");
+    nic_up(vm);
+    carrier0 = nic_carrier_changes(vm);
 
     c = vm_fork(vm, "{\"taps\": [{\"netdev\": \"n0\", "
                 "\"ifname\": \"vmftc%i\"}]}");
     child = vm_attach_child(vm, nth_child(c, 0));
+
+    /*
+     * The link bounce without a guest acknowledgement (50 ms of guest
+     * time): the child's driver sees the carrier go and come back, the
+     * parent's nothing (e1000's driver sees no bounce, see nic_models)
+     */
+    for (int i = 0; i < 100 && nic_carrier_changes(child) < carrier0 + 2;
+         i++) {
+        g_usleep(50 * 1000);
+    }
+    if (!m->sees_bounce) {
+        g_usleep(2 * G_USEC_PER_SEC);       /* its watchdog's period */
+    }
+    g_test_message("%s: carrier changes %" G_GUINT64_FORMAT " before the "
+                   "fork; child %" G_GUINT64_FORMAT ", parent %"
+                   G_GUINT64_FORMAT, m->device, carrier0,
+                   nic_carrier_changes(child), nic_carrier_changes(vm));
+    g_assert_cmpuint(nic_carrier_changes(child), ==,
+                     carrier0 + (m->sees_bounce ? 2 : 0));
+    g_assert_cmpuint(nic_carrier_changes(vm), ==, carrier0);
     q_child = qom_mac(child);
     q_parent = qom_mac(vm);
     g_child = guest_mac_after_rebind(child, m->driver);
@@ -1998,6 +2266,10 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/linux/tcg/disk-writes-during-fork",
                     linux_fork_disk_writes_during_fork);
     g_test_add_func("/vmfork/linux/tcg/user-network", linux_fork_user_network);
+    g_test_add_func("/vmfork/linux/tcg/no-hostfwd-without-offset",
+                    linux_fork_no_hostfwd_without_offset);
+    g_test_add_func("/vmfork/linux/tcg/vmgenid-guid-auto",
+                    linux_vmgenid_guid_auto);
     g_test_add_func("/vmfork/linux/tcg/tap", linux_fork_tap);
     g_test_add_data_func("/vmfork/tiny/tcg/tap", "tcg", tiny_fork_tap);
     for (guint i = 0; i < G_N_ELEMENTS(nic_models); i++) {
@@ -2008,6 +2280,10 @@ int main(int argc, char **argv)
                              linux_fork_nic_model_new_mac);
     }
     g_test_add_data_func("/vmfork/tiny/kvm/tap", "kvm", tiny_fork_tap);
+    g_test_add_func("/vmfork/tiny/tcg/tap-fds-after-failed-fork",
+                    tiny_tap_fds_after_failed_fork);
+    g_test_add_func("/vmfork/tiny/tcg/tap-downscript-parent-only",
+                    tiny_tap_downscript_parent_only);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
