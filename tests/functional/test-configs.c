@@ -669,6 +669,64 @@ static void image_locks_stay_the_parents(void)
     vm_cleanup_all();
 }
 
+/*
+ * A child with a disk can be stopped and continued, and migrated (to a
+ * file here): the parent's nodes it keeps as its base stay inactive and
+ * read-only through both (the block layer neither activates nor
+ * inactivates them again), and its own overlay takes its writes after.
+ */
+static void child_stops_and_migrates(void)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .extra = blockdev_virtio };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL, *uri = NULL;
+    g_autofree char *state = NULL, *back = NULL, *h_fork = NULL;
+    g_autofree char *h_after = NULL;
+    g_autoptr(JsonArray) c = NULL;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = start_with_image(&o, &dir, &disk);
+    vm_disk_write(parent, "vda", 100, "before-the-fork");
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    c = vm_fork(parent, args);
+    h_fork = file_sha256(disk);
+    child = vm_attach_child(parent, json_array_get_object_element(c, 0));
+
+    json_node_unref(vm_qmp(child, "stop", NULL));
+    json_node_unref(vm_qmp(child, "cont", NULL));
+    vm_disk_write(child, "vda", 200, "after-cont");
+
+    uri = g_strdup_printf("{\"uri\": \"exec:cat > %s/child.mig\"}", dir);
+    json_node_unref(vm_qmp(child, "migrate", uri));
+    for (int i = 0; i < 30000; i++) {
+        g_free(state);
+        state = vm_runstate(child);
+        if (!g_str_equal(state, "running") &&
+            !g_str_equal(state, "finish-migrate")) {
+            break;
+        }
+        g_usleep(1000);
+    }
+    g_test_message("the child after its migration: %s", state);
+    g_assert_cmpstr(state, ==, "postmigrate");
+    json_node_unref(vm_qmp(child, "cont", NULL));
+    vm_disk_write(child, "vda", 300, "after-migration");
+    back = vm_disk_read(child, "vda", 100);
+    g_assert_cmpstr(back, ==, "before-the-fork");
+    g_free(back);
+    back = vm_disk_read(child, "vda", 200);
+    g_assert_cmpstr(back, ==, "after-cont");
+    vm_quit(child);
+    h_after = file_sha256(disk);
+    g_assert_cmpstr(h_fork, ==, h_after);
+    g_free(vm_sh(parent, "true"));
+    vm_quit(parent);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 3);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -683,5 +741,7 @@ int main(int argc, char **argv)
     g_test_add_func("/configs/linux/tcg/hotplugged-disk", hotplugged_disk);
     g_test_add_func("/configs/linux/tcg/image-locks-stay-the-parents",
                     image_locks_stay_the_parents);
+    g_test_add_func("/configs/linux/tcg/child-stops-and-migrates",
+                    child_stops_and_migrates);
     return g_test_run();
 }
