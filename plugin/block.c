@@ -125,7 +125,9 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
                             "devices can)", disk, bdrv_get_node_name(bs),
                             bs->drv ? bs->drv->format_name : "none");
     }
-    if (bs->open_flags & BDRV_O_TEMPORARY) {
+    /* once per disk: on the temporary overlay, not on its file too */
+    if ((bs->open_flags & BDRV_O_TEMPORARY) && bs->drv &&
+        !bs->drv->protocol_name) {
         vmfork_check_refuse(chk, "%s uses snapshot=on, a temporary image "
                             "that parent and children would share", disk);
     }
@@ -155,11 +157,17 @@ static void claim_node_fds(VmforkCheck *chk, BlockDriverState *bs)
     if (!bs->drv || !bs->drv->protocol_name || !*bs->filename) {
         return;
     }
+    owner = g_strdup_printf("block node '%s'", bdrv_get_node_name(bs));
     real = realpath(bs->filename, NULL);
     if (real) {
-        owner = g_strdup_printf("block node '%s'", bdrv_get_node_name(bs));
         vmfork_check_claim_fd_path(chk, real, owner);
         free(real);
+    } else if (errno == ENOENT) {
+        /* unlinked while open: snapshot=on's temporary image */
+        g_autofree char *gone = g_strdup_printf("%s (deleted)",
+                                                bs->filename);
+
+        vmfork_check_claim_fd_path(chk, gone, owner);
     }
 }
 

@@ -168,7 +168,14 @@ static void tap_check(VmforkCheck *chk)
         NetClientState *others[MAX_QUEUE_NUM];
         VmforkTapPlan *plan;
 
-        if (!is_tap(ncs[i]) || ncs[i]->queue_index) {
+        if (!is_tap(ncs[i])) {
+            continue;
+        }
+        /* The parent's taps (every queue) are the parent's: the child
+         * switches away, or the fork is refused below, by netdev */
+        vmfork_check_claim_fd(chk, tap_get_fd(ncs[i]), "tap netdev '%s'",
+                              ncs[i]->name);
+        if (ncs[i]->queue_index) {
             continue;
         }
         plan = tap_plan_find(req->taps, ncs[i]);
@@ -192,9 +199,6 @@ static void tap_check(VmforkCheck *chk)
                                 "new-mac false for it", ncs[i]->peer->name,
                                 ncs[i]->peer->model, ncs[i]->name);
         }
-        /* The parent's tap is the parent's: the child switches away */
-        vmfork_check_claim_fd(chk, tap_get_fd(ncs[i]), "tap netdev '%s'",
-                              ncs[i]->name);
         for (int c = 0; plan && plan->fds && c < req->count; c++) {
             vmfork_check_claim_fd(chk, plan->fds[c], "the tap of child %d",
                                   c);
