@@ -94,6 +94,29 @@ static guint fd_flags(pid_t pid, int fd)
     return strtoul(f + strlen("flags:"), NULL, 8);
 }
 
+/* A report file of ASan or UBSan under check-sanitize: log_path=PREFIX
+ * gives PREFIX.PID, which a forked process reopens under its own pid */
+static bool is_sanitizer_report(const char *target)
+{
+    static const char *const vars[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
+        const char *opts = g_getenv(vars[i]);
+        const char *p = opts ? strstr(opts, "log_path=") : NULL;
+        g_autofree char *prefix = NULL;
+
+        if (p) {
+            p += strlen("log_path=");
+            prefix = g_strndup(p, strcspn(p, ":"));
+            if (*prefix && g_str_has_prefix(target, prefix) &&
+                target[strlen(prefix)] == '.') {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* May this child fd share its open file description with the parent's? */
 static const char *shared_is_allowed(pid_t child, const FdEntry *c,
                                      const FdEntry *p)
@@ -109,6 +132,9 @@ static const char *shared_is_allowed(pid_t child, const FdEntry *c,
     }
     if (g_str_equal(c->target, "/dev/kvm")) {
         return "/dev/kvm (the system fd)";
+    }
+    if (is_sanitizer_report(c->target)) {
+        return "a sanitizer's report file";
     }
     if (g_strv_contains(stateless, c->target) &&
         (fd_flags(child, c->fd) & O_ACCMODE) == O_RDONLY) {

@@ -29,7 +29,8 @@ void audit_free_fds(GArray *fds);
  * description with a parent fd is allowed only where sharing is harmless
  * by design: the inherited stdio (fds 0-2), regular
  * files opened read-only, /dev/null, /dev/zero, /dev/random and
- * /dev/urandom opened read-only, and /dev/kvm.  Returns how many child fds
+ * /dev/urandom opened read-only, /dev/kvm, and under check-sanitize the
+ * sanitizers' report files (as plugin/fdclaim.c allows them).  Returns how many child fds
  * break that rule (each logged), and in *@allowed how many shared as
  * allowed.  Both processes should be quiescent (VMs stopped): an fd that
  * closes during the audit fails it.
