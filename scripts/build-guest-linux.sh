@@ -17,15 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 
 usage() { echo "usage: $0 [--refresh] [--force]"; }
-refresh=0 force=0
-for a in "$@"; do
-    case "$a" in
-        --refresh) refresh=1 ;;
-        --force) force=1 ;;
-        -h|--help) usage; exit 0 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
+parse_build_options "$@"
 
 # Loaded by /init with insmod, in this order after dependencies are added.
 BOOT_MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
@@ -160,36 +152,8 @@ fi
 # ---- 3. vmlinux: the ELF inside the bzImage (has the PVH entry note) ---
 if ! newer_than "$out/vmlinux" "$script" || [ "$(cat "$out/vmlinux.from" 2>/dev/null)" != "$kname" ]; then
     log "extracting vmlinux from the bzImage"
-    vmlinuz="$kdir/vmlinuz"
-    u8()  { od -An -t u1 -j "$1" -N 1 "$vmlinuz" | tr -d ' '; }
-    u32() { od -An -t u4 -j "$1" -N 4 "$vmlinuz" | tr -d ' '; }
-    [ "$(od -An -c -j 0x202 -N 4 "$vmlinuz" | tr -d ' ')" = HdrS ] ||
-        { echo "build-guest-linux: $vmlinuz is not a bzImage" >&2; exit 1; }
-    # Boot protocol header: setup_sects at 0x1f1; payload_offset/length
-    # at 0x248/0x24c, relative to the protected-mode code after the setup.
-    setup_sects=$(u8 0x1f1)
-    [ "$setup_sects" != 0 ] || setup_sects=4
-    start=$(( (setup_sects + 1) * 512 + $(u32 0x248) ))
-    length=$(u32 0x24c)
-    magic=$(od -An -t x1 -j "$start" -N 6 "$vmlinuz" | tr -d ' ')
-    case "$magic" in
-        fd377a585a00) decomp=(xz -dc --single-stream) ;;
-        1f8b*)        decomp=(gzip -dc) ;;
-        28b52ffd*)    decomp=(zstd -dcq) ;;
-        *) echo "build-guest-linux: unknown payload compression (magic $magic)" >&2; exit 1 ;;
-    esac
-    # The last 4 bytes of the payload are the decompressed size.
-    size=$(od -An -t u4 -j $((start + length - 4)) -N 4 "$vmlinuz" | tr -d ' ')
-    # (gzip exits 2 over the trailing size word: the checks below decide)
-    dd if="$vmlinuz" iflag=skip_bytes,count_bytes skip="$start" count="$length" bs=1M status=none |
-        "${decomp[@]}" > "$out/vmlinux.tmp" 2>/dev/null || true
-    [ "$(od -An -t x1 -N 5 "$out/vmlinux.tmp" | tr -d ' ')" = 7f454c4602 ] ||
-        { echo "build-guest-linux: payload is not a 64-bit ELF" >&2; exit 1; }
-    [ "$(stat -c %s "$out/vmlinux.tmp")" = "$size" ] ||
-        { echo "build-guest-linux: vmlinux is $(stat -c %s "$out/vmlinux.tmp") bytes, expected $size" >&2; exit 1; }
-    # XEN_ELFNOTE_PHYS32_ENTRY (18): what QEMU's PVH loader needs.
-    readelf -n "$out/vmlinux.tmp" | grep 'Xen .*0x00000012' >/dev/null ||
-        { echo "build-guest-linux: vmlinux has no PVH entry note" >&2; exit 1; }
+    extract_vmlinux "$kdir/vmlinuz" "$out/vmlinux.tmp" || exit 1
+    size=$(stat -c %s "$out/vmlinux.tmp")
     mv "$out/vmlinux.tmp" "$out/vmlinux"
     echo "$kname" > "$out/vmlinux.from"
     log "vmlinux: $(( size / 1048576 )) MiB ELF with PVH entry"

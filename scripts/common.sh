@@ -57,3 +57,51 @@ ninja_progress() {
              next }
          { print; fflush() }'
 }
+
+# The guest builders' options: --refresh and --force (sets $refresh and
+# $force), -h/--help (prints usage(), which the caller defines)
+parse_build_options() {
+    refresh=0 force=0
+    for a in "$@"; do
+        case "$a" in
+            --refresh) refresh=1 ;;
+            --force) force=1 ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; exit 2 ;;
+        esac
+    done
+}
+
+# extract_vmlinux BZIMAGE OUT: the uncompressed ELF inside a bzImage, with
+# the PVH entry note that QEMU's -kernel loader needs (returns 1, saying
+# why, when it is not there)
+extract_vmlinux() {
+    local z=$1 o=$2 setup start length magic size decomp
+    u32() { od -An -t u4 -j "$1" -N 4 "$z" | tr -d ' '; }
+    [ "$(od -An -c -j 0x202 -N 4 "$z" | tr -d ' ')" = HdrS ] ||
+        { echo "extract_vmlinux: $z is not a bzImage" >&2; return 1; }
+    # Boot protocol header: setup_sects at 0x1f1; payload_offset/length
+    # at 0x248/0x24c, relative to the protected-mode code after the setup.
+    setup=$(od -An -t u1 -j 0x1f1 -N 1 "$z" | tr -d ' ')
+    [ "$setup" != 0 ] || setup=4
+    start=$(( (setup + 1) * 512 + $(u32 0x248) )) length=$(u32 0x24c)
+    magic=$(od -An -t x1 -j "$start" -N 6 "$z" | tr -d ' ')
+    case "$magic" in
+        fd377a585a00) decomp=(xz -dc --single-stream) ;;
+        1f8b*)        decomp=(gzip -dc) ;;
+        28b52ffd*)    decomp=(zstd -dcq) ;;
+        *) echo "extract_vmlinux: unknown payload compression (magic $magic)" >&2; return 1 ;;
+    esac
+    # The last 4 bytes of the payload are the decompressed size.
+    size=$(u32 $((start + length - 4)))
+    # (gzip exits 2 over the trailing size word: the checks below decide)
+    dd if="$z" iflag=skip_bytes,count_bytes skip="$start" count="$length" bs=1M status=none |
+        "${decomp[@]}" > "$o" 2>/dev/null || true
+    [ "$(od -An -t x1 -N 5 "$o" | tr -d ' ')" = 7f454c4602 ] ||
+        { echo "extract_vmlinux: the payload of $z is not a 64-bit ELF" >&2; return 1; }
+    [ "$(stat -c %s "$o")" = "$size" ] ||
+        { echo "extract_vmlinux: $o is $(stat -c %s "$o") bytes, expected $size" >&2; return 1; }
+    # XEN_ELFNOTE_PHYS32_ENTRY (18): what QEMU's PVH loader needs.
+    readelf -n "$o" | grep -q 'Xen .*0x00000012' ||
+        { echo "extract_vmlinux: $o has no PVH entry note" >&2; return 1; }
+}
