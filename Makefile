@@ -8,7 +8,7 @@
 MESON_BUILD := build/meson
 TOOLS       := qmp-tools/vmfork qmp-tools/qmp-call bench/vmfork-bench
 
-.PHONY: all deps qemu tools check check-unit check-sanitize soak fuzz demo bench clean distclean help
+.PHONY: all deps qemu tools check check-unit check-sanitize check-qemu soak fuzz demo bench clean distclean help
 
 all: deps qemu guests tools
 
@@ -19,6 +19,7 @@ help:
 	@echo "make bench      run the benchmarks"
 	@echo "make soak       longer reliability runs (200-fork storms)"
 	@echo "make check-sanitize  the suites on an ASan+UBSan QEMU and libqmp (slow)"
+	@echo "make check-qemu  QEMU's own unit, qtest-x86_64 and block suites, patched vs release (slow)"
 	@echo "make fuzz       fuzz libqmp's reader for FUZZ_SECONDS (60)"
 	@echo "make clean      remove build/ (the QEMU cache in ~/.cache/vmfork stays)"
 
@@ -64,6 +65,13 @@ soak: all
 # suites; libqmp and the tools run their unit tests under ASan+UBSan
 check-sanitize: all
 	@scripts/check-sanitize.sh
+
+# QEMU's own suites (unit, qtest-x86_64, block) on the patched tree and on
+# the release, compared test by test (results in build/check-qemu/; see
+# docs/check-qemu.md).  CHECK_QEMU_ARGS=--reuse-release reuses the
+# release's results of an earlier run.
+check-qemu: deps
+	@scripts/check-qemu.sh $(CHECK_QEMU_ARGS)
 
 demo: all
 	@scripts/demo.sh
