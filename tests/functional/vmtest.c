@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <glib/gstdio.h>
@@ -174,6 +176,29 @@ const char *vm_missing(GuestKind guest, const char *accel)
          !g_file_test(g_getenv("VMFORK_LINUX_INITRD"), G_FILE_TEST_EXISTS))) {
         return "Linux test guest not built (VMFORK_LINUX_KERNEL/INITRD)";
     }
+    if (guest == GUEST_DEBIAN) {
+        static char why[512];
+        const char *d = env_path("VMFORK_DEBIAN_DIR");
+        const char *need[] = { "debian.qcow2", "vmlinux", "initrd.img",
+                               "cmdline", "id_ed25519", NULL };
+
+        if (!d) {
+            return "Debian test guest not built (VMFORK_DEBIAN_DIR)";
+        }
+        for (int i = 0; need[i]; i++) {
+            g_autofree char *f = g_build_filename(d, need[i], NULL);
+
+            if (!g_file_test(f, G_FILE_TEST_EXISTS)) {
+                snprintf(why, sizeof(why), "Debian test guest not built: "
+                         "%s missing (scripts/build-guest-debian.sh)", f);
+                return why;
+            }
+        }
+        if (!env_path("VMFORK_QEMU_IMG") ||
+            !g_file_test(g_getenv("VMFORK_QEMU_IMG"), G_FILE_TEST_IS_EXECUTABLE)) {
+            return "qemu-img not built (VMFORK_QEMU_IMG)";
+        }
+    }
     if (guest == GUEST_TINY && (!env_path("VMFORK_TINY") ||
         !g_file_test(g_getenv("VMFORK_TINY"), G_FILE_TEST_EXISTS))) {
         return "tiny test guest not built (VMFORK_TINY)";
@@ -185,7 +210,7 @@ const char *vm_missing(GuestKind guest, const char *accel)
             return "/dev/kvm is not usable";
         }
         close(fd);
-        if (guest == GUEST_LINUX &&
+        if ((guest == GUEST_LINUX || guest == GUEST_DEBIAN) &&
             g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_EXISTS)) {
             return "KVM here is kvm_pvm (software), which cannot run a "
                    "stock Linux kernel";
@@ -200,7 +225,8 @@ const char *vm_describe(const VmOptions *o)
     const char *accel = o->accel ? o->accel : "tcg";
 
     snprintf(buf, sizeof(buf), "%s guest under %s%s, %d vCPU(s)",
-             o->guest == GUEST_LINUX ? "Linux" : "tiny", accel,
+             o->guest == GUEST_LINUX ? "Linux" :
+             o->guest == GUEST_DEBIAN ? "Debian" : "tiny", accel,
              g_str_equal(accel, "kvm") &&
              g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_EXISTS) ?
              " (kvm_pvm, software)" : "", o->smp ? o->smp : 1);
@@ -351,7 +377,8 @@ Vm *vm_start(const VmOptions *o)
     g_autofree char *serial = NULL;
     g_autofree char *cmdline = NULL;
     const char *accel = o->accel ? o->accel : "tcg";
-    int mem = o->mem_mib ? o->mem_mib : (o->guest == GUEST_LINUX ? 512 : 64);
+    int mem = o->mem_mib ? o->mem_mib :
+              (o->guest == GUEST_LINUX || o->guest == GUEST_DEBIAN ? 512 : 64);
     Vm *vm;
 
     harness_init();
@@ -389,6 +416,49 @@ Vm *vm_start(const VmOptions *o)
         ARG("-initrd"); ARG("%s", g_getenv("VMFORK_LINUX_INITRD"));
         ARG("-append"); ARG("console=ttyS1 quiet panic=-1");
         ARG("-no-reboot");
+    } else if (o->guest == GUEST_DEBIAN) {
+        const char *d = g_getenv("VMFORK_DEBIAN_DIR");
+        g_autofree char *base = g_build_filename(d, "debian.qcow2", NULL);
+        g_autofree char *disk = g_build_filename(dir, "debian.qcow2", NULL);
+        g_autofree char *cl_path = g_build_filename(d, "cmdline", NULL);
+        g_autofree char *cl = NULL, *mk = NULL, *err = NULL;
+        int status;
+
+        /* a throwaway overlay: debian.qcow2 itself is only read */
+        mk = g_strdup_printf("%s create -q -f qcow2 -F qcow2 -b %s %s",
+                             g_getenv("VMFORK_QEMU_IMG"), base, disk);
+        g_assert_true(g_spawn_command_line_sync(mk, NULL, &err, &status, NULL));
+        if (status) {
+            g_error("%s: %s", mk, err);
+        }
+        g_assert_true(g_file_get_contents(cl_path, &cl, NULL, NULL));
+        g_strstrip(cl);
+        vm->ssh_port = o->ssh_port;
+        if (!vm->ssh_port) {
+            struct sockaddr_in sin = { .sin_family = AF_INET };
+            socklen_t len = sizeof(sin);
+            int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+            sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            g_assert_cmpint(bind(s, (struct sockaddr *)&sin, sizeof(sin)), ==, 0);
+            g_assert_cmpint(getsockname(s, (struct sockaddr *)&sin, &len), ==, 0);
+            vm->ssh_port = ntohs(sin.sin_port);
+            close(s);
+        }
+        vm->qga_path = g_build_filename(dir, "qga.sock", NULL);
+        ARG("-kernel"); ARG("%s/vmlinux", d);
+        ARG("-initrd"); ARG("%s/initrd.img", d);
+        ARG("-append"); ARG("%s", cl);
+        ARG("-drive"); ARG("file=%s,format=qcow2,if=none,id=disk0", disk);
+        ARG("-device"); ARG("virtio-blk-pci,drive=disk0");
+        ARG("-netdev"); ARG("user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22",
+                            vm->ssh_port);
+        ARG("-device"); ARG("virtio-net-pci,netdev=net0,romfile=");
+        ARG("-device"); ARG("virtio-serial-pci");
+        ARG("-chardev"); ARG("socket,id=qga0,path=%s,server=on,wait=off",
+                             vm->qga_path);
+        ARG("-device");
+        ARG("virtserialport,chardev=qga0,name=org.qemu.guest_agent.0");
     } else {
         ARG("-kernel"); ARG("%s", g_getenv("VMFORK_TINY"));
     }
@@ -447,6 +517,8 @@ Vm *vm_start(const VmOptions *o)
                 break;
             }
         }
+    } else if (o->guest == GUEST_DEBIAN) {
+        /* systemd boots for seconds: the caller waits for what it needs */
     } else if (vm_tiny_next_seq(vm, BOOT_TIMEOUT_MS) < 0) {
         dump_log(vm, "qemu.log");
         g_error("the tiny guest printed no counter line");
@@ -477,6 +549,18 @@ Vm *vm_attach_child(Vm *parent, JsonObject *child)
     json_node_unref(vm_qmp(vm, "chardev-change", args));
     vm->serial_fd = vm_unix_connect(vm->pid, serial, QMP_TIMEOUT_MS);
     g_assert_cmpint(vm->serial_fd, >=, 0);
+    if (vm->guest == GUEST_DEBIAN && json_object_has_member(child, "chardevs")) {
+        /* where the reply says the child's qemu-ga listens */
+        JsonArray *cds = json_object_get_array_member(child, "chardevs");
+
+        for (guint i = 0; i < json_array_get_length(cds); i++) {
+            JsonObject *cd = json_array_get_object_element(cds, i);
+
+            if (g_str_equal(json_object_get_string_member(cd, "id"), "qga0")) {
+                vm->qga_path = g_strdup(json_object_get_string_member(cd, "path"));
+            }
+        }
+    }
     return vm;
 }
 
@@ -489,6 +573,7 @@ static void vm_free(Vm *vm)
         close(vm->serial_fd);
     }
     g_string_free(vm->serial_buf, true);
+    g_free(vm->qga_path);
     g_free(vm->qmp_path);
     g_free(vm->dir);
     g_free(vm);

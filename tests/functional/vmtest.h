@@ -22,6 +22,8 @@
 typedef enum {
     GUEST_LINUX,        /* Debian kernel + busybox + agent (line commands) */
     GUEST_TINY,         /* freestanding: "C <seq> <tsc>" lines, w/h commands */
+    GUEST_DEBIAN,       /* build/guest/debian: systemd, sshd, qemu-ga; the
+                         * serial port is its console (ttyS0) */
 } GuestKind;
 
 typedef struct VmOptions {
@@ -38,6 +40,8 @@ typedef struct VmOptions {
                                  * "@DIR@" stands for the test directory */
     bool no_boot;               /* leave the VM as QEMU starts it (-S) */
     const char *const *wrapper; /* a command that execs QEMU, NULL-ended */
+    int ssh_port;               /* Debian: the hostfwd port to the guest's
+                                 * port 22 (default: a free one) */
 } VmOptions;
 
 typedef struct Vm {
@@ -50,6 +54,8 @@ typedef struct Vm {
     int serial_fd;              /* the guest's first serial port */
     GString *serial_buf;        /* bytes read but not yet returned */
     bool partial_line;          /* the last line read was cut by a fork */
+    int ssh_port;               /* Debian: host port forwarded to its sshd */
+    char *qga_path;             /* Debian: its qemu-ga socket (chardev qga0) */
 } Vm;
 
 /* Is everything there to run this guest under this accelerator?  If not,
@@ -63,7 +69,10 @@ bool vm_skip_if_missing(const VmOptions *opts);
 /* A human name of what runs, for the test log: "linux guest under tcg" */
 const char *vm_describe(const VmOptions *opts);
 
-/* Boot to the guest's first output and connect QMP and the serial port */
+/* Boot to the guest's first output and connect QMP and the serial port
+ * (Debian: on a new overlay of debian.qcow2 in the test directory, with
+ * user networking, a hostfwd to port 22 and qemu-ga on a virtio-serial
+ * socket; returns once the guest runs, without waiting for its boot) */
 Vm *vm_start(const VmOptions *opts);
 
 /* Attach to a child listed in a vmfork reply ({pid, monitor, clone-id}):

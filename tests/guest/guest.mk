@@ -19,17 +19,21 @@ $(GUEST_LINUX_VMLINUX) $(GUEST_LINUX_INITRD) &: $(GUEST_LINUX_INPUTS)
 	scripts/build-guest-linux.sh
 
 .PHONY: guests guest-tiny guest-linux
-guests: guest-tiny guest-linux
+guests: guest-tiny guest-linux guest-debian
 guest-tiny: $(GUEST_TINY_ELF)
 guest-linux: $(GUEST_LINUX_VMLINUX) $(GUEST_LINUX_INITRD)
 
 # The Debian guest (tests/guest/debian/README.md): bookworm with systemd,
-# qemu-guest-agent and sshd in a qcow2 image.  Not part of `guests` (nor of
-# `make check`) yet.  Needs root and build/qemu/qemu-img; built once into
-# $(VMFORK_CACHE)/guest-debian, then only copied.  build/guest/debian/key
-# stands for all its files.  check-guest-debian boots it (about 15 s).
+# qemu-guest-agent, sshd and vmfork-guest in a qcow2 image.  Needs root
+# (without it the script says so, builds nothing, and test-debian skips)
+# and build/qemu/qemu-img; built once into $(VMFORK_CACHE)/guest-debian,
+# then only copied.  build/guest/debian/key stands for all its files.
+# check-guest-debian boots it (about 15 s).
 GUEST_DEBIAN_KEY    := build/guest/debian/key
 GUEST_DEBIAN_INPUTS := scripts/build-guest-debian.sh scripts/common.sh \
+                       guest/vmfork-guest/vmfork-guest.c \
+                       guest/vmfork-guest/vmfork-guest.service \
+                       guest/vmfork-guest/README.md \
                        $(shell find tests/guest/debian/rootfs -type f)
 
 $(GUEST_DEBIAN_KEY): $(GUEST_DEBIAN_INPUTS)
