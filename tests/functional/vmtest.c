@@ -46,7 +46,9 @@ static void kill_groups(int sig)
     }
 }
 
-/* Remove a test directory: only sockets, logs and images live in it */
+/* Remove a test directory: only sockets, logs, images and directories
+ * of those (a test's overlay directory) live in it; links are not
+ * followed */
 static void remove_dir(const char *dir)
 {
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
@@ -54,8 +56,13 @@ static void remove_dir(const char *dir)
 
     while (d && (name = g_dir_read_name(d))) {
         g_autofree char *p = g_build_filename(dir, name, NULL);
+        struct stat st;
 
-        g_unlink(p);
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            remove_dir(p);
+        } else {
+            g_unlink(p);
+        }
     }
     g_rmdir(dir);
 }
