@@ -405,12 +405,13 @@ static bool block_parent(VmforkRequest *req, Error **errp)
 /*
  * The files under the base, in a child: the fds it inherited are the
  * parent's open file descriptions, writable.  Each becomes a read-only
- * one of the child's own, so the kernel, not only the block layer, keeps
- * the child from writing the base, and the parent's image locks (on its
- * open file descriptions) stay out of the child's reach.
+ * one of the child's own (vmfork_fd_reopen_readonly() on what this
+ * collects), so the kernel, not only the block layer, keeps the child
+ * from writing the base, and the parent's image locks (on its open file
+ * descriptions) stay out of the child's reach.
  */
-static bool base_files_readonly(BlockDriverState *bs, GHashTable *seen,
-                                Error **errp)
+static void base_files(BlockDriverState *bs, GHashTable *seen,
+                       GPtrArray *paths)
 {
     BdrvChild *child;
 
@@ -418,24 +419,21 @@ static bool base_files_readonly(BlockDriverState *bs, GHashTable *seen,
     GRAPH_RDLOCK_GUARD_MAINLOOP();
 
     if (!g_hash_table_add(seen, bs)) {
-        return true;
+        return;
     }
-    if (bs->drv && bs->drv->protocol_name && *bs->filename &&
-        !vmfork_fd_reopen_readonly(bs->filename, errp)) {
-        return false;
+    if (bs->drv && bs->drv->protocol_name && *bs->filename) {
+        g_ptr_array_add(paths, bs->filename);
     }
     QLIST_FOREACH(child, &bs->children, next) {
-        if (!base_files_readonly(child->bs, seen, errp)) {
-            return false;
-        }
+        base_files(child->bs, seen, paths);
     }
-    return true;
 }
 
 /* In child number @index, before its guest runs */
 static bool block_child(VmforkRequest *req, int index, Error **errp)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new(NULL, NULL);
+    g_autoptr(GPtrArray) paths = g_ptr_array_new();      /* bs->filename */
 
     /* The locks are the parent's, through the shared open files */
     bdrv_file_forget_locks_after_fork();
@@ -454,9 +452,10 @@ static bool block_child(VmforkRequest *req, int index, Error **errp)
         }
         /* The base is the parent's too: read it, never write it */
         bdrv_forget_writes_after_fork(d->base);
-        if (!base_files_readonly(d->base, seen, errp)) {
-            return false;
-        }
+        base_files(d->base, seen, paths);
+    }
+    if (!vmfork_fd_reopen_readonly(paths, errp)) {
+        return false;
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
     return true;

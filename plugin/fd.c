@@ -291,8 +291,8 @@ bool vmfork_fd_make_private(Error **errp)
     }
     /*
      * First the eventfds and signalfds, so that the epoll instances built
-     * afterwards watch the new ones.  The fds created here get higher numbers than
-     * the ones listed or are dup3()'d over them.
+     * afterwards watch the new ones.  The fds created here get higher
+     * numbers than the ones listed or are dup3()'d over them.
      */
     g_hash_table_iter_init(&iter, targets);
     while (g_hash_table_iter_next(&iter, &key, &target)) {
@@ -330,16 +330,38 @@ bool vmfork_fd_make_private(Error **errp)
     return true;
 }
 
-bool vmfork_fd_reopen_readonly(const char *path, Error **errp)
+/* The index in @files of the file (device and inode) fd is open on, or -1 */
+static int file_index(int fd, const struct stat *files, guint n)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    for (guint i = 0; i < n; i++) {
+        if (st.st_dev == files[i].st_dev && st.st_ino == files[i].st_ino) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp)
 {
     g_autoptr(GHashTable) targets = NULL;
+    g_autofree struct stat *files = g_new(struct stat, paths->len);
     GHashTableIter iter;
     gpointer key, target;
-    struct stat want;
 
-    if (stat(path, &want) < 0) {
-        error_setg_errno(errp, errno, "vmfork: cannot stat '%s'", path);
-        return false;
+    if (!paths->len) {
+        return true;
+    }
+    for (guint i = 0; i < paths->len; i++) {
+        if (stat(paths->pdata[i], &files[i]) < 0) {
+            error_setg_errno(errp, errno, "vmfork: cannot stat '%s'",
+                             (char *)paths->pdata[i]);
+            return false;
+        }
     }
     targets = vmfork_fd_targets(errp);
     if (!targets) {
@@ -349,14 +371,15 @@ bool vmfork_fd_reopen_readonly(const char *path, Error **errp)
     while (g_hash_table_iter_next(&iter, &key, &target)) {
         int fd = GPOINTER_TO_INT(key);
         g_autofree char *self = NULL;
-        int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD), newfd;
-        struct stat st;
+        int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD), newfd, i;
+        const char *path;
 
         if (((const char *)target)[0] != '/' || fl < 0 || fdfl < 0 ||
-            (fl & O_ACCMODE) == O_RDONLY || fstat(fd, &st) < 0 ||
-            st.st_dev != want.st_dev || st.st_ino != want.st_ino) {
+            (fl & O_ACCMODE) == O_RDONLY ||
+            (i = file_index(fd, files, paths->len)) < 0) {
             continue;
         }
+        path = paths->pdata[i];
         /* The same file, with the same O_DIRECT/O_NONBLOCK, read-only */
         self = g_strdup_printf("/proc/self/fd/%d", fd);
         newfd = open(self, O_RDONLY | O_CLOEXEC |

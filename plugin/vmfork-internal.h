@@ -55,9 +55,10 @@ GHashTable *vmfork_fd_targets(Error **errp);
 bool vmfork_fd_make_private(Error **errp);
 /* ... and the fds that doing so left us with are ours */
 void vmfork_fd_claim_detached(VmforkCheck *chk);
-/* ... give each writable fd of the file at @path an open file description
- * of our own, read-only (same number, O_DIRECT kept) */
-bool vmfork_fd_reopen_readonly(const char *path, Error **errp);
+/* ... give each writable fd of the files at @paths an open file
+ * description of our own, read-only (same number, O_DIRECT kept): one
+ * pass over the fds for all of them */
+bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp);
 /* fdclaim.c: is @fd a pidfile of this process or of an ancestor? */
 bool vmfork_fd_is_own_pidfile(int fd);
 
