@@ -37,6 +37,21 @@ static JsonObject *nth_child(JsonArray *children, guint i)
     return json_array_get_object_element(children, i);
 }
 
+/* vmfork with JSON @args is refused: an error of @class (NULL: any)
+ * whose description names @desc */
+static void fork_refused(Vm *vm, const char *args, const char *class,
+                         const char *desc)
+{
+    g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", args);
+
+    g_assert_nonnull(err);
+    g_test_message("%s -> %s", args, err->message);
+    if (class) {
+        g_assert_cmpstr(qmp_error_class(err), ==, class);
+    }
+    g_assert_nonnull(strstr(qmp_error_desc(err), desc));
+}
+
 static Vm *fork_one(Vm *parent, const char *args)
 {
     g_autoptr(JsonArray) children = vm_fork(parent, args);
@@ -512,12 +527,7 @@ static void fork_bad_arguments_leave_parent_running(void)
     }
     vm = vm_start(&o);
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
-        g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", cases[i].args);
-
-        g_assert_nonnull(err);
-        g_test_message("%s -> %s", cases[i].args, err->message);
-        g_assert_cmpstr(qmp_error_class(err), ==, cases[i].class);
-        g_assert_nonnull(strstr(qmp_error_desc(err), cases[i].desc));
+        fork_refused(vm, cases[i].args, cases[i].class, cases[i].desc);
     }
 
     long_path = g_strdup_printf("{\"monitor\": \"%s/%0200d\"}", vm->dir, 0);
@@ -531,11 +541,7 @@ static void fork_bad_arguments_leave_parent_running(void)
         };
 
         for (guint i = 0; i < G_N_ELEMENTS(paths); i++) {
-            g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", paths[i].args);
-
-            g_assert_nonnull(err);
-            g_test_message("%s -> %s", paths[i].args, err->message);
-            g_assert_nonnull(strstr(qmp_error_desc(err), paths[i].desc));
+            fork_refused(vm, paths[i].args, NULL, paths[i].desc);
         }
     }
     /* Still the same VM, running, and nothing was forked */
@@ -881,11 +887,7 @@ static void tiny_fork_chardev_template(void)
     }
     vm = vm_start(&o);
     for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
-        g_autoptr(GError) err = vm_qmp_error(vm, "vmfork", bad[i].args);
-
-        g_assert_nonnull(err);
-        g_test_message("%s -> %s", bad[i].args, err->message);
-        g_assert_nonnull(strstr(qmp_error_desc(err), bad[i].desc));
+        fork_refused(vm, bad[i].args, NULL, bad[i].desc);
     }
     args = g_strdup_printf("{\"count\": 2, \"monitor\": \"%s/c-%%i.qmp\", "
                            "\"chardevs\": [{\"id\": \"agent\", "
@@ -1748,11 +1750,7 @@ static void linux_fork_tap(void)
         };
 
         for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
-            g_autoptr(GError) e = vm_qmp_error(vms[0], "vmfork", bad[i].args);
-
-            g_assert_nonnull(e);
-            g_test_message("%s -> %s", bad[i].args, e->message);
-            g_assert_nonnull(strstr(qmp_error_desc(e), bad[i].desc));
+            fork_refused(vms[0], bad[i].args, NULL, bad[i].desc);
         }
     }
     g_free(vm_agent(vms[0], "sh for c in all default; do echo 1 > "
