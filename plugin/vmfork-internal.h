@@ -72,6 +72,38 @@ void vmfork_child_phase_done(const char *phase);
 
 /* vmfork.c: the pid of this process, or of a QEMU it was forked from */
 bool vmfork_pid_is_ours(pid_t pid);
+int64_t vmfork_clone_id(void);
+bool vmfork_args_check(VmforkArgs *args, Error **errp);
+
+/*
+ * guest.c: the guest's requests to be forked (its freeze point), for the
+ * device that carries them (guest-port.c).  Status and answer codes are
+ * the guest ABI (docs/guest-abi.md).
+ */
+#define VMFORK_GUEST_STATUS_IDLE        0
+#define VMFORK_GUEST_STATUS_PENDING     1
+#define VMFORK_GUEST_STATUS_DONE        2
+#define VMFORK_GUEST_STATUS_FAILED      3
+
+#define VMFORK_GUEST_OK                 0
+#define VMFORK_GUEST_DENIED             1
+#define VMFORK_GUEST_BUSY               2
+#define VMFORK_GUEST_CANCELLED          3
+#define VMFORK_GUEST_FORK_FAILED        4
+
+typedef struct VmforkGuest {
+    uint32_t status;            /* VMFORK_GUEST_STATUS_* */
+    uint32_t result;            /* DONE: clone ID (0: parent); FAILED: why */
+    uint64_t requests;          /* every request, answered or not */
+    uint64_t denied;
+} VmforkGuest;
+
+bool vmfork_guest_attach(Object *dev, Error **errp);
+void vmfork_guest_detach(Object *dev);
+VmforkGuest *vmfork_guest_state(void);
+uint32_t vmfork_guest_request(void);
+uint32_t vmfork_guest_take_result(void);
+void vmfork_guest_reset(void);
 
 /* identity.c: the clone id and generation the guest reads */
 void vmfork_identity_set(int64_t clone_id, int64_t generation);

@@ -83,6 +83,11 @@ bool vmfork_in_child(void)
     return vmfork_state.in_child;
 }
 
+int64_t vmfork_clone_id(void)
+{
+    return vmfork_state.clone_id;
+}
+
 bool vmfork_pid_is_ours(pid_t pid)
 {
     if (pid == getpid()) {
@@ -618,6 +623,33 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
     }
     return vmfork_chardevs_parse(req, chardevs, errp) &&
            vmfork_taps_parse(req, taps, errp);
+}
+
+/*
+ * For the forks that a guest asks for (guest.c): check @args as vmfork
+ * would, now, and fill in the default of @monitor while the monitor that
+ * runs the command is known.
+ */
+bool vmfork_args_check(VmforkArgs *args, Error **errp)
+{
+    VmforkRequest req = { 0 };
+    bool ok;
+
+    if (!args->monitor) {
+        g_autofree char *path = monitor_socket_path();
+
+        if (path) {
+            args->monitor = g_strconcat(path, ".fork-%p", NULL);
+        }
+    }
+    ok = vmfork_parse_request(&req, args->has_count, args->count,
+                              args->monitor, args->serial, args->has_start,
+                              args->start, args->has_parent, args->parent,
+                              args->overlay_dir, args->has_hostfwd_offset,
+                              args->hostfwd_offset, args->taps,
+                              args->chardevs, errp);
+    vmfork_request_free(&req);
+    return ok;
 }
 
 /* ---- The fork --------------------------------------------------------- */

@@ -170,6 +170,11 @@ static const char *qemu_binary(void)
     return qemu ? qemu : env_path("VMFORK_QEMU_BUILT");
 }
 
+const char *vm_qemu_binary(void)
+{
+    return qemu_binary();
+}
+
 const char *vm_missing(GuestKind guest, const char *accel)
 {
     const char *qemu = qemu_binary();
@@ -949,24 +954,36 @@ gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms)
     }
 }
 
-char *vm_tiny_cmd(Vm *vm, const char *cmd)
+void vm_tiny_send(Vm *vm, const char *cmd)
 {
-    char want = g_ascii_toupper(cmd[0]);
-
     g_assert(vm->guest == GUEST_TINY);
     serial_write(vm, cmd);
     serial_write(vm, "\n");
+}
+
+char *vm_tiny_reply(Vm *vm, char want, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
     for (;;) {
-        g_autofree char *line = vm_read_line(vm, QMP_TIMEOUT_MS);
+        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+        g_autofree char *line = left > 0 ? vm_read_line(vm, left) : NULL;
 
         if (!line) {
-            g_error("tiny guest: no reply to '%s'", cmd);
+            g_error("tiny guest: no '%c' reply within %d ms", want,
+                    timeout_ms);
         }
         if (line[0] == 'E') {
-            g_error("tiny guest: '%s' failed: %s", cmd, line);
+            g_error("tiny guest: a command failed: %s", line);
         }
         if (line[0] == want && line[1] == ' ') {
             return g_strdup(line + 2);
         }
     }
+}
+
+char *vm_tiny_cmd(Vm *vm, const char *cmd)
+{
+    vm_tiny_send(vm, cmd);
+    return vm_tiny_reply(vm, g_ascii_toupper(cmd[0]), QMP_TIMEOUT_MS);
 }

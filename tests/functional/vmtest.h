@@ -61,6 +61,8 @@ typedef struct Vm {
 /* Is everything there to run this guest under this accelerator?  If not,
  * the reason (for g_test_skip). */
 const char *vm_missing(GuestKind guest, const char *accel);
+/* The QEMU binary under test */
+const char *vm_qemu_binary(void);
 
 /* In a test: skip it with the reason when something is missing (true),
  * else say in the log what runs */
@@ -124,6 +126,10 @@ char *vm_writer_check(Vm *vm, const char *dev, guint64 acked);
 gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
 /* Tiny guest: a command ("h", "w SEED") and its reply line */
 char *vm_tiny_cmd(Vm *vm, const char *cmd);
+/* Tiny guest: the same in two steps, for replies that wait on the host */
+void vm_tiny_send(Vm *vm, const char *cmd);
+/* the reply line starting with @want, without "X " (g_error on timeout) */
+char *vm_tiny_reply(Vm *vm, char want, int timeout_ms);
 
 /* qemu-img check every qcow2 image in dir (all of them before the caller
  * removes any: they may back each other), asserting each is clean, or

@@ -8,7 +8,9 @@
  *   - answers line commands "w <seed>" and "h" about a 1 MiB pattern
  *     region at guest-physical 4 MiB,
  *   - watches the link of the first legacy virtio-net device on PCI bus 0
- *     at each tick, and prints "L <changes> <up>" when it changes.
+ *     at each tick, and prints "L <changes> <up>" when it changes,
+ *   - asks the host to fork it through the vmfork-guest device at its
+ *     default port ("f", "b", "r <n>": docs/guest-abi.md).
  * Every output line is written whole, so lines never interleave.
  * No system headers, no libgcc: only 32-bit division is used.
  */
@@ -227,6 +229,109 @@ static void link_poll(void)
     }
 }
 
+static void reply_error(const char *what)
+{
+    put_str("E ");
+    put_str(what);
+    line_end();
+}
+
+/* The vmfork-guest device (docs/guest-abi.md), at its default port */
+#define VMFORK_PORT 0x5f0
+#define VMFORK_SIGNATURE 0x4b524f46u
+#define VMFORK_REQUEST (VMFORK_PORT + 4)
+#define VMFORK_STATUS (VMFORK_PORT + 8)
+#define VMFORK_RESULT (VMFORK_PORT + 12)
+#define VMFORK_PENDING 1
+#define VMFORK_DONE 2
+
+/* Wait for the host to serve an accepted request; returns its status */
+static u32 vmfork_wait(void)
+{
+    u32 st;
+
+    while ((st = inl(VMFORK_STATUS)) == VMFORK_PENDING) {
+        __asm__ volatile("pause");
+    }
+    return st;
+}
+
+/* "f": freeze here; "F ok <0 or clone id>", "F err <code>" or "F none" */
+static void vmfork_freeze(void)
+{
+    u32 answer, st, result;
+
+    if (inl(VMFORK_PORT) != VMFORK_SIGNATURE) {
+        put_str("F none");
+        line_end();
+        return;
+    }
+    answer = inl(VMFORK_REQUEST);
+    if (answer) {
+        put_str("F err ");
+        put_dec(answer);
+        line_end();
+        return;
+    }
+    st = vmfork_wait();
+    result = inl(VMFORK_RESULT);
+    put_str(st == VMFORK_DONE ? "F ok " : "F err ");
+    put_dec(result);
+    line_end();
+}
+
+/*
+ * "b": a second request before the first is acknowledged is busy:
+ * "B <second answer> <first's status> <first's result>"
+ */
+static void vmfork_busy(void)
+{
+    u32 second, st, result;
+
+    if (inl(VMFORK_REQUEST)) {
+        reply_error("not-accepted");
+        return;
+    }
+    st = vmfork_wait();
+    second = inl(VMFORK_REQUEST);
+    result = inl(VMFORK_RESULT);
+    put_str("B ");
+    put_dec(second);
+    put_char(' ');
+    put_dec(st);
+    put_char(' ');
+    put_dec(result);
+    line_end();
+}
+
+/*
+ * "r <n>": n requests in a row, each served before the next:
+ * "R <accepted> <denied> <busy> <done>"
+ */
+static void vmfork_flood(u32 n)
+{
+    u32 count[3] = { 0, 0, 0 }, done = 0;
+
+    for (u32 i = 0; i < n; i++) {
+        u32 answer = inl(VMFORK_REQUEST);
+
+        if (answer < 3) {
+            count[answer]++;
+        }
+        if (answer == 0) {
+            done += vmfork_wait() == VMFORK_DONE;
+            (void)inl(VMFORK_RESULT);
+        }
+    }
+    put_str("R ");
+    for (int i = 0; i < 3; i++) {
+        put_dec(count[i]);
+        put_char(' ');
+    }
+    put_dec(done);
+    line_end();
+}
+
 static int is_space(char c)
 {
     return c == ' ' || c == '\t';
@@ -246,13 +351,6 @@ static int hex_val(char c)
     return -1;
 }
 
-static void reply_error(const char *what)
-{
-    put_str("E ");
-    put_str(what);
-    line_end();
-}
-
 static void handle_line(const char *s)
 {
     while (is_space(*s)) {
@@ -268,6 +366,25 @@ static void handle_line(const char *s)
         put_str("H ");
         put_hex(pattern_hash(), 8);
         line_end();
+    } else if ((s[0] == 'f' || s[0] == 'b') && s[1] == 0) {
+        if (s[0] == 'f') {
+            vmfork_freeze();
+        } else {
+            vmfork_busy();
+        }
+    } else if (s[0] == 'r' && is_space(s[1])) {
+        u32 n = 0;
+        int digits = 0;
+        for (s++; is_space(*s); s++) {
+        }
+        for (; hex_val(*s) >= 0; s++, digits++) {
+            n = (n << 4) | (u32)hex_val(*s);
+        }
+        if (digits < 1 || digits > 8 || *s) {
+            reply_error("bad-count");
+            return;
+        }
+        vmfork_flood(n);
     } else if (s[0] == 'w' && (s[1] == 0 || is_space(s[1]))) {
         u32 seed = 0;
         int digits = 0;
