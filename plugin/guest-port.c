@@ -6,9 +6,11 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
  * An ISA device of 16 I/O ports at @iobase (default 0x5f0), four 32-bit
- * registers, described in the DSDT as device VMF0001 so that an OS finds
- * it; a freestanding guest uses the default port.  The ABI (the contract
- * with guests: docs/guest-abi.md):
+ * registers.  A guest finds the port in the fw_cfg file
+ * opt/vmfork/guest-port (little-endian 16 bits, as pvpanic's
+ * etc/pvpanic-port), an OS driver through the DSDT's device VMF0001; a
+ * freestanding guest may use the default.  The ABI (the contract with
+ * guests: docs/guest-abi.md):
  *
  *   +0x0  SIGNATURE  read: 0x4b524f46, "FORK" in memory order
  *   +0x4  REQUEST    read: ask to be forked; the value is the answer:
@@ -32,6 +34,7 @@
 #include "hw/isa/isa.h"
 #include "hw/qdev-properties.h"
 #include "hw/acpi/acpi_aml_interface.h"
+#include "hw/nvram/fw_cfg.h"
 #include "migration/vmstate.h"
 #include "qom/object.h"
 #include "vmfork-internal.h"
@@ -103,9 +106,16 @@ static const VMStateDescription vmstate_vmfork_guest = {
 static void vmfork_guest_realize(DeviceState *dev, Error **errp)
 {
     VmforkGuestDevice *s = VMFORK_GUEST(dev);
+    FWCfgState *fw_cfg = fw_cfg_find();
 
     if (!vmfork_guest_attach(OBJECT(dev), errp)) {
         return;
+    }
+    if (fw_cfg) {
+        uint16_t *port = g_new(uint16_t, 1);
+
+        *port = cpu_to_le16(s->iobase);
+        fw_cfg_add_file(fw_cfg, "opt/vmfork/guest-port", port, sizeof(*port));
     }
     memory_region_init_io(&s->io, OBJECT(dev), &vmfork_guest_ops, s,
                           "vmfork-guest", VMFORK_GUEST_IO_SIZE);

@@ -8,6 +8,7 @@
  *        vmfork-guest customize [--force]    run the customisation once, now
  *        vmfork-guest id                     print "CLONE-ID GENERATION"
  *        vmfork-guest id-bench N             time N reads of the fw_cfg file
+ *        vmfork-guest freeze [--no-wait]     ask the host to fork this VM now
  *
  * How a clone is noticed.  vmfork's QEMU gives every VM the fw_cfg file
  * opt/vmfork/clone-id, "CLONE-ID GENERATION" (zero-padded decimals): 0 0
@@ -72,7 +73,22 @@
  *               VMFORK_GENERATION, VMFORK_HOSTNAME and VMFORK_MACHINE_ID in
  *               the environment; each one's exit status is logged
  *
- * Exit status: 0 ok, 1 error, 2 usage.
+ * The freeze point (docs/guest-abi.md).  `freeze` asks the host to fork
+ * the VM at this instant through the vmfork-guest device and returns in
+ * every VM, as fork(2) does: it prints 0 in the parent and the clone id in
+ * each child.  The device's I/O port is in the fw_cfg file
+ * opt/vmfork/guest-port (else it is at its default, 0x5f0); its registers
+ * are read with inl() after ioperm() (root).  In
+ * a child, freeze returns once the clone is customised (by the daemon if
+ * it runs, else by freeze itself), so that the caller's branch sees the
+ * clone's hostname and machine-id; --no-wait returns at once.  In the
+ * parent, which may have waited paused as a template, its clock stood still
+ * meanwhile: freeze sets it from the RTC as the customisation's time step
+ * does.
+ *
+ * Exit status: 0 ok, 1 error, 2 usage; freeze: 3 no vmfork-guest device,
+ * 4 denied by the host, 5 busy (another request is pending), 6 cancelled
+ * (the host let the VM run without forking it), 7 the fork failed.
  */
 
 #define _GNU_SOURCE
@@ -85,6 +101,7 @@
 #include <linux/random.h>
 #include <linux/rtc.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -92,6 +109,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/mman.h>
@@ -1256,13 +1274,163 @@ static int cmd_watch(int poll_ms)
     return 0;
 }
 
+/* ---- The freeze point (docs/guest-abi.md) ----------------------------- */
+
+#define FREEZE_PORT_DEFAULT 0x5f0
+#define FREEZE_SIGNATURE    0x4b524f46u
+#define FREEZE_REQUEST      0x4
+#define FREEZE_STATUS       0x8
+#define FREEZE_RESULT       0xc
+#define FREEZE_PENDING      1
+#define FREEZE_DONE         2
+#define PORT_PATH \
+    "/sys/firmware/qemu_fw_cfg/by_name/opt/vmfork/guest-port/raw"
+
+enum {
+    EXIT_NO_DEVICE = 3,
+    EXIT_DENIED = 4,
+    EXIT_BUSY = 5,
+    EXIT_CANCELLED = 6,
+    EXIT_FORK_FAILED = 7,
+};
+
+/* The device's first I/O port, as QEMU tells it in fw_cfg, or 0 */
+static unsigned freeze_port_from_fw_cfg(void)
+{
+    unsigned char le[8];
+    unsigned long long id, gen;
+
+    read_id(&id, &gen);                 /* loads qemu_fw_cfg if need be */
+    if (read_small(PORT_PATH, (char *)le, sizeof(le)) < 2) {
+        return 0;
+    }
+    return le[0] | le[1] << 8;
+}
+
+static const char *freeze_error(unsigned code, int *exit_code)
+{
+    switch (code) {
+    case 1:
+        *exit_code = EXIT_DENIED;
+        return "the host denied the request (its vmfork-guest-policy)";
+    case 2:
+        *exit_code = EXIT_BUSY;
+        return "busy: another freeze request is pending";
+    case 3:
+        *exit_code = EXIT_CANCELLED;
+        return "cancelled: the host let the VM run without forking it";
+    case 4:
+        *exit_code = EXIT_FORK_FAILED;
+        return "the host could not fork the VM (see its "
+               "VMFORK_GUEST_REQUEST event)";
+    }
+    *exit_code = 1;
+    return "unknown answer from the device";
+}
+
+/* In a child: until the clone is customised, by the daemon or by us */
+static void freeze_wait_customised(void)
+{
+    unsigned long long id, gen;
+    char want[64], buf[128];
+
+    if (read_id(&id, &gen) < 0 || id == 0) {
+        return;
+    }
+    if (access(WATCHING, F_OK) < 0) {
+        if (!handled(id, gen)) {
+            customize(id, gen, "freeze", 0);
+        }
+        return;
+    }
+    snprintf(want, sizeof(want), "clone-id %llu\n", id);
+    for (int i = 0; i < 1000; i++) {
+        if (read_small(STATUS, buf, sizeof(buf)) > 0 &&
+            !strncmp(buf, want, strlen(want))) {
+            return;
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "%s: the clone is not customised after 10 s (see "
+            "journalctl -u vmfork-guest)\n", prog);
+}
+
+/*
+ * In the parent: a template may have waited, paused, for a long time, and
+ * its clock stood still meanwhile.  The clone's time step, on its own.
+ */
+static void freeze_parent_clock(void)
+{
+    Clone c = { 0 };
+    char detail[256] = "";
+
+    int failed = step_time(&c, detail, sizeof(detail));
+
+    if (failed || c.time_stepped) {
+        logmsg("freeze: time: %s", detail);
+    }
+    if (!failed && c.time_stepped) {
+        step_time_edge(&c, detail, sizeof(detail));
+    }
+}
+
+static int cmd_freeze(bool wait_customised)
+{
+    unsigned port = freeze_port_from_fw_cfg();
+    unsigned answer, st, result;
+    int exit_code;
+
+    if (!port) {
+        port = FREEZE_PORT_DEFAULT;
+    }
+    if (ioperm(port, 16, 1) < 0) {
+        fprintf(stderr, "%s: cannot access I/O ports 0x%x-0x%x: %s (run as "
+                "root)\n", prog, port, port + 15, strerror(errno));
+        return 1;
+    }
+    if (inl(port) != FREEZE_SIGNATURE) {
+        fprintf(stderr, "%s: no vmfork-guest device (the host must start "
+                "the VM with -device vmfork-guest)\n", prog);
+        return EXIT_NO_DEVICE;
+    }
+    answer = inl(port + FREEZE_REQUEST);
+    if (answer) {
+        fprintf(stderr, "%s: %s\n", prog, freeze_error(answer, &exit_code));
+        return exit_code;
+    }
+    /* Pending for the microseconds until the host pauses or forks the VM */
+    while ((st = inl(port + FREEZE_STATUS)) == FREEZE_PENDING) {
+        sched_yield();
+    }
+    result = inl(port + FREEZE_RESULT);
+    if (st != FREEZE_DONE) {
+        fprintf(stderr, "%s: %s\n", prog, freeze_error(result, &exit_code));
+        return exit_code;
+    }
+    if (result && wait_customised) {
+        freeze_wait_customised();
+    } else if (!result) {
+        freeze_parent_clock();
+    }
+    printf("%u\n", result);
+    return 0;
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: %s watch [--poll-ms MS] | customize [--force] | id\n"
+    fprintf(f, "usage: %s watch [--poll-ms MS] | customize [--force] | id | "
+            "freeze [--no-wait]\n"
             "  watch      wait for a clone (vmgenid uevent, fw_cfg poll) and "
             "customise it\n"
             "  customize  customise now (a clone only, unless --force)\n"
-            "  id         print the clone id and generation (0 0: not a clone)\n",
+            "  id         print the clone id and generation (0 0: not a clone)\n"
+            "  freeze     ask the host to fork this VM now; prints 0 in the "
+            "parent,\n"
+            "             the clone id in each child (once it is customised, "
+            "unless\n"
+            "             --no-wait).  Exit 3 no device, 4 denied, 5 busy, "
+            "6 cancelled,\n"
+            "             7 the fork failed\n",
             prog);
 }
 
@@ -1321,6 +1489,15 @@ int main(int argc, char **argv)
             return 0;
         }
         return customize(id, gen, "manual", 0);
+    }
+    if (!strcmp(argv[1], "freeze")) {
+        bool no_wait = argc == 3 && !strcmp(argv[2], "--no-wait");
+
+        if (argc > 3 || (argc == 3 && !no_wait)) {
+            usage(stderr);
+            return 2;
+        }
+        return cmd_freeze(!no_wait);
     }
     if (!strcmp(argv[1], "watch")) {
         int poll_ms = 0;

@@ -117,33 +117,39 @@ static char *qga(Vm *vm, const char *command)
     return g_strchomp(out);
 }
 
-/* A port p such that p and p + offset are both free on 127.0.0.1 */
-static int free_port_pair(int offset)
+/* A port p such that p + k * offset, k = 0 .. n - 1, are free on 127.0.0.1 */
+static int free_ports(int offset, int n)
 {
     for (int tries = 0; tries < 100; tries++) {
         struct sockaddr_in sin = { .sin_family = AF_INET };
         socklen_t len = sizeof(sin);
-        int a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int port = 0;
+        int fds[8], port = 0, k;
 
-        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (bind(a, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
-            getsockname(a, (struct sockaddr *)&sin, &len) == 0 &&
-            ntohs(sin.sin_port) + offset < 65536) {
-            port = ntohs(sin.sin_port);
-            sin.sin_port = htons(port + offset);
-            if (bind(b, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        g_assert_cmpint(n, <=, G_N_ELEMENTS(fds));
+        for (k = 0; k < n; k++) {
+            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            sin.sin_port = htons(k ? port + k * offset : 0);
+            if ((k && port + k * offset >= 65536) ||
+                bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+                k++;
                 port = 0;
+                break;
+            }
+            if (!k) {
+                g_assert_cmpint(getsockname(fds[0], (struct sockaddr *)&sin,
+                                            &len), ==, 0);
+                port = ntohs(sin.sin_port);
             }
         }
-        close(a);
-        close(b);
+        while (k--) {
+            close(fds[k]);
+        }
         if (port) {
             return port;
         }
     }
-    g_error("no free pair of ports");
+    g_error("no %d free ports %d apart", n, offset);
 }
 
 /* Run a host command, assert it exits 0, return its stdout */
@@ -239,7 +245,7 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
             return;
         }
     }
-    o.ssh_port = free_port_pair(offset);
+    o.ssh_port = free_ports(offset, 2);
     parent = vm_start(&o);
     wait_ssh(parent);
     g_test_message("parent: ssh on port %d after %.1f s", parent->ssh_port,
@@ -269,6 +275,15 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
     }
     g_assert_cmpstr(p_host, ==, "vmfork-template");
     g_assert_cmpuint(strlen(p_mid), ==, 32);
+    {
+        /* This VM has no vmfork-guest device: freeze says so (exit 3) */
+        g_autofree char *freeze = ssh_ok(parent, "vmfork-guest freeze 2>&1; "
+                                         "echo rc=$?");
+
+        g_test_message("parent without the device: %s", freeze);
+        g_assert_nonnull(strstr(freeze, "no vmfork-guest device"));
+        g_assert_true(g_str_has_suffix(freeze, "rc=3"));
+    }
 
     /* Without vmgenid the child also starts paused and stays so for a few
      * seconds: its guest clock (which stands still while it is paused, under
@@ -465,6 +480,185 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
     vm_cleanup_all();
 }
 
+/* `cat FILE` in @vm once FILE exists (60 s at most) */
+static char *wait_file(Vm *vm, const char *file)
+{
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    g_autofree char *cmd = g_strdup_printf("cat %s 2>/dev/null", file);
+
+    for (;;) {
+        int st;
+        char *out = ssh_run(vm->ssh_port, &st, cmd);
+
+        if (st == 0) {
+            return g_strchomp(out);
+        }
+        g_free(out);
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(200 * 1000);
+    }
+}
+
+/*
+ * The freeze point in a real guest: a script warms up, runs
+ * `vmfork-guest freeze` and branches on its output.  With the host's
+ * policy "fork 2", the branch runs once in each of three VMs: 0 in the
+ * parent, its clone id in each child, which is already customised (its
+ * own hostname) when the branch runs.  The device's port is found in
+ * fw_cfg (it is not at the default here), and ACPI lists the device.  Then
+ * the clock of a template that waited, paused, for 60 s.
+ */
+static void debian_freeze_from_a_script(void)
+{
+    const char *const extra[] = { "-device", "vmgenid", "-device",
+                                  "vmfork-guest,iobase=0x5e0", NULL };
+    VmOptions o = { .guest = GUEST_DEBIAN, .extra = extra };
+    const int offset = 100;
+    g_autofree char *pnp = NULL, *policy = NULL, *p_branch = NULL,
+        *denied = NULL;
+    gint64 t0 = g_get_monotonic_time();
+    JsonArray *children;
+    JsonNode *ev;
+    Vm *parent, *child[2];
+    g_autoptr(GError) err = NULL;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    if (!g_find_program_in_path("ssh")) {
+        g_test_skip("ssh is not installed");
+        return;
+    }
+    o.ssh_port = free_ports(offset, 3);
+    parent = vm_start(&o);
+    wait_ssh(parent);
+    /* Not at the default port: vmfork-guest finds it in fw_cfg */
+    pnp = ssh_ok(parent, "cat /sys/bus/acpi/devices/VMF0001:00/hid; "
+                 "modprobe qemu_fw_cfg; od -An -tx2 /sys/firmware/qemu_fw_cfg/"
+                 "by_name/opt/vmfork/guest-port/raw");
+    g_test_message("parent: ACPI device and fw_cfg port: %s", pnp);
+    g_assert_cmpstr(pnp, ==, "VMF0001\n 05e0");
+
+    policy = g_strdup_printf("{\"action\": \"fork\", \"fork\": {\"count\": 2, "
+                             "\"overlay-dir\": \"%s\", \"hostfwd-offset\": %d, "
+                             "\"chardevs\": [{\"id\": \"qga0\", \"path\": "
+                             "\"%s/qga-%%p.sock\"}]}}", parent->dir, offset,
+                             parent->dir);
+    json_node_unref(vm_qmp(parent, "vmfork-guest-policy", policy));
+    /* The script: warm-up, freeze, a branch that records what it got */
+    g_free(ssh_ok(parent, "cat > /root/freeze.sh <<'EOF'\n"
+                  "echo warm > /run/warm-up\n"
+                  "id=$(vmfork-guest freeze)\n"
+                  "rc=$?\n"
+                  "if [ \"$id\" = 0 ]; then role=parent; else role=child; fi\n"
+                  "echo \"$rc $id $role $(hostname) $(cat /run/warm-up)\" "
+                  ">> /root/branch\n"
+                  "sync\n"
+                  "EOF\n"
+                  "setsid sh /root/freeze.sh </dev/null >/dev/null 2>&1 &"));
+    ev = qmp_wait_event(parent->qmp, "VMFORK_GUEST_REQUEST", 120 * 1000, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev), "action"),
+                    ==, "fork");
+    children = json_object_get_array_member(qmp_event_data(ev), "children");
+    g_assert_cmpuint(json_array_get_length(children), ==, 2);
+
+    p_branch = wait_file(parent, "/root/branch");
+    g_test_message("parent's branch: %s", p_branch);
+    g_assert_cmpstr(p_branch, ==, "0 0 parent vmfork-template warm");
+    for (guint i = 0; i < 2; i++) {
+        JsonObject *cj = json_array_get_object_element(children, i);
+        gint64 id = json_object_get_int_member(cj, "clone-id");
+        g_autofree char *want = g_strdup_printf(
+            "0 %" G_GINT64_FORMAT " child vmfork-%" G_GINT64_FORMAT " warm",
+            id, id);
+        g_autofree char *branch = NULL;
+
+        child[i] = vm_attach_child(parent, cj);
+        child[i]->ssh_port = parent->ssh_port + offset * (i + 1);
+        wait_ssh(child[i]);
+        branch = wait_file(child[i], "/root/branch");
+        g_test_message("child %u's branch: %s", i, branch);
+        /* once, with its id, customised */
+        g_assert_cmpstr(branch, ==, want);
+    }
+
+    /* The policy served one request; the host now denies: exit 4 */
+    json_node_unref(vm_qmp(parent, "vmfork-guest-policy",
+                           "{\"action\": \"deny\"}"));
+    denied = ssh_ok(parent, "vmfork-guest freeze 2>&1; echo rc=$?");
+    g_test_message("parent, denied: %s", denied);
+    g_assert_nonnull(strstr(denied, "denied"));
+    g_assert_true(g_str_has_suffix(denied, "rc=4"));
+
+    json_node_unref(ev);
+    for (guint i = 0; i < 2; i++) {
+        vm_quit(child[i]);
+    }
+
+    /*
+     * The clock: the VM waits, paused as a template, for 60 s; its guest
+     * clock stands still meanwhile (TCG).  The child that the host then
+     * forks, and the parent once it runs again, are within 1 s of the
+     * host's clock when their branch runs (vmfork-guest steps it from the
+     * RTC, which QEMU keeps at the host's time).
+     */
+    json_node_unref(vm_qmp(parent, "vmfork-guest-policy",
+                           "{\"action\": \"wait\"}"));
+    g_free(ssh_ok(parent, "rm /root/branch; cat > /root/freeze.sh <<'EOF'\n"
+                  "id=$(vmfork-guest freeze)\n"
+                  "echo \"$? $id $(date +%%s.%%N)\" > /root/branch\n"
+                  "EOF\n"
+                  "setsid sh /root/freeze.sh </dev/null >/dev/null 2>&1 &"));
+    ev = qmp_wait_event(parent->qmp, "VMFORK_GUEST_REQUEST", 120 * 1000, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev), "action"),
+                    ==, "wait");
+    json_node_unref(ev);
+    g_test_message("the template waits, paused, for 60 s");
+    g_usleep(60 * G_USEC_PER_SEC);
+    {
+        g_autofree char *args = g_strdup_printf(
+            "{\"overlay-dir\": \"%s\", \"hostfwd-offset\": %d, "
+            "\"chardevs\": [{\"id\": \"qga0\", \"path\": "
+            "\"%s/qga2-%%p.sock\"}]}", parent->dir, offset, parent->dir);
+        g_autoptr(JsonArray) late = vm_fork(parent, args);
+
+        child[0] = vm_attach_child(parent, json_array_get_object_element(late, 0));
+        child[0]->ssh_port = parent->ssh_port + offset;
+    }
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    for (guint i = 0; i < 2; i++) {
+        Vm *vm = i ? parent : child[0];
+        g_autofree char *branch = NULL;
+        g_auto(GStrv) f = NULL;
+        double off, err_bound;
+
+        wait_ssh(vm);
+        branch = wait_file(vm, "/root/branch");
+        f = g_strsplit(branch, " ", 3);
+        g_assert_cmpstr(f[0], ==, "0");
+        g_assert_cmpstr(f[1], !=, i ? "" : "0");
+        /* the guest's clock now, against the host's around the ssh call */
+        {
+            gint64 before = g_get_real_time();
+            g_autofree char *now = ssh_ok(vm, "date +%%s.%%N");
+            gint64 after = g_get_real_time();
+
+            off = g_ascii_strtod(now, NULL) - (before + after) / 2e6;
+            err_bound = (after - before) / 2e6;
+        }
+        g_test_message("%s after 60 s paused: branch %s, clock %+.3f s "
+                       "(+-%.3f s) from the host's", i ? "parent" : "child",
+                       branch, off, err_bound);
+        g_assert_cmpfloat(ABS(off), <, 1.0 + err_bound);
+    }
+    vm_quit(child[0]);
+    vm_quit(parent);
+    g_test_message("test took %.1f s", (g_get_monotonic_time() - t0) / 1e6);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -472,5 +666,7 @@ int main(int argc, char **argv)
                          GINT_TO_POINTER(true), debian_fork_customizes_the_clone);
     g_test_add_data_func("/debian/tcg/no-vmgenid/fork-customizes-the-clone",
                          GINT_TO_POINTER(false), debian_fork_customizes_the_clone);
+    g_test_add_func("/debian/tcg/freeze-from-a-script-then-clock-after-60s-paused",
+                    debian_freeze_from_a_script);
     return g_test_run();
 }
