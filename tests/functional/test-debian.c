@@ -18,26 +18,6 @@
 
 #define TIMEOUT_S 300
 
-/* ssh root@127.0.0.1 -p PORT CMD: its stdout; *status its wait status */
-static char *ssh_run(int port, int *status, const char *cmd)
-{
-    g_autofree char *key = g_build_filename(g_getenv("VMFORK_DEBIAN_DIR"),
-                                            "id_ed25519", NULL);
-    g_autofree char *portstr = g_strdup_printf("%d", port);
-    const char *argv[] = {
-        "ssh", "-n", "-q", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
-        "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-        "root@127.0.0.1", cmd, NULL };
-    g_autoptr(GError) err = NULL;
-    char *out = NULL;
-
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH |
-                               G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out,
-                               NULL, status, &err));
-    return out;
-}
-
 static char *ssh_ok(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 static char *ssh_ok(Vm *vm, const char *fmt, ...)
 {
@@ -49,32 +29,12 @@ static char *ssh_ok(Vm *vm, const char *fmt, ...)
     va_start(ap, fmt);
     cmd = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    out = ssh_run(vm->ssh_port, &status, cmd);
+    out = vm_ssh(vm, &status, cmd);
     if (status) {
         g_error("ssh -p %d '%s': status 0x%x, output: %s", vm->ssh_port, cmd,
                 status, out);
     }
     return g_strchomp(out);
-}
-
-/* Until ssh logs in (the guest boots for 10-20 s under TCG) */
-static void wait_ssh(Vm *vm)
-{
-    gint64 deadline = g_get_monotonic_time() + TIMEOUT_S * G_USEC_PER_SEC;
-
-    for (;;) {
-        int status;
-        g_autofree char *out = ssh_run(vm->ssh_port, &status, "true");
-
-        if (status == 0) {
-            return;
-        }
-        if (pid_gone(vm->pid) || g_get_monotonic_time() > deadline) {
-            g_error("no ssh login on port %d (QEMU %s)", vm->ssh_port,
-                    pid_gone(vm->pid) ? "gone" : "running");
-        }
-        g_usleep(500 * 1000);
-    }
 }
 
 /* `systemctl is-system-running --wait`: running, or degraded with the
@@ -84,7 +44,7 @@ static void assert_system_running(Vm *vm, const char *who)
     g_autofree char *cmd = g_strdup_printf("timeout %d systemctl "
                                            "is-system-running --wait", TIMEOUT_S);
     int status;
-    g_autofree char *state = g_strchomp(ssh_run(vm->ssh_port, &status, cmd));
+    g_autofree char *state = g_strchomp(vm_ssh(vm, &status, cmd));
 
     g_test_message("%s: systemctl is-system-running: %s", who, state);
     if (g_str_equal(state, "degraded")) {
@@ -115,41 +75,6 @@ static char *qga(Vm *vm, const char *command)
         g_error("qga %s %s: %s", vm->qga_path, command, errout);
     }
     return g_strchomp(out);
-}
-
-/* A port p such that p + k * offset, k = 0 .. n - 1, are free on 127.0.0.1 */
-static int free_ports(int offset, int n)
-{
-    for (int tries = 0; tries < 100; tries++) {
-        struct sockaddr_in sin = { .sin_family = AF_INET };
-        socklen_t len = sizeof(sin);
-        int fds[8], port = 0, k;
-
-        g_assert_cmpint(n, <=, G_N_ELEMENTS(fds));
-        for (k = 0; k < n; k++) {
-            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            sin.sin_port = htons(k ? port + k * offset : 0);
-            if ((k && port + k * offset >= 65536) ||
-                bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
-                k++;
-                port = 0;
-                break;
-            }
-            if (!k) {
-                g_assert_cmpint(getsockname(fds[0], (struct sockaddr *)&sin,
-                                            &len), ==, 0);
-                port = ntohs(sin.sin_port);
-            }
-        }
-        while (k--) {
-            close(fds[k]);
-        }
-        if (port) {
-            return port;
-        }
-    }
-    g_error("no %d free ports %d apart", n, offset);
 }
 
 /* Run a host command, assert it exits 0, return its stdout */
@@ -245,9 +170,9 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
             return;
         }
     }
-    o.ssh_port = free_ports(offset, 2);
+    o.ssh_port = vm_free_ports(offset, 2);
     parent = vm_start(&o);
-    wait_ssh(parent);
+    vm_wait_ssh(parent, TIMEOUT_S);
     g_test_message("parent: ssh on port %d after %.1f s", parent->ssh_port,
                    (g_get_monotonic_time() - t0) / 1e6);
     assert_system_running(parent, "parent");
@@ -308,7 +233,7 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
                    child->ssh_port, child->qga_path);
 
     /* The child customises itself */
-    wait_ssh(child);
+    vm_wait_ssh(child, TIMEOUT_S);
     {
         gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
 
@@ -316,7 +241,7 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
             int st;
 
             g_free(status_text);
-            status_text = ssh_run(child->ssh_port, &st,
+            status_text = vm_ssh(child, &st,
                                   "cat /run/vmfork/last-clone 2>/dev/null");
             if (st == 0 && strstr(status_text, "\nresult ")) {
                 break;
@@ -430,8 +355,8 @@ static void debian_fork_customizes_the_clone(gconstpointer data)
     {
         int st;
 
-        g_free(ssh_run(child->ssh_port, &st, "systemctl poweroff"));
-        g_free(ssh_run(parent->ssh_port, &st, "systemctl poweroff"));
+        g_free(vm_ssh(child, &st, "systemctl poweroff"));
+        g_free(vm_ssh(parent, &st, "systemctl poweroff"));
     }
     g_assert_true(pid_wait_gone(child->pid, 120 * 1000));
     g_assert_true(pid_wait_gone(parent->pid, 120 * 1000));
@@ -488,7 +413,7 @@ static char *wait_file(Vm *vm, const char *file)
 
     for (;;) {
         int st;
-        char *out = ssh_run(vm->ssh_port, &st, cmd);
+        char *out = vm_ssh(vm, &st, cmd);
 
         if (st == 0) {
             return g_strchomp(out);
@@ -529,9 +454,9 @@ static void debian_freeze_from_a_script(void)
         g_test_skip("ssh is not installed");
         return;
     }
-    o.ssh_port = free_ports(offset, 3);
+    o.ssh_port = vm_free_ports(offset, 3);
     parent = vm_start(&o);
-    wait_ssh(parent);
+    vm_wait_ssh(parent, TIMEOUT_S);
     /* Not at the default port: vmfork-guest finds it in fw_cfg */
     pnp = ssh_ok(parent, "cat /sys/bus/acpi/devices/VMF0001:00/hid; "
                  "modprobe qemu_fw_cfg; od -An -tx2 /sys/firmware/qemu_fw_cfg/"
@@ -576,7 +501,7 @@ static void debian_freeze_from_a_script(void)
 
         child[i] = vm_attach_child(parent, cj);
         child[i]->ssh_port = parent->ssh_port + offset * (i + 1);
-        wait_ssh(child[i]);
+        vm_wait_ssh(child[i], TIMEOUT_S);
         branch = wait_file(child[i], "/root/branch");
         g_test_message("child %u's branch: %s", i, branch);
         /* once, with its id, customised */
@@ -634,7 +559,7 @@ static void debian_freeze_from_a_script(void)
         g_auto(GStrv) f = NULL;
         double off, err_bound;
 
-        wait_ssh(vm);
+        vm_wait_ssh(vm, TIMEOUT_S);
         branch = wait_file(vm, "/root/branch");
         f = g_strsplit(branch, " ", 3);
         g_assert_cmpstr(f[0], ==, "0");

@@ -987,3 +987,82 @@ char *vm_tiny_cmd(Vm *vm, const char *cmd)
     vm_tiny_send(vm, cmd);
     return vm_tiny_reply(vm, g_ascii_toupper(cmd[0]), QMP_TIMEOUT_MS);
 }
+
+/* ---- Debian guest: ssh ------------------------------------------------- */
+
+/* A port p such that p + k * offset, k = 0 .. n - 1, are free on 127.0.0.1 */
+int vm_free_ports(int offset, int n)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        struct sockaddr_in sin = { .sin_family = AF_INET };
+        socklen_t len = sizeof(sin);
+        int fds[8], port = 0, k;
+
+        g_assert_cmpint(n, <=, G_N_ELEMENTS(fds));
+        for (k = 0; k < n; k++) {
+            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            sin.sin_port = htons(k ? port + k * offset : 0);
+            if ((k && port + k * offset >= 65536) ||
+                bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+                k++;
+                port = 0;
+                break;
+            }
+            if (!k) {
+                g_assert_cmpint(getsockname(fds[0], (struct sockaddr *)&sin,
+                                            &len), ==, 0);
+                port = ntohs(sin.sin_port);
+            }
+        }
+        while (k--) {
+            close(fds[k]);
+        }
+        if (port) {
+            return port;
+        }
+    }
+    g_error("no %d free ports %d apart", n, offset);
+}
+
+
+char *vm_ssh(Vm *vm, int *status, const char *cmd)
+{
+    g_autofree char *key = g_build_filename(g_getenv("VMFORK_DEBIAN_DIR"),
+                                            "id_ed25519", NULL);
+    g_autofree char *portstr = g_strdup_printf("%d", vm->ssh_port);
+    const char *argv[] = {
+        "ssh", "-n", "-q", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
+        "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "root@127.0.0.1", cmd, NULL };
+    g_autoptr(GError) err = NULL;
+    char *out = NULL;
+
+    g_assert(vm->ssh_port);
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH |
+                      G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
+                      status, &err)) {
+        g_error("ssh: %s", err->message);
+    }
+    return out;
+}
+
+void vm_wait_ssh(Vm *vm, int timeout_s)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_s * G_USEC_PER_SEC;
+
+    for (;;) {
+        int status;
+        g_autofree char *out = vm_ssh(vm, &status, "true");
+
+        if (status == 0) {
+            return;
+        }
+        if (pid_gone(vm->pid) || g_get_monotonic_time() > deadline) {
+            g_error("no ssh login on port %d (QEMU %s)", vm->ssh_port,
+                    pid_gone(vm->pid) ? "gone" : "running");
+        }
+        g_usleep(500 * 1000);
+    }
+}

@@ -131,6 +131,15 @@ void vm_tiny_send(Vm *vm, const char *cmd);
 /* the reply line starting with @want, without "X " (g_error on timeout) */
 char *vm_tiny_reply(Vm *vm, char want, int timeout_ms);
 
+/* Debian guest: ssh root@127.0.0.1 -p vm->ssh_port CMD (the image's key):
+ * its stdout; *status its wait status */
+char *vm_ssh(Vm *vm, int *status, const char *cmd);
+/* A port p such that p + k * offset, k = 0 .. n - 1, are free on
+ * 127.0.0.1: for a parent's ssh forward and its children's */
+int vm_free_ports(int offset, int n);
+/* Debian guest: until ssh logs in (g_error after timeout_s) */
+void vm_wait_ssh(Vm *vm, int timeout_s);
+
 /* qemu-img check every qcow2 image in dir (all of them before the caller
  * removes any: they may back each other), asserting each is clean, or
  * with @may_leak only leaks clusters (what a VM killed while it writes
