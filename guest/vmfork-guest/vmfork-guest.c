@@ -9,6 +9,7 @@
  *        vmfork-guest id                     print "CLONE-ID GENERATION"
  *        vmfork-guest id-bench N             time N reads of the fw_cfg file
  *        vmfork-guest freeze [--no-wait]     ask the host to fork this VM now
+ *        vmfork-guest warm-up                run the customisation's paths once
  *
  * How a clone is noticed.  vmfork's QEMU gives every VM the fw_cfg file
  * opt/vmfork/clone-id, "CLONE-ID GENERATION" (zero-padded decimals): 0 0
@@ -1093,6 +1094,40 @@ static int customize(unsigned long long id, unsigned long long gen,
     return failed ? 1 : 0;
 }
 
+/*
+ * Warm-up, in a VM about to be forked: the customisation's code paths run
+ * once, changing nothing (the same hostname and files written again, a
+ * DHCP renewal, the RTC read, a process spawned), so that each clone runs
+ * them warm.  Under TCG a clone inherits the template's translated code
+ * and pays for the translation of every path the template never ran:
+ * measured in a clone of a template that had not warmed up, the
+ * customisation took 119 ms the first time, 26 ms the second.  Run by
+ * freeze before it asks, by the daemon when it starts, and by
+ * `vmfork-guest warm-up` for a template that the host forks.
+ */
+static void warm_up(void)
+{
+    static const char *const files[] = { "/etc/hostname", "/etc/hosts" };
+    char host[256], buf[8192], detail[256];
+    char *argv[] = { "/bin/sh", "-c", ":", NULL };
+    char *envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+    Clone c = { 0 };
+    time_t t;
+
+    step_rng(&c, detail, sizeof(detail));
+    if (gethostname(host, sizeof(host)) == 0) {
+        sethostname(host, strlen(host));
+    }
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        if (read_small(files[i], buf, sizeof(buf)) > 0) {
+            replace_file(files[i], buf, 0644);
+        }
+    }
+    step_network(&c, detail, sizeof(detail));
+    rtc_read(&t, false);
+    run(argv, envp);
+}
+
 /* ---- Commands ------------------------------------------------------------ */
 
 static volatile sig_atomic_t stop;
@@ -1230,6 +1265,7 @@ static int cmd_watch(int poll_ms)
     logmsg("watching: %.*s", (int)strlen(buf) - 1, buf);
     if (id == 0) {
         set_handled(0, gen);            /* booted, not forked */
+        warm_up();
     } else if (!handled(id, gen)) {
         customize(id, gen, "startup", 0);
     }
@@ -1393,6 +1429,7 @@ static int cmd_freeze(bool wait_customised)
                 "the VM with -device vmfork-guest)\n", prog);
         return EXIT_NO_DEVICE;
     }
+    warm_up();
     answer = inl(port + FREEZE_REQUEST);
     if (answer) {
         fprintf(stderr, "%s: %s\n", prog, freeze_error(answer, &exit_code));
@@ -1419,7 +1456,7 @@ static int cmd_freeze(bool wait_customised)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: %s watch [--poll-ms MS] | customize [--force] | id | "
-            "freeze [--no-wait]\n"
+            "freeze [--no-wait] | warm-up\n"
             "  watch      wait for a clone (vmgenid uevent, fw_cfg poll) and "
             "customise it\n"
             "  customize  customise now (a clone only, unless --force)\n"
@@ -1430,7 +1467,11 @@ static void usage(FILE *f)
             "unless\n"
             "             --no-wait).  Exit 3 no device, 4 denied, 5 busy, "
             "6 cancelled,\n"
-            "             7 the fork failed\n",
+            "             7 the fork failed\n"
+            "  warm-up    run the customisation's code paths once, changing "
+            "nothing,\n"
+            "             so that clones run them warm (before the host forks "
+            "a template)\n",
             prog);
 }
 
@@ -1489,6 +1530,10 @@ int main(int argc, char **argv)
             return 0;
         }
         return customize(id, gen, "manual", 0);
+    }
+    if (!strcmp(argv[1], "warm-up") && argc == 2) {
+        warm_up();
+        return 0;
     }
     if (!strcmp(argv[1], "freeze")) {
         bool no_wait = argc == 3 && !strcmp(argv[2], "--no-wait");
