@@ -1168,6 +1168,100 @@ static JsonNode *set_ignore_shared(BenchVm *vm, GError **errp)
                   "\"state\": true}]}", QMP_MS, errp);
 }
 
+/*
+ * vmfork pre-forked, like for like with the pre-started peers: children
+ * forked ahead of time (start: false) from a paused template wait, paused,
+ * each with its own monitor; taking one is a "cont" on its monitor.  From
+ * that "cont" to the child's first own output (and, TCG, to its guest
+ * clock running), as migrate-incoming on a pre-started QEMU is for the
+ * peers.  The template runs on once they are forked.
+ */
+static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
+                              PeerAgg *agg, GError **errp)
+{
+    BenchVm *p = gr->parent;
+    g_autofree char *args = NULL;
+    g_autoptr(JsonNode) stop = NULL, reply = NULL;
+    g_autoptr(GArray) ref = NULL;
+    JsonArray *children;
+    gint64 t = now_ns(), freeze = 0;
+    bool freeze_ok;
+    int n = s->n;
+
+    vm_drain_events(p);
+    stop = vm_qmp(p, "stop", NULL, QMP_MS, errp);
+    if (!stop) {
+        return;
+    }
+    gr->ctx.frozen = true;
+    args = g_strdup_printf("{\"count\": %d, \"monitor\": \"%s/pre-%%i.qmp\", "
+                           "\"serial\": \"%s/pre-%%i.out\", \"start\": false, "
+                           "\"parent\": \"paused\"}", n, gr->dir, gr->dir);
+    reply = vm_qmp(p, "vmfork", args, QMP_MS, errp);
+    children = reply ? json_object_get_array_member(
+                   json_node_get_object(reply), "children") : NULL;
+    for (int got = 0; children && got < n; got++) {
+        JsonNode *ev = qmp_wait_event(p->qmp, "VMFORK_CHILD_READY", 30000,
+                                      errp);
+
+        if (!ev) {
+            children = NULL;
+        }
+        json_node_unref(ev);
+    }
+    /* The template runs on; its clock restarts at the children's */
+    freeze_ok = thaw(gr, &freeze);
+    ref = stream_lines_since(p->serial, t - 1000000000LL);
+    g_array_set_size(pc->refs, 0);
+    for (int i = 0; children && i < n; i++) {
+        JsonObject *c = json_array_get_object_element(children, i);
+        g_autofree char *out = g_strdup_printf("%s/pre-%d.out", gr->dir, i);
+        BenchVm child = { .cfg = p->cfg, .name = (char *)"pre-forked child" };
+        g_autoptr(JsonNode) r = NULL;
+        gint64 t0;
+
+        child.pid = json_object_get_int_member(c, "pid");
+        child.qmp = qmp_connect_unix(json_object_get_string_member(c,
+                                                                   "monitor"),
+                                     QMP_MS, NULL);
+        child.serial = stream_file(out, p->cfg.guest, 2 * W_CHILD_NS);
+        if (!*errp && child.qmp) {
+            g_usleep(200000);
+            t0 = now_ns();
+            r = qmp_execute_json(child.qmp, "cont", NULL, QMP_MS, errp);
+            push(agg->qmp, MS(now_ns() - t0));
+            if (r) {
+                measure_resumed(pc, &child, ref, t0, freeze, freeze_ok, agg,
+                                i == 0, errp);
+            }
+        } else if (!*errp) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "no monitor for pre-forked child %d", child.pid);
+        }
+        kill(child.pid, SIGKILL);
+        stream_free(child.serial);
+        if (child.qmp) {
+            qmp_close(child.qmp);
+        }
+        unlink(out);
+    }
+    /* Every child reaped before the parent's next command */
+    for (int left = children ? n : 0; left > 0; left--) {
+        JsonNode *ev = qmp_wait_event(p->qmp, "VMFORK_CHILD_EXITED", 30000,
+                                      NULL);
+
+        if (!ev) {
+            break;
+        }
+        json_node_unref(ev);
+    }
+    gr->ctx.last_reply = now_ns();
+    if (!children && !*errp) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "vmfork of %d pre-forked children failed", n);
+    }
+}
+
 static void run_peers(GroupRun *gr, const Spec *s,
                       void (*emit)(JsonObject *, gpointer), gpointer data)
 {
@@ -1365,6 +1459,18 @@ static void run_peers(GroupRun *gr, const Spec *s,
              data);
     }
     unlink(tstate);
+    if (err) {
+        goto fail;
+    }
+
+    /* 4. vmfork's own pre-started mode: pre-forked children */
+    if (ensure_parent(gr, &err)) {
+        peer_init(&p, "vmfork-preforked");
+        measure_preforked(gr, s, &pc, &p, &err);
+        emit(peer_json(&p, c, s->n, "cont on the monitor of a child forked "
+                       "ahead of time (start: false) from a paused template "
+                       "-> the guest's first output"), data);
+    }
 
 fail:
     if (err) {

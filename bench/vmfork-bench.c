@@ -276,14 +276,21 @@ static const char *const peer_methods[] = {
     "template-prestarted",
 };
 
-/* Ratios of this group's peers to its single forks (running parent) */
+/*
+ * Ratios of this group's peers to vmfork, like for like: a peer that starts
+ * from nothing (cold boot, snapshot restore, template clone) against a
+ * vmfork command on a running parent; a pre-started peer (a QEMU waiting
+ * with -incoming defer) against a pre-forked child (start: false), whose
+ * "cont" is what migrate-incoming is to the peer.
+ */
 static void add_ratios(const Group *g)
 {
     g_autofree char *label = vm_config_label(&g->cfg);
     g_autofree char *fork_name = g_strdup_printf("fork-%s", label);
+    g_autofree char *pre_name = g_strdup_printf("peer-vmfork-preforked-%s",
+                                                label);
     JsonObject *f = find_scenario(fork_name);
-    double clone = get_num(f, "clone_ms.p50");
-    double resume = get_num(f, "clone_resume_ms.p50");
+    JsonObject *pre = find_scenario(pre_name);
     JsonObject *peers;
 
     if (!f) {
@@ -294,15 +301,23 @@ static void add_ratios(const Group *g)
         g_autofree char *pn = g_strdup_printf("peer-%s-%s", peer_methods[i],
                                               label);
         JsonObject *p = find_scenario(pn);
+        bool prestarted = g_str_has_suffix(peer_methods[i], "-prestarted");
+        JsonObject *v = prestarted ? pre : f;
+        double clone = get_num(v, "clone_ms.p50");
+        double resume = get_num(v, prestarted ? "vcpus_running_ms.p50" :
+                                "clone_resume_ms.p50");
         double ms = get_num(p, "clone_ms.p50");
         double run = get_num(p, "vcpus_running_ms.p50");
         JsonObject *e;
 
-        if (!p || isnan(ms)) {
+        if (!p || isnan(ms) || !v) {
             continue;
         }
         e = json_object_new();
         json_object_set_double_member(e, "ms", ms);
+        json_object_set_string_member(p, "compared_with", prestarted ?
+                                      "vmfork pre-forked (cont)" :
+                                      "vmfork (command)");
         if (!isnan(clone) && clone > 0) {
             double r = round(ms / clone * 10.0) / 10.0;
 
@@ -427,58 +442,68 @@ typedef struct Target {
     const char *unit;
 } Target;
 
+/* The goals of the performance issue (a 512 MiB guest, 1 vCPU) */
 static const Target targets[] = {
-    { "clone latency, TCG, Linux guest", "fork-linux-tcg-512m-1cpu",
-      "clone_ms.p50", "<= 3 ms", 3, false, 1, "ms" },
-    { "clone latency, TCG, tiny guest", "fork-tiny-tcg-512m-1cpu",
-      "clone_ms.p50", "<= 3 ms", 3, false, 1, "ms" },
-    { "clone latency, KVM (kvm_pvm), tiny guest", "fork-tiny-kvm-512m-1cpu",
-      "clone_ms.p50", "<= 10 ms", 10, false, 1, "ms" },
-    { "parent pause, TCG, Linux guest", "fork-linux-tcg-512m-1cpu",
-      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
-    { "parent pause, TCG, tiny guest", "fork-tiny-tcg-512m-1cpu",
-      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
-    { "parent pause, KVM (kvm_pvm), tiny guest", "fork-tiny-kvm-512m-1cpu",
-      "parent_pause_ms.p50", "<= 1 ms", 1, false, 1, "ms" },
-    { "100 clones, Linux guest, running parent",
-      "fanout100-linux-tcg-512m-1cpu", "fanout_wall_ms.p50", "<= 0.5 s", 500,
+    { "Linux guest, TCG: command -> child's first output",
+      "fork-linux-tcg-512m-1cpu", "clone_ms.p50", "<= 3 ms", 3, false, 1,
+      "ms" },
+    { "Linux guest, TCG: command -> child's guest clock running",
+      "fork-linux-tcg-512m-1cpu", "clone_resume_ms.p50", "<= 1.5 ms", 1.5,
       false, 1, "ms" },
-    { "100 clones, Linux guest, paused template",
+    { "tiny guest, TCG: command -> first output", "fork-tiny-tcg-512m-1cpu",
+      "clone_ms.p50", "<= 2 ms", 2, false, 1, "ms" },
+    { "tiny guest, KVM (kvm_pvm): command -> first output",
+      "fork-tiny-kvm-512m-1cpu", "clone_ms.p50", "<= 8 ms", 8, false, 1,
+      "ms" },
+    { "parent pause, TCG, Linux guest", "fork-linux-tcg-512m-1cpu",
+      "parent_pause_ms.p50", "<= 0.8 ms", 0.8, false, 1, "ms" },
+    { "parent pause, TCG, tiny guest", "fork-tiny-tcg-512m-1cpu",
+      "parent_pause_ms.p50", "<= 0.8 ms", 0.8, false, 1, "ms" },
+    { "parent pause, KVM (kvm_pvm), tiny guest", "fork-tiny-kvm-512m-1cpu",
+      "parent_pause_ms.p50", "<= 1.5 ms", 1.5, false, 1, "ms" },
+    { "100 Linux clones, running parent", "fanout100-linux-tcg-512m-1cpu",
+      "fanout_wall_ms.p50", "<= 0.5 s", 500, false, 1, "ms" },
+    { "100 Linux clones, paused template",
       "fanout100-linux-tcg-512m-1cpu-template", "fanout_wall_ms.p50",
       "<= 0.5 s", 500, false, 1, "ms" },
-    { "100 clones, tiny guest (TCG), running parent",
-      "fanout100-tiny-tcg-512m-1cpu", "fanout_wall_ms.p50", "<= 0.5 s", 500,
-      false, 1, "ms" },
-    { "USS per idle child, Linux guest", "fork-linux-tcg-512m-1cpu",
-      "child_uss_kib.p50", "<= 4 MiB", 4096, false, 1.0 / 1024, "MiB" },
-    { "USS per idle child, Linux guest, 100 children",
-      "fanout100-linux-tcg-512m-1cpu", "child_uss_kib.p50", "<= 4 MiB", 4096,
+    { "pre-forked Linux child: cont -> guest clock running",
+      "peer-vmfork-preforked-linux-tcg-512m-1cpu", "vcpus_running_ms.p50",
+      "<= 0.5 ms", 0.5, false, 1, "ms" },
+    { "pre-forked Linux child: cont -> first output",
+      "peer-vmfork-preforked-linux-tcg-512m-1cpu", "clone_ms.p50",
+      "<= 0.5 ms", 0.5, false, 1, "ms" },
+    { "private memory (USS) per idle Linux child", "fork-linux-tcg-512m-1cpu",
+      "child_uss_kib.p50", "<= 1 MiB", 1024, false, 1.0 / 1024, "MiB" },
+    { "USS per idle Linux child, 100 children",
+      "fanout100-linux-tcg-512m-1cpu", "child_uss_kib.p50", "<= 1 MiB", 1024,
       false, 1.0 / 1024, "MiB" },
-    { "USS per idle child, tiny guest (TCG)", "fork-tiny-tcg-512m-1cpu",
-      "child_uss_kib.p50", "<= 4 MiB", 4096, false, 1.0 / 1024, "MiB" },
-    { "faster than cold boot, Linux guest", "peer-cold-boot-linux-tcg-512m-1cpu",
-      "ratio_vs_vmfork", ">= 500x", 500, true, 1, "x" },
+    { "faster than cold boot, Linux guest",
+      "peer-cold-boot-linux-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
+      true, 1, "x" },
     { "faster than snapshot restore, Linux guest",
-      "peer-snapshot-linux-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 50x", 50,
+      "peer-snapshot-linux-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
       true, 1, "x" },
-    { "faster than snapshot restore (pre-started), Linux guest",
-      "peer-snapshot-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
-      ">= 50x", 50, true, 1, "x" },
     { "faster than template cloning, Linux guest",
-      "peer-template-linux-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 20x", 20,
+      "peer-template-linux-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
       true, 1, "x" },
-    { "faster than template cloning (pre-started), Linux guest",
+    { "pre-forked vs pre-started snapshot restore, Linux guest",
+      "peer-snapshot-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      "> 1x", 1.01, true, 1, "x" },
+    { "pre-forked vs pre-started template clone, Linux guest",
       "peer-template-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
-      ">= 20x", 20, true, 1, "x" },
+      ">= 10x", 10, true, 1, "x" },
     { "faster than cold boot, tiny guest (TCG)",
-      "peer-cold-boot-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 500x", 500,
-      true, 1, "x" },
-    { "faster than snapshot restore, tiny guest (TCG)",
-      "peer-snapshot-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 50x", 50,
+      "peer-cold-boot-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
       true, 1, "x" },
     { "faster than template cloning, tiny guest (TCG)",
-      "peer-template-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", ">= 20x", 20,
+      "peer-template-tiny-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
       true, 1, "x" },
+    { "pre-forked vs pre-started template clone, tiny guest (TCG)",
+      "peer-template-prestarted-tiny-tcg-512m-1cpu", "ratio_vs_vmfork",
+      ">= 10x", 10, true, 1, "x" },
+    { "pre-forked vs pre-started template clone, tiny guest (KVM)",
+      "peer-template-prestarted-tiny-kvm-512m-1cpu", "ratio_vs_vmfork",
+      ">= 10x", 10, true, 1, "x" },
 };
 
 static JsonArray *evaluate_targets(GString *md)
