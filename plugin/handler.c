@@ -104,10 +104,17 @@ static bool run_phase(GSList *order, size_t offset, const char *phase,
         const VmforkHandler *h = l->data;
         VmforkPhase fn = *(const VmforkPhase *)((const char *)h + offset);
 
-        if (fn && !fn(req, errp)) {
+        int64_t t0 = g_get_monotonic_time();
+
+        if (!fn) {
+            continue;
+        }
+        if (!fn(req, errp)) {
             trace_vmfork_handler_failed(h->name, phase);
             return false;
         }
+        trace_vmfork_handler_done(h->name, phase,
+                                  g_get_monotonic_time() - t0);
     }
     return true;
 }

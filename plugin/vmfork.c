@@ -919,7 +919,9 @@ resume:
     if (!ok) {
         vmfork_handlers_abort(&req);
     }
+    trace_vmfork_parent_phase("handlers", g_get_monotonic_time() - t0);
     bdrv_drain_all_end();
+    trace_vmfork_parent_phase("drain-end", g_get_monotonic_time() - t0);
     /* After an error the parent runs as before, template or not */
     if (req.was_running && (!req.parent_stays_paused || !ok)) {
         vm_start();
