@@ -52,6 +52,8 @@ char *procs_make_dir(const char *base, const char *prefix);
 void procs_remove_dir(const char *dir);
 /* fork + setsid + exec; stdin /dev/null, stdout+stderr to log (append) */
 pid_t procs_spawn(char **argv, const char *log);
+/* The same with io_fd as stdin and stdout (a socket to talk to it) */
+pid_t procs_spawn_io(char **argv, const char *log, int io_fd);
 /* SIGKILL the process group, reap its leader and any re-parented child */
 void procs_kill_group(pid_t pgid);
 /* Is the process gone (no /proc entry, or a zombie we could reap)? */

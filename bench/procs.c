@@ -156,6 +156,11 @@ void procs_remove_dir(const char *dir)
 
 pid_t procs_spawn(char **argv, const char *log)
 {
+    return procs_spawn_io(argv, log, -1);
+}
+
+pid_t procs_spawn_io(char **argv, const char *log, int io_fd)
+{
     sigset_t all, old;
     pid_t pid;
 
@@ -172,8 +177,8 @@ pid_t procs_spawn(char **argv, const char *log)
             signal(s, SIG_DFL);
         }
         sigprocmask(SIG_SETMASK, &old, NULL);
-        dup2(null, 0);
-        dup2(fd, 1);
+        dup2(io_fd >= 0 ? io_fd : null, 0);
+        dup2(io_fd >= 0 ? io_fd : fd, 1);
         dup2(fd, 2);
         /* QEMU gets stdio and nothing else we inherited (vmfork's fd
          * safety net would refuse a fork over an fd of unknown owner) */

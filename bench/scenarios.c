@@ -43,6 +43,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define W_PRE_NS (200 * 1000000LL)      /* parent lines before the command */
@@ -1262,6 +1265,146 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
     }
 }
 
+/*
+ * The container peer: the Linux guest's workload, its agent (a static
+ * binary), alone in an OCI container that runc starts, talking on its
+ * standard input and output (a socket).  Start of `runc run` -> the first
+ * byte of the agent's ready line, as for a cold boot; the memory of the
+ * agent process and of the `runc run` process that stays with it, 1 s
+ * later.  Root and runc only (crun refuses this machine's hybrid cgroup
+ * layout).
+ */
+static const char *container_missing(void)
+{
+    if (geteuid() != 0) {
+        return "the container peer needs root (runc as root)";
+    }
+    if (!g_find_program_in_path("runc")) {
+        return "runc is not installed (scripts/bench.sh installs it as root)";
+    }
+    return NULL;
+}
+
+static bool container_bundle(const char *bundle, GError **errp)
+{
+    g_autofree char *kdir = g_path_get_dirname(bench_paths.linux_kernel);
+    g_autofree char *agent = g_build_filename(kdir, "agent", NULL);
+    g_autofree char *rootfs = g_build_filename(bundle, "rootfs", NULL);
+    g_autofree char *dst = g_build_filename(rootfs, "agent", NULL);
+    g_autofree char *config = g_build_filename(bundle, "config.json", NULL);
+    g_autofree char *data = NULL, *out = NULL;
+    const char *spec[] = { "runc", "spec", "--bundle", bundle, NULL };
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    JsonObject *root, *proc;
+    JsonArray *args;
+    gsize len;
+    int status;
+
+    for (const char *const *d = (const char *const[]){ "dev", "proc", "sys",
+         "tmp", NULL }; *d; d++) {
+        g_autofree char *path = g_build_filename(rootfs, *d, NULL);
+
+        g_mkdir_with_parents(path, 0755);
+    }
+    if (!g_file_get_contents(agent, &data, &len, errp) ||
+        !g_file_set_contents(dst, data, len, errp)) {
+        return false;
+    }
+    chmod(dst, 0755);
+    if (!g_spawn_sync(NULL, (char **)spec, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                      NULL, &out, NULL, &status, errp) ||
+        !g_spawn_check_wait_status(status, errp) ||
+        !json_parser_load_from_file(parser, config, errp)) {
+        return false;
+    }
+    root = json_node_get_object(json_parser_get_root(parser));
+    proc = json_object_get_object_member(root, "process");
+    json_object_set_boolean_member(proc, "terminal", false);
+    args = json_array_new();
+    json_array_add_string_element(args, "/agent");
+    json_array_add_string_element(args, "-");
+    json_object_set_array_member(proc, "args", args);
+    json_generator_set_root(gen, json_parser_get_root(parser));
+    return json_generator_to_file(gen, config, errp);
+}
+
+static void run_container(GroupRun *gr, const Spec *s, PeerAgg *p,
+                          GError **errp)
+{
+    g_autofree char *bundle = g_build_filename(gr->dir, "container", NULL);
+    g_autofree char *log = g_build_filename(gr->dir, "container.log", NULL);
+
+    if (!container_bundle(bundle, errp)) {
+        return;
+    }
+    for (int i = 0; i < s->cold_runs && !*errp && !procs_interrupted(); i++) {
+        g_autofree char *name = g_strdup_printf("vmfork-bench-%d-%d",
+                                                (int)getpid(), i);
+        char *argv[] = { "/usr/bin/env", "runc", "run", "--bundle", bundle,
+                         name, NULL };
+        char *kill_argv[] = { "runc", "kill", name, "KILL", NULL };
+        char *del_argv[] = { "runc", "delete", "--force", name, NULL };
+        Stream *st;
+        gint64 t0;
+        pid_t pid;
+        Line l;
+        int sv[2];
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "socketpair: %s", g_strerror(errno));
+            return;
+        }
+        t0 = now_ns();
+        pid = procs_spawn_io(argv, log, sv[1]);
+        close(sv[1]);
+        st = stream_socket(sv[0], GUEST_LINUX, name);
+        if (pid < 0 || stream_wait(st, 0, LINE_READY,
+                                   now_ns() + 30 * 1000000000LL, &l) < 0) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "runc run: no ready line (see %s)", log);
+        } else {
+            push(p->out, MS(l.first_ns - t0));
+            if (bench_verbose) {
+                g_printerr("    container: first output %.1f ms\n",
+                           MS(l.first_ns - t0));
+            }
+        }
+        if (!*errp && i == 0) {
+            const char *state[] = { "runc", "state", name, NULL };
+            g_autofree char *json = NULL;
+            g_autoptr(JsonParser) jp = json_parser_new();
+            int status;
+
+            g_usleep(1000000);
+            if (g_spawn_sync(NULL, (char **)state, NULL, G_SPAWN_SEARCH_PATH,
+                             NULL, NULL, &json, NULL, &status, NULL) &&
+                json_parser_load_from_data(jp, json, -1, NULL)) {
+                /* the agent, and the runc process that stays with it */
+                Smaps m = smaps_read(json_object_get_int_member(
+                    json_node_get_object(json_parser_get_root(jp)), "pid"));
+                Smaps r = smaps_read(pid);
+
+                if (m.ok && r.ok) {
+                    push(p->uss, m.uss_kib + r.uss_kib);
+                    push(p->pss, m.pss_kib + r.pss_kib);
+                }
+            }
+        }
+        g_spawn_sync(NULL, kill_argv, NULL, G_SPAWN_SEARCH_PATH |
+                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, NULL, NULL, NULL, NULL);
+        if (pid > 0) {
+            procs_wait_gone(pid, 10000);
+        }
+        g_spawn_sync(NULL, del_argv, NULL, G_SPAWN_SEARCH_PATH |
+                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, NULL, NULL, NULL, NULL);
+        stream_free(st);
+    }
+}
+
 static void run_peers(GroupRun *gr, const Spec *s,
                       void (*emit)(JsonObject *, gpointer), gpointer data)
 {
@@ -1463,7 +1606,29 @@ static void run_peers(GroupRun *gr, const Spec *s,
         goto fail;
     }
 
-    /* 4. vmfork's own pre-started mode: pre-forked children */
+    /* 4. A container with the Linux guest's workload */
+    if (c->guest == GUEST_LINUX) {
+        const char *why = container_missing();
+
+        peer_init(&p, "container");
+        if (why) {
+            JsonObject *o = peer_json(&p, c, 0, "");
+
+            json_object_set_string_member(o, "skipped", why);
+            emit(o, data);
+        } else {
+            run_container(gr, s, &p, &err);
+            emit(peer_json(&p, c, s->cold_runs, "spawn of `runc run` (an OCI "
+                           "container with the guest's agent, static, as its "
+                           "only process) -> first byte of the agent's ready "
+                           "line"), data);
+        }
+        if (err) {
+            goto fail;
+        }
+    }
+
+    /* 5. vmfork's own pre-started mode: pre-forked children */
     if (ensure_parent(gr, &err)) {
         peer_init(&p, "vmfork-preforked");
         measure_preforked(gr, s, &pc, &p, &err);

@@ -273,7 +273,7 @@ static JsonObject *find_scenario(const char *name)
 
 static const char *const peer_methods[] = {
     "cold-boot", "snapshot", "snapshot-prestarted", "template",
-    "template-prestarted",
+    "template-prestarted", "container",
 };
 
 /*
@@ -485,6 +485,9 @@ static const Target targets[] = {
       true, 1, "x" },
     { "faster than template cloning, Linux guest",
       "peer-template-linux-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
+      true, 1, "x" },
+    { "faster than a container start (runc), Linux guest's workload",
+      "peer-container-linux-tcg-512m-1cpu", "ratio_vs_vmfork", "> 1x", 1.01,
       true, 1, "x" },
     { "pre-forked vs pre-started snapshot restore, Linux guest",
       "peer-snapshot-prestarted-linux-tcg-512m-1cpu", "ratio_vs_vmfork",

@@ -226,6 +226,14 @@ fi
 # millisecond of its start, not within 7 (same sources and build script)
 VMFORK_BUILD="$out" TINY_TICK_TSC_DELTA=1048576 "$here/build-guest-tiny.sh" >&2
 
+# The container peer needs runc (Debian's; crun 1.8 refuses this machine's
+# hybrid cgroup layout) and root; without them it is skipped with the reason
+if ! command -v runc >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing runc (Debian package) for the container peer"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q runc >&2 ||
+        log "runc could not be installed: the container peer is skipped"
+fi
+
 mkdir -p "$out"
 rm -f "$out"/*.png "$out"/results.json "$out"/results.csv "$out"/samples.csv "$out"/summary.md
 # How busy the CPUs are with other work, over 2 s (user+nice+system+irq)

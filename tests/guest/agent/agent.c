@@ -1,7 +1,8 @@
 /*
  * vmfork guest agent: answers line commands on a serial port.
  *
- * Usage: agent [DEVICE]   (default /dev/ttyS0)
+ * Usage: agent [DEVICE]   (default /dev/ttyS0; "-": standard input and
+ *                         output, as in a container)
  *
  * One command per line, exactly one reply line per command: "OK ..." or
  * "ERR <message>".  Unsolicited lines are "READY vmfork-agent" (on start)
@@ -36,7 +37,8 @@
 #define CLONEID_PATH    "/sys/firmware/qemu_fw_cfg/by_name/opt/vmfork/clone-id/raw"
 #define FWCFG_DIR       "/sys/firmware/qemu_fw_cfg/by_name/"
 
-static int tty = -1;
+static int tty = -1;                    /* commands come in here */
+static int tty_out = -1;                /* replies go out here */
 static uint8_t *buf;
 static size_t buf_size;
 static uint64_t tick_ns;                /* 0: no tick stream */
@@ -93,7 +95,7 @@ static void send_line(void)
     out_reserve(0);
     out[out_len++] = '\n';
     while (off < out_len) {
-        ssize_t r = write(tty, out + off, out_len - off);
+        ssize_t r = write(tty_out, out + off, out_len - off);
         if (r < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 continue;
@@ -804,6 +806,9 @@ static void cmd_wstart(char *args)
         return;
     }
     if (writer_pid == 0) {
+        if (tty_out != tty) {
+            close(tty_out);
+        }
         close(tty);
         writer_run(fd, size / REC_SIZE, pause_us);
     }
@@ -1011,8 +1016,14 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     /* O_NONBLOCK so that the open does not wait for carrier; CLOCAL below. */
-    tty = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
-    if (tty < 0) {
+    if (strcmp(dev, "-")) {
+        tty = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        tty_out = tty;
+    } else {
+        tty = fcntl(0, F_DUPFD_CLOEXEC, 3);
+        tty_out = fcntl(1, F_DUPFD_CLOEXEC, 3);
+    }
+    if (tty < 0 || tty_out < 0) {
         fprintf(stderr, "agent: %s: %s\n", dev, strerror(errno));
         return 1;
     }
