@@ -23,8 +23,9 @@
  *                    when done or failed acknowledges: the status is
  *                    idle again.
  *
- * Other accesses read all ones and are ignored.  A read, not a write,
- * makes the request, so that each of several vCPUs gets its own answer.
+ * Only aligned 32-bit reads are defined: other sizes read 0 (the memory
+ * core refuses them), writes are ignored.  A read, not a write, makes the
+ * request, so that each of several vCPUs gets its own answer.
  */
 
 #include "qemu/osdep.h"
