@@ -121,6 +121,8 @@ typedef struct VmConfig {
     const char *accel;      /* "tcg" or "kvm" */
     int mem_mib;
     int vcpus;
+    int touch_mib;          /* Linux: MiB the parent's agent writes after
+                             * boot (guest RAM in use), 0 for none */
 } VmConfig;
 
 typedef struct BenchPaths {

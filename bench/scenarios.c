@@ -847,6 +847,21 @@ static bool ensure_parent(GroupRun *gr, GError **errp)
             return false;
         }
     }
+    if (gr->g->cfg.guest == GUEST_LINUX && gr->g->cfg.touch_mib) {
+        /* Guest RAM in use: the agent's buffer, written once */
+        g_autofree char *cmd = g_strdup_printf("alloc %d",
+                                               gr->g->cfg.touch_mib);
+        g_autofree char *a = serial_command(gr->parent->serial, cmd, QMP_MS,
+                                            errp);
+        g_autofree char *f = a ? serial_command(gr->parent->serial, "fill 1",
+                                                600000, errp) : NULL;
+
+        if (!f) {
+            return false;
+        }
+        g_printerr("   the guest wrote %d MiB of its RAM\n",
+                   gr->g->cfg.touch_mib);
+    }
     if (gr->ctx.refs) {
         g_array_free(gr->ctx.refs, true);
     }

@@ -40,8 +40,9 @@ const char *guest_name(GuestKind g)
 
 char *vm_config_label(const VmConfig *c)
 {
-    return g_strdup_printf("%s-%s-%dm-%dcpu", guest_name(c->guest), c->accel,
-                           c->mem_mib, c->vcpus);
+    return g_strdup_printf("%s-%s-%dm-%dcpu%s", guest_name(c->guest),
+                           c->accel, c->mem_mib, c->vcpus,
+                           c->touch_mib ? "-touched" : "");
 }
 
 static bool is_kvm_pvm(void)
@@ -71,6 +72,19 @@ const char *vm_missing(const VmConfig *c)
     if (c->guest == GUEST_TINY &&
         !g_file_test(bench_paths.tiny, G_FILE_TEST_EXISTS)) {
         return "the tiny test guest is not built";
+    }
+    if (c->touch_mib) {
+        /* the parent's touched RAM, and as much again for its children */
+        g_autofree char *mi = NULL;
+        const char *avail;
+
+        if (g_file_get_contents("/proc/meminfo", &mi, NULL, NULL) &&
+            (avail = strstr(mi, "MemAvailable:")) &&
+            g_ascii_strtoll(avail + 13, NULL, 10) / 1024 <
+            c->mem_mib + c->touch_mib) {
+            return "not enough free memory on this host for the guest and "
+                   "its touched RAM";
+        }
     }
     if (g_str_equal(c->accel, "kvm")) {
         int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);

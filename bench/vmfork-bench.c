@@ -120,9 +120,10 @@ static Spec peers_spec(int cold, int n)
 }
 
 static void add_group(GArray *groups, GuestKind guest, const char *accel,
-                      int mem, int vcpus, int nspecs, const Spec *specs)
+                      int mem, int vcpus, int touch, int nspecs,
+                      const Spec *specs)
 {
-    Group g = { .cfg = { guest, accel, mem, vcpus } };
+    Group g = { .cfg = { guest, accel, mem, vcpus, touch } };
 
     for (int i = 0; i < nspecs; i++) {
         g.spec[g.nspecs++] = specs[i];
@@ -132,7 +133,13 @@ static void add_group(GArray *groups, GuestKind guest, const char *accel,
 
 #define GROUP(guest, accel, mem, vcpus, ...) do { \
         const Spec s_[] = { __VA_ARGS__ }; \
-        add_group(groups, guest, accel, mem, vcpus, G_N_ELEMENTS(s_), s_); \
+        add_group(groups, guest, accel, mem, vcpus, 0, G_N_ELEMENTS(s_), s_); \
+    } while (0)
+/* A Linux guest with three quarters of its RAM written before the forks */
+#define GROUP_TOUCHED(mem, ...) do { \
+        const Spec s_[] = { __VA_ARGS__ }; \
+        add_group(groups, GUEST_LINUX, "tcg", mem, 1, (mem) / 4 * 3, \
+                  G_N_ELEMENTS(s_), s_); \
     } while (0)
 
 /*
@@ -160,6 +167,10 @@ static GArray *scenario_groups(bool quick)
           fanout_spec(10, false, 2), fanout_spec(100, false, 1),
           peers_spec(2, 3));
     GROUP(GUEST_LINUX, "tcg", 2048, 2, fork_spec(10, 2));
+    /* How the cost grows with guest RAM in use */
+    GROUP_TOUCHED(512, fork_spec(10, 1));
+    GROUP_TOUCHED(2048, fork_spec(10, 1));
+    GROUP_TOUCHED(8192, fork_spec(10, 1));
     GROUP(GUEST_TINY, "tcg", 512, 1, fork_spec(20, 4), template_spec(20, 2),
           fanout_spec(10, false, 3), fanout_spec(10, true, 3),
           fanout_spec(100, false, 1), fanout_spec(100, true, 1),
@@ -341,6 +352,35 @@ static void add_ratios(const Group *g)
     }
 }
 
+/*
+ * How the cost grows with guest RAM in use: a touched group's clone
+ * latency and parent pause against those of the 512 MiB touched group
+ */
+static void add_scaling(const Group *g)
+{
+    g_autofree char *label = vm_config_label(&g->cfg);
+    g_autofree char *name = g_strdup_printf("fork-%s", label);
+    JsonObject *f = find_scenario(name);
+    JsonObject *base = find_scenario("fork-linux-tcg-512m-1cpu-touched");
+    const char *const metrics[][2] = {
+        { "clone_ms.p50", "clone_vs_512m" },
+        { "parent_pause_ms.p50", "pause_vs_512m" },
+    };
+
+    if (!g->cfg.touch_mib || !f || !base) {
+        return;
+    }
+    json_object_set_int_member(f, "touch_mib", g->cfg.touch_mib);
+    for (guint i = 0; i < G_N_ELEMENTS(metrics); i++) {
+        double v = get_num(f, metrics[i][0]), b = get_num(base, metrics[i][0]);
+
+        if (!isnan(v) && !isnan(b) && b > 0) {
+            json_object_set_double_member(f, metrics[i][1],
+                                          round(v / b * 100.0) / 100.0);
+        }
+    }
+}
+
 static char *to_json(JsonObject *o, bool pretty)
 {
     g_autoptr(JsonGenerator) gen = json_generator_new();
@@ -387,6 +427,7 @@ static const char *const csv_columns[] = {
     "phases_ms.first_output.p50", "phases_ms.parent_fork.p50",
     "phases_ms.parent_first_output.p50", "tick_interval_ms",
     "offset_spread_parent_us", "offset_spread_child_us", "first_fork_clone_ms",
+    "touch_mib", "clone_vs_512m", "pause_vs_512m",
     "skipped", "error",
 };
 
@@ -472,6 +513,9 @@ static const Target targets[] = {
     { "pre-forked Linux child: cont -> first output",
       "peer-vmfork-preforked-linux-tcg-512m-1cpu", "clone_ms.p50",
       "<= 0.5 ms", 0.5, false, 1, "ms" },
+    { "8 GiB vs 512 MiB Linux guest (3/4 of RAM written): clone latency",
+      "fork-linux-tcg-8192m-1cpu-touched", "clone_vs_512m", "<= 1.5x", 1.5,
+      false, 1, "x" },
     { "private memory (USS) per idle Linux child", "fork-linux-tcg-512m-1cpu",
       "child_uss_kib.p50", "<= 1 MiB", 1024, false, 1.0 / 1024, "MiB" },
     { "USS per idle Linux child, 100 children",
@@ -701,6 +745,7 @@ int main(int argc, char **argv)
 
         run_group(g, emit, NULL);
         add_ratios(g);
+        add_scaling(g);
         flush_pending();
     }
     streams_shutdown();
