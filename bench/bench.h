@@ -265,6 +265,7 @@ typedef struct Spec {
     int n;                  /* measured commands, or runs per peer method */
     int n_mem;              /* children whose memory is measured, dirtied */
     int cold_runs;          /* peers: cold boots */
+    int alive;              /* children kept alive (paused) meanwhile */
 } Spec;
 
 #define GROUP_MAX_SPECS 16

@@ -67,6 +67,9 @@ char *spec_name(const VmConfig *c, const Spec *s)
         return g_strdup_printf("fanout%d-%s%s", s->count, label,
                                s->template ? "-template" : "");
     }
+    if (s->alive) {
+        return g_strdup_printf("fork-%s-alive%d", label, s->alive);
+    }
     return g_strdup_printf("fork-%s%s", label, s->template ? "-template" : "");
 }
 
@@ -933,6 +936,79 @@ static void report_tsc(JsonObject *o, ForkRun *r)
     json_object_set_object_member(o, "tsc", t);
 }
 
+/*
+ * Children that live, paused (start: false), while a scenario measures
+ * its forks: the parent then holds their pidfds, status pipes and records,
+ * and the host their memory.  Returns their pids (NULL on error).
+ */
+static GArray *keep_alive(GroupRun *gr, int count, GError **errp)
+{
+    BenchVm *p = gr->parent;
+    g_autofree char *args = g_strdup_printf(
+        "{\"count\": %d, \"start\": false, \"monitor\": "
+        "\"%s/alive-%%i.qmp\", \"serial\": \"%s/alive-%%i.out\"}", count,
+        gr->dir, gr->dir);
+    g_autoptr(JsonNode) reply = NULL;
+    GArray *pids = g_array_new(false, false, sizeof(int));
+    JsonArray *children;
+
+    vm_drain_events(p);
+    reply = vm_qmp(p, "vmfork", args, QMP_MS, errp);
+    children = reply ? json_object_get_array_member(
+                   json_node_get_object(reply), "children") : NULL;
+    for (guint i = 0; children && i < json_array_get_length(children); i++) {
+        int pid = json_object_get_int_member(
+            json_array_get_object_element(children, i), "pid");
+
+        g_array_append_val(pids, pid);
+    }
+    for (int got = 0; children && got < count; got++) {
+        JsonNode *ev = qmp_wait_event(p->qmp, "VMFORK_CHILD_READY", 60000,
+                                      errp);
+
+        if (!ev) {
+            children = NULL;
+        }
+        json_node_unref(ev);
+    }
+    if (!children) {
+        for (guint i = 0; i < pids->len; i++) {
+            kill(g_array_index(pids, int, i), SIGKILL);
+        }
+        g_array_free(pids, true);
+        return NULL;
+    }
+    gr->ctx.last_reply = now_ns();
+    return pids;
+}
+
+static void let_die(GroupRun *gr, GArray *pids)
+{
+    for (guint i = 0; i < pids->len; i++) {
+        kill(g_array_index(pids, int, i), SIGKILL);
+    }
+    for (guint i = 0; i < pids->len; i++) {
+        JsonNode *ev = qmp_wait_event(gr->parent->qmp, "VMFORK_CHILD_EXITED",
+                                      30000, NULL);
+
+        if (!ev) {
+            break;
+        }
+        json_node_unref(ev);
+    }
+    for (guint i = 0; i < pids->len; i++) {
+        procs_wait_gone(g_array_index(pids, int, i), 5000);
+    }
+    for (int i = 0; i < (int)pids->len; i++) {
+        g_autofree char *mon = g_strdup_printf("%s/alive-%d.qmp", gr->dir, i);
+        g_autofree char *out = g_strdup_printf("%s/alive-%d.out", gr->dir, i);
+
+        unlink(mon);
+        unlink(out);
+    }
+    g_array_free(pids, true);
+}
+
 static JsonObject *run_fork_spec(GroupRun *gr, const Spec *s, GError **errp)
 {
     g_autofree char *name = spec_name(&gr->g->cfg, s);
@@ -944,12 +1020,20 @@ static JsonObject *run_fork_spec(GroupRun *gr, const Spec *s, GError **errp)
     double first_clone = NAN;
     bool slow_ticks = false;
     g_autoptr(GArray) runs = g_array_new(false, true, sizeof(ForkRun));
+    GArray *alive = NULL;
     Agg a;
 
     json_object_set_string_member(o, "parent", s->template ? "paused"
                                                             : "running");
     json_object_set_int_member(o, "count", s->count);
     json_object_set_int_member(o, "n", s->n);
+    if (s->alive) {
+        json_object_set_int_member(o, "alive", s->alive);
+        if (!ensure_parent(gr, errp) ||
+            !(alive = keep_alive(gr, s->alive, errp))) {
+            return o;
+        }
+    }
     agg_init(&a);
     a.guest = gr->g->cfg.guest;
     /* A hundred Linux children each printing a line every millisecond
@@ -1029,6 +1113,11 @@ static JsonObject *run_fork_spec(GroupRun *gr, const Spec *s, GError **errp)
     if (slow_ticks && gr->parent && !procs_pid_gone(gr->parent->pid)) {
         g_free(serial_command(gr->parent->serial, "tick 1", QMP_MS, NULL));
         gr->ctx.last_reply = now_ns();
+    }
+    if (alive && gr->parent && !procs_pid_gone(gr->parent->pid)) {
+        let_die(gr, alive);
+    } else if (alive) {
+        g_array_free(alive, true);
     }
     set_num(o, "first_fork_clone_ms", first_clone);
     agg_to_json(&a, o, kvm);

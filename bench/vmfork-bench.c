@@ -114,6 +114,12 @@ static Spec fanout_spec(int count, bool template, int n)
                     .n = n };
 }
 
+/* Single forks while @alive other children of the parent live */
+static Spec alive_spec(int alive, int n)
+{
+    return (Spec) { .kind = SPEC_FORK, .count = 1, .n = n, .alive = alive };
+}
+
 static Spec peers_spec(int cold, int n)
 {
     return (Spec) { .kind = SPEC_PEERS, .n = n, .cold_runs = cold };
@@ -167,7 +173,10 @@ static GArray *scenario_groups(bool quick)
           fanout_spec(10, false, 2), fanout_spec(100, false, 1),
           peers_spec(2, 3));
     GROUP(GUEST_LINUX, "tcg", 2048, 2, fork_spec(10, 2));
-    /* How the cost grows with guest RAM in use */
+    GROUP(GUEST_LINUX, "tcg", 512, 4, fork_spec(10, 1));
+    /* How the cost grows with the children alive, and guest RAM in use */
+    GROUP(GUEST_LINUX, "tcg", 512, 1, alive_spec(10, 10),
+          alive_spec(100, 10));
     GROUP_TOUCHED(512, fork_spec(10, 1));
     GROUP_TOUCHED(2048, fork_spec(10, 1));
     GROUP_TOUCHED(8192, fork_spec(10, 1));

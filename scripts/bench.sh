@@ -11,7 +11,7 @@
 #   summary.md     the targets: goal, measured, met
 #   bench.log      the progress output
 #   *.png          plots (gnuplot)
-# A full run takes about 7 minutes on 2 cores (up to 15 when the machine is
+# A full run takes about 8 minutes on 2 cores (up to 15 when the machine is
 # busy); --quick about a minute.
 # Needs the patched QEMU and the guests (`make`); builds vmfork-bench and a
 # tiny guest with a fast tick (build/bench/guest/tiny/tiny.elf) if missing.
@@ -75,7 +75,7 @@ plots() {
         | sed 's/^fork-//' > "$dat/clone.dat"
     # 2. Peers vs vmfork (first guest output, p50), per configuration
     for cfg in $(csv_rows 'v_kind == "peer"' mem_mib | awk '{print $1}' \
-                 | sed -E 's/^peer-(cold-boot|snapshot-prestarted|snapshot|template-prestarted|template)-//' | sort -u); do
+                 | sed -E 's/^peer-(cold-boot|snapshot-prestarted|snapshot|template-prestarted|template|container|vmfork-preforked)-//' | sort -u); do
         {
             csv_rows "v_scenario == \"fork-$cfg\"" clone_ms.p50 | awk '{print "vmfork", $2}'
             csv_rows "v_scenario ~ /^peer-.*-$cfg\$/" clone_ms.p50 \
@@ -165,6 +165,48 @@ unset key
 plot "$f" using 2:xtic(1) lc rgb "#4477aa", "" using 0:2:(sprintf("%.1f", \$2)) with labels offset 0,1 notitle
 EOF
     done
+
+    # How the cost grows (Linux guest, TCG): with guest RAM in use, vCPUs,
+    # children alive; clone latency and parent pause, p50
+    csv_rows 'v_scenario ~ /^fork-linux-tcg-[0-9]+m-1cpu-touched$/' \
+        mem_mib clone_ms.p50 parent_pause_ms.p50 \
+        | awk '{print $2 * 3 / 4 / 1024, $3, $4}' | sort -g > "$dat/scale-ram.dat"
+    csv_rows 'v_scenario ~ /^fork-linux-tcg-512m-[0-9]cpu$/' \
+        vcpus clone_ms.p50 parent_pause_ms.p50 \
+        | awk '{print $2, $3, $4}' | sort -g > "$dat/scale-vcpus.dat"
+    {
+        csv_rows 'v_scenario == "fork-linux-tcg-512m-1cpu"' clone_ms.p50 \
+            parent_pause_ms.p50 | awk '{print 0, $2, $3}'
+        csv_rows 'v_scenario ~ /^fork-linux-tcg-512m-1cpu-alive[0-9]+$/' \
+            clone_ms.p50 parent_pause_ms.p50 \
+            | sed -E 's/^fork-linux-tcg-512m-1cpu-alive//' | sort -g
+    } > "$dat/scale-alive.dat"
+    if [ -s "$dat/scale-ram.dat" ] || [ -s "$dat/scale-alive.dat" ]; then
+        gnuplot <<EOF
+set terminal $term
+set output "$out/scaling.png"
+set multiplot layout 1,3 title "How the cost grows, Linux guest under TCG (p50)"
+set grid
+set ylabel "ms"
+set yrange [0:*]
+set key top left
+set title "guest RAM in use"
+set xlabel "GiB written by the guest"
+plot "$dat/scale-ram.dat" using 1:2 with linespoints lw 2 title "clone (first output)", \
+     "" using 1:3 with linespoints lw 2 title "parent pause"
+set title "vCPUs (512 MiB)"
+set xlabel "vCPUs"
+set xtics 1
+plot "$dat/scale-vcpus.dat" using 1:2 with linespoints lw 2 title "clone (first output)", \
+     "" using 1:3 with linespoints lw 2 title "parent pause"
+set title "children alive (512 MiB, 1 vCPU)"
+set xlabel "other children of the parent alive"
+set xtics autofreq
+plot "$dat/scale-alive.dat" using 1:2 with linespoints lw 2 title "clone (first output)", \
+     "" using 1:3 with linespoints lw 2 title "parent pause"
+unset multiplot
+EOF
+    fi
 
     if [ -s "$dat/fanout.dat" ]; then
         gnuplot <<EOF
