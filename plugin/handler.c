@@ -104,11 +104,12 @@ static bool run_phase(GSList *order, size_t offset, const char *phase,
         const VmforkHandler *h = l->data;
         VmforkPhase fn = *(const VmforkPhase *)((const char *)h + offset);
 
-        int64_t t0 = g_get_monotonic_time();
+        int64_t t0;
 
         if (!fn) {
             continue;
         }
+        t0 = g_get_monotonic_time();
         if (!fn(req, errp)) {
             trace_vmfork_handler_failed(h->name, phase);
             return false;

@@ -446,6 +446,14 @@ static char *monitor_socket_path(void)
     return g_strdup(addr->u.q_unix.path);
 }
 
+/* The default of @monitor: the calling monitor's socket path + ".fork-%p" */
+static char *default_monitor_template(void)
+{
+    g_autofree char *path = monitor_socket_path();
+
+    return path ? g_strconcat(path, ".fork-%p", NULL) : NULL;
+}
+
 /* With several children, a template must give each its own path */
 bool vmfork_check_template_per_child(const char *what, const char *tmpl,
                                      int count, Error **errp)
@@ -568,15 +576,13 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
         }
         req->monitor_tmpl = g_strdup(monitor);
     } else {
-        g_autofree char *path = monitor_socket_path();
-
-        if (!path) {
+        req->monitor_tmpl = default_monitor_template();
+        if (!req->monitor_tmpl) {
             error_setg(errp, "vmfork: the monitor running this command is "
                        "not a unix socket, so there is no default for the "
                        "children's monitors; pass 'monitor'");
             return false;
         }
-        req->monitor_tmpl = g_strconcat(path, ".fork-%p", NULL);
     }
     if (!vmfork_check_socket_template("monitor", req->monitor_tmpl,
                                       req->count, errp)) {
@@ -636,11 +642,7 @@ bool vmfork_args_check(VmforkArgs *args, Error **errp)
     bool ok;
 
     if (!args->monitor) {
-        g_autofree char *path = monitor_socket_path();
-
-        if (path) {
-            args->monitor = g_strconcat(path, ".fork-%p", NULL);
-        }
+        args->monitor = default_monitor_template();
     }
     ok = vmfork_parse_request(&req, args->has_count, args->count,
                               args->monitor, args->serial, args->has_start,
