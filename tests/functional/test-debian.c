@@ -445,7 +445,6 @@ static void debian_freeze_from_a_script(void)
     JsonArray *children;
     JsonNode *ev;
     Vm *parent, *child[2];
-    g_autoptr(GError) err = NULL;
 
     if (vm_skip_if_missing(&o)) {
         return;
@@ -481,10 +480,7 @@ static void debian_freeze_from_a_script(void)
                   "sync\n"
                   "EOF\n"
                   "setsid sh /root/freeze.sh </dev/null >/dev/null 2>&1 &"));
-    ev = qmp_wait_event(parent->qmp, "VMFORK_GUEST_REQUEST", 120 * 1000, &err);
-    g_assert_no_error(err);
-    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev), "action"),
-                    ==, "fork");
+    ev = vm_guest_request_event(parent, "fork", 120 * 1000);
     children = json_object_get_array_member(qmp_event_data(ev), "children");
     g_assert_cmpuint(json_array_get_length(children), ==, 2);
 
@@ -535,11 +531,7 @@ static void debian_freeze_from_a_script(void)
                   "echo \"$? $id $(date +%%s.%%N)\" > /root/branch\n"
                   "EOF\n"
                   "setsid sh /root/freeze.sh </dev/null >/dev/null 2>&1 &"));
-    ev = qmp_wait_event(parent->qmp, "VMFORK_GUEST_REQUEST", 120 * 1000, &err);
-    g_assert_no_error(err);
-    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev), "action"),
-                    ==, "wait");
-    json_node_unref(ev);
+    json_node_unref(vm_guest_request_event(parent, "wait", 120 * 1000));
     g_test_message("the template waits, paused, for 60 s");
     g_usleep(60 * G_USEC_PER_SEC);
     {

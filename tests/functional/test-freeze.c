@@ -27,17 +27,9 @@ static JsonObject *nth_child(JsonArray *children, guint i)
     return json_array_get_object_element(children, i);
 }
 
-/* The next VMFORK_GUEST_REQUEST event, whose action must be @action */
 static JsonNode *guest_request_event(Vm *vm, const char *action)
 {
-    g_autoptr(GError) err = NULL;
-    JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_GUEST_REQUEST", TIMEOUT_MS,
-                                  &err);
-
-    g_assert_no_error(err);
-    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev),
-                                                  "action"), ==, action);
-    return ev;
+    return vm_guest_request_event(vm, action, TIMEOUT_MS);
 }
 
 static void assert_no_guest_request_event(Vm *vm)
@@ -71,13 +63,20 @@ static void assert_runstate(Vm *vm, const char *want)
     g_assert_cmpstr(state, ==, want);
 }
 
-/* A child forked with start false: attach, run, and its freeze's answer */
-static Vm *attach_and_run(Vm *parent, JsonObject *info, char **answer)
+/*
+ * A child forked with start false: attach and run it; its freeze returns
+ * its clone ID, as the host was told
+ */
+static Vm *attach_and_run(Vm *parent, JsonObject *info)
 {
     Vm *child = vm_attach_child(parent, info);
+    g_autofree char *answer = NULL;
+    g_autofree char *want = g_strdup_printf(
+        "ok %" G_GINT64_FORMAT, json_object_get_int_member(info, "clone-id"));
 
     json_node_unref(vm_qmp(child, "cont", NULL));
-    *answer = vm_tiny_reply(child, 'F', TIMEOUT_MS);
+    answer = vm_tiny_reply(child, 'F', TIMEOUT_MS);
+    g_assert_cmpstr(answer, ==, want);
     return child;
 }
 
@@ -107,13 +106,7 @@ static void freeze_wait_then_fork(gconstpointer data)
     children = vm_fork(parent, "{\"count\": 2, \"start\": false}");
     g_assert_cmpuint(json_array_get_length(children), ==, 2);
     for (guint i = 0; i < 2; i++) {
-        g_autofree char *answer = NULL;
-        g_autofree char *want = g_strdup_printf(
-            "ok %" G_GINT64_FORMAT,
-            json_object_get_int_member(nth_child(children, i), "clone-id"));
-
-        child[i] = attach_and_run(parent, nth_child(children, i), &answer);
-        g_assert_cmpstr(answer, ==, want);
+        child[i] = attach_and_run(parent, nth_child(children, i));
     }
     /* The template waits until the host lets it go */
     assert_runstate(parent, "paused");
@@ -161,14 +154,7 @@ static void freeze_policy_fork(void)
     children = json_object_get_array_member(qmp_event_data(ev), "children");
     g_assert_cmpuint(json_array_get_length(children), ==, 2);
     for (guint i = 0; i < 2; i++) {
-        g_autofree char *child_answer = NULL;
-        g_autofree char *want = g_strdup_printf(
-            "ok %" G_GINT64_FORMAT,
-            json_object_get_int_member(nth_child(children, i), "clone-id"));
-
-        child[i] = attach_and_run(parent, nth_child(children, i),
-                                  &child_answer);
-        g_assert_cmpstr(child_answer, ==, want);
+        child[i] = attach_and_run(parent, nth_child(children, i));
         g_assert_true(g_str_has_prefix(
             json_object_get_string_member(nth_child(children, i), "monitor"),
             parent->dir));

@@ -1066,3 +1066,15 @@ void vm_wait_ssh(Vm *vm, int timeout_s)
         g_usleep(500 * 1000);
     }
 }
+
+JsonNode *vm_guest_request_event(Vm *vm, const char *action, int timeout_ms)
+{
+    g_autoptr(GError) err = NULL;
+    JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_GUEST_REQUEST", timeout_ms,
+                                  &err);
+
+    g_assert_no_error(err);
+    g_assert_cmpstr(json_object_get_string_member(qmp_event_data(ev),
+                                                  "action"), ==, action);
+    return ev;
+}

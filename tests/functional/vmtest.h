@@ -131,6 +131,10 @@ void vm_tiny_send(Vm *vm, const char *cmd);
 /* the reply line starting with @want, without "X " (g_error on timeout) */
 char *vm_tiny_reply(Vm *vm, char want, int timeout_ms);
 
+/* The next VMFORK_GUEST_REQUEST event of @vm (the guest asked to be
+ * forked), whose action must be @action */
+JsonNode *vm_guest_request_event(Vm *vm, const char *action, int timeout_ms);
+
 /* Debian guest: ssh root@127.0.0.1 -p vm->ssh_port CMD (the image's key):
  * its stdout; *status its wait status */
 char *vm_ssh(Vm *vm, int *status, const char *cmd);
