@@ -200,35 +200,45 @@ static void fork_run_free(ForkRun *r)
     g_clear_pointer(&r->c, g_free);
 }
 
-/* Kill the children and wait until the parent has reaped them */
-static void kill_children(ForkCtx *ctx, ForkRun *r)
+/* Kill children of @parent and wait until it has reaped them */
+static void kill_and_reap(BenchVm *parent, const int *pids, int n)
 {
     int left = 0;
     gint64 deadline;
 
-    for (int i = 0; i < r->count; i++) {
-        if (r->c[i].pid > 0) {
-            kill(r->c[i].pid, SIGKILL);
+    for (int i = 0; i < n; i++) {
+        if (pids[i] > 0) {
+            kill(pids[i], SIGKILL);
             left++;
         }
     }
     deadline = now_ns() + 30 * 1000000000LL;
     while (left > 0 && now_ns() < deadline) {
-        JsonNode *ev = qmp_wait_event(ctx->parent->qmp, "VMFORK_CHILD_EXITED",
+        JsonNode *ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_EXITED",
                                       1000, NULL);
 
         if (ev) {
             left--;
             json_node_unref(ev);
-        } else if (procs_pid_gone(ctx->parent->pid)) {
+        } else if (procs_pid_gone(parent->pid)) {
             break;
         }
     }
-    for (int i = 0; i < r->count; i++) {
-        if (r->c[i].pid > 0) {
-            procs_wait_gone(r->c[i].pid, 5000);
+    for (int i = 0; i < n; i++) {
+        if (pids[i] > 0) {
+            procs_wait_gone(pids[i], 5000);
         }
     }
+}
+
+static void kill_children(ForkCtx *ctx, ForkRun *r)
+{
+    g_autofree int *pids = g_new(int, r->count);
+
+    for (int i = 0; i < r->count; i++) {
+        pids[i] = r->c[i].pid;
+    }
+    kill_and_reap(ctx->parent, pids, r->count);
 }
 
 /* Did the parent, or an earlier child of the same template, print this very
@@ -984,21 +994,7 @@ static GArray *keep_alive(GroupRun *gr, int count, GError **errp)
 
 static void let_die(GroupRun *gr, GArray *pids)
 {
-    for (guint i = 0; i < pids->len; i++) {
-        kill(g_array_index(pids, int, i), SIGKILL);
-    }
-    for (guint i = 0; i < pids->len; i++) {
-        JsonNode *ev = qmp_wait_event(gr->parent->qmp, "VMFORK_CHILD_EXITED",
-                                      30000, NULL);
-
-        if (!ev) {
-            break;
-        }
-        json_node_unref(ev);
-    }
-    for (guint i = 0; i < pids->len; i++) {
-        procs_wait_gone(g_array_index(pids, int, i), 5000);
-    }
+    kill_and_reap(gr->parent, (const int *)pids->data, pids->len);
     for (int i = 0; i < (int)pids->len; i++) {
         g_autofree char *mon = g_strdup_printf("%s/alive-%d.qmp", gr->dir, i);
         g_autofree char *out = g_strdup_printf("%s/alive-%d.out", gr->dir, i);
