@@ -8,6 +8,7 @@
  *   vmfork ls   SOCKET [--json]
  *   vmfork wait SOCKET PID
  *   vmfork kill SOCKET PID [--signal SIG]
+ *   vmfork pool, take, release, pool-status: the clone pool (pool.c)
  *
  * SOCKET is the QMP socket of the VM that forks (the parent).  Waiting is
  * done on QMP events (VMFORK_CHILD_READY, VMFORK_CHILD_EXITED) read with
@@ -22,21 +23,40 @@
 #include <string.h>
 #include <sys/types.h>
 
-#include "tools-common.h"
-
-#define EVENT_READY "VMFORK_CHILD_READY"
-#define EVENT_EXITED "VMFORK_CHILD_EXITED"
+#include "vmfork-tool.h"
 
 /* --timeout given before the command ("vmfork --timeout MS fork ..."). */
 static int top_timeout_ms = TOOL_DEFAULT_TIMEOUT_MS;
 
-/* tool_init() for a command; its --timeout defaults to the top one's. */
-static void command_init(Tool *tool, const char *name, const char *params,
-                         const char *summary, const char *description,
-                         const GOptionEntry *entries)
+void command_init(Tool *tool, const char *name, const char *params,
+                  const char *summary, const char *description,
+                  const GOptionEntry *entries)
 {
     tool_init(tool, name, params, summary, description, entries);
     tool->timeout_ms = top_timeout_ms;
+}
+
+gboolean chardev_spec_valid(const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+
+    return eq && eq != spec && eq[1];
+}
+
+JsonArray *chardev_specs_to_json(char **specs)
+{
+    JsonArray *chardevs = json_array_new();
+
+    for (char **c = specs; c && *c; c++) {
+        JsonObject *o = json_object_new();
+        const char *eq = strchr(*c, '=');   /* chardev_spec_valid() */
+        g_autofree char *id = g_strndup(*c, eq - *c);
+
+        json_object_set_string_member(o, "id", id);
+        json_object_set_string_member(o, "path", eq + 1);
+        json_array_add_object_element(chardevs, o);
+    }
+    return chardevs;
 }
 
 /* ---- query-vmfork ------------------------------------------------------ */
@@ -263,18 +283,8 @@ static JsonObject *fork_arguments(void)
                                    fork_hostfwd_offset);
     }
     if (fork_chardevs) {
-        JsonArray *chardevs = json_array_new();
-
-        for (char **c = fork_chardevs; *c; c++) {
-            JsonObject *o = json_object_new();
-            const char *eq = strchr(*c, '=');   /* checked by cmd_fork() */
-            g_autofree char *id = g_strndup(*c, eq - *c);
-
-            json_object_set_string_member(o, "id", id);
-            json_object_set_string_member(o, "path", eq + 1);
-            json_array_add_object_element(chardevs, o);
-        }
-        json_object_set_array_member(args, "chardevs", chardevs);
+        json_object_set_array_member(args, "chardevs",
+                                     chardev_specs_to_json(fork_chardevs));
     }
     return args;
 }
@@ -455,9 +465,7 @@ static int cmd_fork(Tool *tool, int argc, char **argv)
                                 "negative");
     }
     for (char **c = fork_chardevs; c && *c; c++) {
-        const char *eq = strchr(*c, '=');
-
-        if (!eq || eq == *c || !eq[1]) {
+        if (!chardev_spec_valid(*c)) {
             return tool_usage_error(tool, "--chardev takes ID=TEMPLATE");
         }
     }
@@ -754,6 +762,10 @@ static const struct {
     { "ls", cmd_ls },
     { "wait", cmd_wait },
     { "kill", cmd_kill },
+    { "pool", cmd_pool },
+    { "take", cmd_take },
+    { "release", cmd_release },
+    { "pool-status", cmd_pool_status },
 };
 
 #define MAIN_DESCRIPTION \
@@ -767,8 +779,16 @@ static const struct {
     "  wait SOCKET PID    wait for a child to exit\n" \
     "  kill SOCKET PID [--signal SIG]\n" \
     "                     stop a child\n" \
+    "  pool SOCKET [--listen POOL] [--size N]\n" \
+    "                     keep N pre-forked children ready to hand out\n" \
+    "  take POOL [--no-start] [--json]\n" \
+    "                     take a child from a pool\n" \
+    "  release POOL PID   end a child taken from a pool\n" \
+    "  pool-status POOL [--json]\n" \
+    "                     a pool's counts, latencies and children\n" \
     "\n" \
-    "SOCKET is the QMP unix socket of the VM that forks.  " \
+    "SOCKET is the QMP unix socket of the VM that forks; POOL the unix " \
+    "socket of a 'vmfork pool'.  " \
     "'vmfork COMMAND --help' describes each command.\n" \
     "\n" TOOL_HELP_EXIT_CODES
 

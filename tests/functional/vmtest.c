@@ -281,6 +281,21 @@ static pid_t spawn(GPtrArray *argv, const char *log)
     return pid;
 }
 
+pid_t vm_spawn(const char *const *argv, const char *log)
+{
+    g_autoptr(GPtrArray) args = g_ptr_array_new();
+    pid_t pid;
+
+    harness_init();
+    for (const char *const *a = argv; *a; a++) {
+        g_ptr_array_add(args, (gpointer)*a);
+    }
+    g_ptr_array_add(args, NULL);
+    pid = spawn(args, log);
+    register_group(pid);
+    return pid;
+}
+
 static int unix_connect(const char *path)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };

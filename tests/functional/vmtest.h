@@ -160,6 +160,11 @@ char *vm_sh(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void vm_disk_write(Vm *vm, const char *dev, int sector, const char *text);
 char *vm_disk_read(Vm *vm, const char *dev, int sector);
 
+/* Start a helper program (argv[0] a path) in a session of its own, its
+ * stdout and stderr appended to @log; it is killed with the VMs at
+ * vm_cleanup_all() (the caller reaps it) */
+pid_t vm_spawn(const char *const *argv, const char *log);
+
 /* Connect to a unix socket that process @pid creates soon (-1: it did not
  * within timeout_ms, or the process is gone); the fd is non-blocking */
 int vm_unix_connect(pid_t pid, const char *path, int timeout_ms);

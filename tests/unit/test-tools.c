@@ -497,6 +497,10 @@ static void help_prints_usage_and_exits_0(Fixture *f, gconstpointer data)
         { "vmfork", "ls", "--help", NULL },
         { "vmfork", "wait", "--help", NULL },
         { "vmfork", "kill", "--help", NULL },
+        { "vmfork", "pool", "--help", NULL },
+        { "vmfork", "take", "--help", NULL },
+        { "vmfork", "release", "--help", NULL },
+        { "vmfork", "pool-status", "--help", NULL },
     };
 
     (void)data;
@@ -909,6 +913,15 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "wait", sock, "abc", NULL },
         { "vmfork", "kill", sock, "101", "--signal", "NOPE", NULL },
         { "vmfork", "kill", sock, "101", "--frobnicate", NULL },
+        { "vmfork", "pool", NULL },
+        { "vmfork", "pool", sock, "--size", "0", NULL },
+        { "vmfork", "pool", sock, "--size", "4", "--max-live", "2", NULL },
+        { "vmfork", "pool", sock, "--monitor", "/tmp/child-%i", NULL },
+        { "vmfork", "pool", sock, "--chardev", "qga=/tmp/qga", NULL },
+        { "vmfork", "pool", sock, "--hostfwd-step", "-1", NULL },
+        { "vmfork", "take", NULL },
+        { "vmfork", "release", sock, "abc", NULL },
+        { "vmfork", "pool-status", sock, "extra", NULL },
     };
 
     (void)data;
@@ -925,6 +938,20 @@ static void vmfork_missing_socket_exits_3(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(f->run.err, sock));
     REQUIRE(RUN(f, "vmfork", "fork", sock, "--count", "2"));
     g_assert_cmpint(f->run.status, ==, 3);
+    /* The pool's clients, and a pool whose template is not there */
+    REQUIRE(RUN(f, "vmfork", "take", sock));
+    g_assert_cmpint(f->run.status, ==, 3);
+    g_assert_nonnull(strstr(f->run.err, sock));
+    REQUIRE(RUN(f, "vmfork", "pool-status", sock));
+    g_assert_cmpint(f->run.status, ==, 3);
+    REQUIRE(RUN(f, "vmfork", "pool", sock));
+    g_assert_cmpint(f->run.status, ==, 3);
+    g_assert_nonnull(strstr(f->run.err, sock));
+    {
+        g_autofree char *pool_sock = g_strconcat(sock, ".pool", NULL);
+
+        g_assert_false(g_file_test(pool_sock, G_FILE_TEST_EXISTS));
+    }
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,569 @@
+/*
+ * Functional tests of the clone pool (vmfork pool; docs/pool.md): a
+ * template VM, the pool program holding its monitor, and clients on the
+ * pool's socket.
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The tiny guest under TCG: what is tested is the pool's bookkeeping
+ * (never the same child twice, every child reaped, the pool refilled,
+ * the template's fds flat), which the guest does not change.  The template
+ * has a second monitor, which the test uses to see what the pool did.
+ */
+
+#include "vmtest.h"
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TIMEOUT_MS 30000
+
+static const char *const pool_monitor[] = {
+    "-qmp", "unix:@DIR@/pool-qmp.sock,server=on,wait=off", NULL
+};
+
+typedef struct {
+    Vm *tmpl;
+    pid_t pid;                  /* the pool program */
+    char *path;                 /* its socket */
+    char *log;
+} Pool;
+
+static const char *vmfork_tool(void)
+{
+    const char *path = g_getenv("VMFORK_TOOL");
+
+    return path && g_file_test(path, G_FILE_TEST_IS_EXECUTABLE) ? path :
+           NULL;
+}
+
+/* A paused tiny template, or NULL after skipping */
+static Vm *start_template(void)
+{
+    VmOptions o = { .guest = GUEST_TINY, .extra = pool_monitor };
+    Vm *tmpl;
+
+    if (vm_skip_if_missing(&o)) {
+        return NULL;
+    }
+    if (!vmfork_tool()) {
+        g_test_skip("the vmfork tool is not built (VMFORK_TOOL)");
+        return NULL;
+    }
+    tmpl = vm_start(&o);
+    json_node_unref(vm_qmp(tmpl, "stop", NULL));
+    return tmpl;
+}
+
+/* Starts "vmfork pool" on the template's second monitor */
+static Pool *pool_start(Vm *tmpl, const char *const *options)
+{
+    Pool *pool = g_new0(Pool, 1);
+    g_autofree char *monitor = g_build_filename(tmpl->dir, "pool-qmp.sock",
+                                                NULL);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    int fd;
+
+    pool->tmpl = tmpl;
+    pool->path = g_build_filename(tmpl->dir, "pool.sock", NULL);
+    pool->log = g_build_filename(tmpl->dir, "pool.log", NULL);
+    g_ptr_array_add(argv, (gpointer)vmfork_tool());
+    g_ptr_array_add(argv, "pool");
+    g_ptr_array_add(argv, monitor);
+    g_ptr_array_add(argv, "--listen");
+    g_ptr_array_add(argv, pool->path);
+    for (const char *const *o = options; o && *o; o++) {
+        g_ptr_array_add(argv, (gpointer)*o);
+    }
+    g_ptr_array_add(argv, NULL);
+    pool->pid = vm_spawn((const char *const *)argv->pdata, pool->log);
+    fd = vm_unix_connect(pool->pid, pool->path, TIMEOUT_MS);
+    g_assert_cmpint(fd, >=, 0);
+    close(fd);
+    return pool;
+}
+
+/* Waits for the pool program to exit; its exit status */
+static int pool_wait_exit(Pool *pool)
+{
+    int status;
+
+    g_assert_cmpint(waitpid(pool->pid, &status, 0), ==, pool->pid);
+    g_assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+static void pool_free(Pool *pool)
+{
+    if (pool->pid > 0 && kill(pool->pid, SIGTERM) == 0) {
+        pool_wait_exit(pool);
+    }
+    g_free(pool->path);
+    g_free(pool->log);
+    g_free(pool);
+}
+
+/* A connection to the pool's socket */
+static int pool_connect(Pool *pool)
+{
+    int fd = vm_unix_connect(pool->pid, pool->path, TIMEOUT_MS);
+
+    g_assert_cmpint(fd, >=, 0);
+    return fd;
+}
+
+/* Sends one request line on @fd and returns the reply object */
+static JsonObject *pool_call_fd(int fd, const char *line)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autofree char *request = g_strconcat(line, "\n", NULL);
+    g_autofree char *reply = NULL;
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(write(fd, request, strlen(request)), ==, strlen(request));
+    reply = fd_read_line(fd, TIMEOUT_MS);
+    g_assert_nonnull(reply);
+    if (!json_parser_load_from_data(parser, reply, -1, &err)) {
+        g_error("pool reply '%s': %s", reply, err->message);
+    }
+    g_assert_true(JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser)));
+    return json_object_ref(json_node_get_object(
+        json_parser_get_root(parser)));
+}
+
+/* The same on a connection of its own */
+static JsonObject *pool_call(Pool *pool, const char *line)
+{
+    int fd = pool_connect(pool);
+    JsonObject *reply = pool_call_fd(fd, line);
+
+    close(fd);
+    return reply;
+}
+
+/* The "return" object of a reply that must succeed */
+static JsonObject *reply_return(JsonObject *reply, const char *what)
+{
+    if (!json_object_has_member(reply, "return")) {
+        g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(),
+                                                      reply);
+        g_autofree char *text = json_to_string(n, FALSE);
+
+        g_error("%s: %s", what, text);
+    }
+    return json_object_get_object_member(reply, "return");
+}
+
+/* The error class of a reply that must fail */
+static const char *reply_error_class(JsonObject *reply)
+{
+    g_assert_true(json_object_has_member(reply, "error"));
+    return json_object_get_string_member(
+        json_object_get_object_member(reply, "error"), "class");
+}
+
+static gint64 status_int(Pool *pool, const char *name)
+{
+    g_autoptr(JsonObject) reply = pool_call(pool,
+                                            "{\"execute\": \"query-pool\"}");
+
+    return json_object_get_int_member(reply_return(reply, "query-pool"),
+                                      name);
+}
+
+/* Until the pool says @name is @want (g_error after TIMEOUT_MS) */
+static void wait_status(Pool *pool, const char *name, gint64 want)
+{
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;
+    gint64 v;
+
+    while ((v = status_int(pool, name)) != want) {
+        if (g_get_monotonic_time() > deadline) {
+            g_error("pool: %s is %" G_GINT64_FORMAT ", not %" G_GINT64_FORMAT,
+                    name, v, want);
+        }
+        g_usleep(10000);
+    }
+}
+
+static guint count_fds(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(dir);
+    while (g_dir_read_name(dir)) {
+        n++;
+    }
+    return n;
+}
+
+/* query-vmfork on the template: how many of its children are in @state */
+static guint template_children(Vm *tmpl, const char *state)
+{
+    g_autoptr(JsonNode) info = vm_qmp(tmpl, "query-vmfork", NULL);
+    JsonArray *children = json_object_get_array_member(
+        json_node_get_object(info), "children");
+    guint n = 0;
+
+    for (guint i = 0; i < json_array_get_length(children); i++) {
+        JsonObject *c = json_array_get_object_element(children, i);
+
+        n += g_str_equal(json_object_get_string_member(c, "state"), state);
+    }
+    return n;
+}
+
+/*
+ * A taken child, seen on its own monitor: running, the template's child,
+ * with the clone ID the pool said
+ */
+static void assert_child_runs(JsonObject *taken, pid_t template_pid)
+{
+    const char *monitor = json_object_get_string_member(taken, "monitor");
+    gint64 pid = json_object_get_int_member(taken, "pid");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(QmpClient) qmp = qmp_connect_unix(monitor, TIMEOUT_MS, &err);
+    g_autoptr(JsonNode) status = NULL;
+    g_autoptr(JsonNode) info = NULL;
+
+    g_assert_no_error(err);
+    status = qmp_execute(qmp, "query-status", NULL, TIMEOUT_MS, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(json_object_get_string_member(
+        json_node_get_object(status), "status"), ==, "running");
+    info = qmp_execute(qmp, "query-vmfork", NULL, TIMEOUT_MS, &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(json_object_get_int_member(json_node_get_object(info),
+                                               "clone-id"), ==,
+                    json_object_get_int_member(taken, "clone-id"));
+    g_assert_cmpint(json_object_get_int_member(json_node_get_object(info),
+                                               "parent-pid"), ==,
+                    template_pid);
+    g_assert_false(pid_gone(pid));
+}
+
+/* ---- a stream of requests ------------------------------------------------ */
+
+#define STREAM_TAKERS 4
+#define STREAM_REQUESTS 200     /* in all */
+
+typedef struct {
+    Pool *pool;
+    GMutex lock;
+    GHashTable *pids;           /* every pid handed out */
+    GHashTable *clone_ids;
+    guint checked;              /* children checked on their monitor */
+} Stream;
+
+static gpointer stream_taker(gpointer data)
+{
+    Stream *s = data;
+    int fd = pool_connect(s->pool);
+
+    for (int i = 0; i < STREAM_REQUESTS / STREAM_TAKERS; i++) {
+        g_autoptr(JsonObject) reply = pool_call_fd(fd, "{\"execute\": "
+                                                   "\"take\", \"id\": 1}");
+        g_autoptr(JsonObject) released = NULL;
+        JsonObject *taken = reply_return(reply, "take");
+        gint64 pid = json_object_get_int_member(taken, "pid");
+        gint64 clone_id = json_object_get_int_member(taken, "clone-id");
+        g_autofree char *release = NULL;
+        gboolean fresh_pid, fresh_id;
+
+        g_assert_true(json_object_get_boolean_member(taken, "running"));
+        g_assert_cmpint(json_object_get_int_member(reply, "id"), ==, 1);
+        g_mutex_lock(&s->lock);
+        fresh_pid = g_hash_table_add(s->pids, g_memdup2(&pid, sizeof(pid)));
+        fresh_id = g_hash_table_add(s->clone_ids,
+                                    g_memdup2(&clone_id, sizeof(clone_id)));
+        g_mutex_unlock(&s->lock);
+        /* Never the same child twice */
+        g_assert_true(fresh_pid);
+        g_assert_true(fresh_id);
+        if (i % 10 == 0) {
+            assert_child_runs(taken, s->pool->tmpl->pid);
+            g_atomic_int_inc(&s->checked);
+        }
+        release = g_strdup_printf("{\"execute\": \"release\", \"arguments\": "
+                                  "{\"pid\": %" G_GINT64_FORMAT "}}", pid);
+        released = pool_call_fd(fd, release);
+        g_assert_cmpint(json_object_get_int_member(
+            reply_return(released, "release"), "pid"), ==, pid);
+        g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
+    }
+    close(fd);
+    return NULL;
+}
+
+/*
+ * A pool of 8 under 200 requests from 4 connections at once: each take
+ * gets a running child nobody else got, every child is reaped, the pool
+ * refills, and the template has as many fds afterwards as before.
+ */
+static void test_stream(void)
+{
+    const char *const options[] = { "--size", "8", NULL };
+    Vm *tmpl = start_template();
+    GThread *takers[STREAM_TAKERS];
+    Stream s = { 0 };
+    guint fds_before, fds_after;
+    Pool *pool;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 8);
+    fds_before = count_fds(tmpl->pid);
+
+    s.pool = pool;
+    g_mutex_init(&s.lock);
+    s.pids = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
+    s.clone_ids = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                        NULL);
+    for (int i = 0; i < STREAM_TAKERS; i++) {
+        takers[i] = g_thread_new("taker", stream_taker, &s);
+    }
+    for (int i = 0; i < STREAM_TAKERS; i++) {
+        g_thread_join(takers[i]);
+    }
+    g_assert_cmpuint(g_hash_table_size(s.pids), ==, STREAM_REQUESTS);
+    g_assert_cmpuint(g_hash_table_size(s.clone_ids), ==, STREAM_REQUESTS);
+    g_assert_cmpuint(s.checked, ==, STREAM_REQUESTS / 10);
+
+    /* Refilled; every child handed out was released and reaped */
+    wait_status(pool, "ready", 8);
+    wait_status(pool, "exited", STREAM_REQUESTS);
+    g_assert_cmpint(status_int(pool, "served"), ==, STREAM_REQUESTS);
+    g_assert_cmpint(status_int(pool, "released"), ==, STREAM_REQUESTS);
+    g_assert_cmpint(status_int(pool, "taken"), ==, 0);
+    g_assert_cmpint(status_int(pool, "forked"), ==, STREAM_REQUESTS + 8);
+    g_assert_cmpint(status_int(pool, "died-in-pool"), ==, 0);
+    g_assert_cmpuint(template_children(tmpl, "exited"), ==, STREAM_REQUESTS);
+    g_assert_cmpuint(template_children(tmpl, "running"), ==, 8);
+    fds_after = count_fds(tmpl->pid);
+    g_test_message("template fds: %u with 8 ready before, %u after", fds_before,
+                   fds_after);
+    g_assert_cmpuint(fds_after, ==, fds_before);
+
+    /* SIGTERM: the pool's own children go, and so does its socket */
+    g_assert_cmpint(kill(pool->pid, SIGTERM), ==, 0);
+    g_assert_cmpint(pool_wait_exit(pool), ==, 0);
+    pool->pid = 0;
+    g_assert_false(g_file_test(pool->path, G_FILE_TEST_EXISTS));
+    g_assert_cmpuint(template_children(tmpl, "running"), ==, 0);
+    g_assert_cmpuint(template_children(tmpl, "exited"), ==,
+                     STREAM_REQUESTS + 8);
+
+    g_hash_table_destroy(s.pids);
+    g_hash_table_destroy(s.clone_ids);
+    g_mutex_clear(&s.lock);
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
+/* ---- a child that dies while ready ------------------------------------- */
+
+static void test_child_dies_ready(void)
+{
+    const char *const options[] = { "--size", "2", NULL };
+    Vm *tmpl = start_template();
+    g_autoptr(JsonObject) status = NULL;
+    JsonArray *children;
+    gint64 victim;
+    Pool *pool;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 2);
+    status = pool_call(pool, "{\"execute\": \"query-pool\"}");
+    children = json_object_get_array_member(reply_return(status, "query-pool"),
+                                            "children");
+    victim = json_object_get_int_member(
+        json_array_get_object_element(children, 0), "pid");
+    g_assert_cmpint(kill(victim, SIGKILL), ==, 0);
+
+    wait_status(pool, "died-in-pool", 1);
+    wait_status(pool, "ready", 2);
+    g_assert_cmpint(status_int(pool, "forked"), ==, 3);
+    for (int i = 0; i < 3; i++) {
+        g_autoptr(JsonObject) reply = pool_call(pool, "{\"execute\": "
+                                                "\"take\"}");
+        JsonObject *taken = reply_return(reply, "take");
+
+        g_assert_cmpint(json_object_get_int_member(taken, "pid"), !=, victim);
+        assert_child_runs(taken, tmpl->pid);
+    }
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
+/* ---- limits, timeouts and bad requests ---------------------------------- */
+
+static void assert_error(Pool *pool, const char *line, const char *class,
+                         const char *desc_part)
+{
+    g_autoptr(JsonObject) reply = pool_call(pool, line);
+    const char *desc;
+
+    g_assert_cmpstr(reply_error_class(reply), ==, class);
+    desc = json_object_get_string_member(
+        json_object_get_object_member(reply, "error"), "desc");
+    g_test_message("%s -> %s: %s", line, class, desc);
+    g_assert_nonnull(strstr(desc, desc_part));
+}
+
+/*
+ * --max-live 1: a second take waits, times out with a clear error, and a
+ * waiting take whose client hangs up is dropped without taking a child.
+ * Bad requests get errors, and the pool serves on.
+ */
+static void test_limits_and_bad_requests(void)
+{
+    const char *const options[] = { "--size", "1", "--max-live", "1", NULL };
+    Vm *tmpl = start_template();
+    g_autoptr(JsonObject) first = NULL;
+    g_autoptr(JsonObject) again = NULL;
+    g_autofree char *release = NULL;
+    g_autofree char *huge = NULL;
+    g_autofree char *answer = NULL;
+    gint64 pid;
+    Pool *pool;
+    int fd;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 1);
+    first = pool_call(pool, "{\"execute\": \"take\", \"arguments\": "
+                      "{\"start\": false}}");
+    pid = json_object_get_int_member(reply_return(first, "take"), "pid");
+    g_assert_false(json_object_get_boolean_member(
+        reply_return(first, "take"), "running"));
+
+    /* Full: no second child is forked */
+    assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
+                 "{\"wait-ms\": 200}}", "Timeout", "within 200 ms");
+    g_assert_cmpint(status_int(pool, "forked"), ==, 1);
+    g_assert_cmpint(status_int(pool, "take-timeouts"), ==, 1);
+
+    /* A waiting take whose client goes is dropped */
+    fd = pool_connect(pool);
+    g_assert_cmpint(write(fd, "{\"execute\": \"take\"}\n", 20), ==, 20);
+    wait_status(pool, "waiting", 1);
+    close(fd);
+    wait_status(pool, "waiting", 0);
+
+    /* Bad requests */
+    assert_error(pool, "not json", "GenericError", "JSON parse error");
+    assert_error(pool, "[1, 2]", "GenericError", "must be a JSON object");
+    assert_error(pool, "{\"arguments\": {}}", "GenericError",
+                 "'execute'");
+    assert_error(pool, "{\"execute\": \"fork\"}", "CommandNotFound",
+                 "no command 'fork'");
+    assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
+                 "{\"start\": 1}}", "GenericError", "'start'");
+    assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
+                 "{\"wait-ms\": -5}}", "GenericError", "'wait-ms'");
+    assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
+                 "{\"count\": 2}}", "GenericError", "unknown argument "
+                 "'count'");
+    assert_error(pool, "{\"execute\": \"take\", \"extra\": 1}",
+                 "GenericError", "unknown member 'extra'");
+    assert_error(pool, "{\"execute\": \"release\"}", "GenericError",
+                 "'pid'");
+    /* Not a child of the pool: the test program's pid */
+    release = g_strdup_printf("{\"execute\": \"release\", \"arguments\": "
+                              "{\"pid\": %d}}", getpid());
+    assert_error(pool, release, "DeviceNotFound", "not a clone");
+    g_assert_false(pid_gone(getpid()));
+
+    /* A line without end: an error, then the pool hangs up */
+    fd = pool_connect(pool);
+    huge = g_strnfill(100 * 1024, 'x');
+    g_assert_cmpint(write(fd, huge, strlen(huge)), >, 0);
+    answer = fd_read_line(fd, TIMEOUT_MS);
+    g_assert_nonnull(strstr(answer, "longer than"));
+    close(fd);
+
+    /* It serves on: releasing the first child makes room for a new one */
+    g_free(release);
+    release = g_strdup_printf("{\"execute\": \"release\", \"arguments\": "
+                              "{\"pid\": %" G_GINT64_FORMAT "}}", pid);
+    json_object_unref(pool_call(pool, release));
+    g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
+    again = pool_call(pool, "{\"execute\": \"take\"}");
+    assert_child_runs(reply_return(again, "take"), tmpl->pid);
+    g_assert_cmpint(status_int(pool, "forked"), ==, 2);
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
+/* Reaps @pid, a process re-parented to us; FALSE if it does not exit */
+static bool reap_orphan(pid_t pid)
+{
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;
+
+    while (g_get_monotonic_time() < deadline) {
+        pid_t r = waitpid(pid, NULL, WNOHANG);
+
+        if (r == pid || (r < 0 && pid_gone(pid))) {
+            return true;
+        }
+        g_usleep(10000);
+    }
+    return false;
+}
+
+/* The template goes away: the pool kills its children and exits 3 */
+static void test_template_gone(void)
+{
+    const char *const options[] = { "--size", "2", NULL };
+    Vm *tmpl = start_template();
+    g_autoptr(JsonObject) status = NULL;
+    JsonArray *children;
+    gint64 pids[2];
+    Pool *pool;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 2);
+    status = pool_call(pool, "{\"execute\": \"query-pool\"}");
+    children = json_object_get_array_member(reply_return(status, "query-pool"),
+                                            "children");
+    for (int i = 0; i < 2; i++) {
+        pids[i] = json_object_get_int_member(
+            json_array_get_object_element(children, i), "pid");
+    }
+    g_assert_cmpint(kill(tmpl->pid, SIGKILL), ==, 0);
+    g_assert_cmpint(pool_wait_exit(pool), ==, 3);
+    pool->pid = 0;
+    g_assert_false(g_file_test(pool->path, G_FILE_TEST_EXISTS));
+    for (int i = 0; i < 2; i++) {
+        /* Re-parented to this test (a subreaper): killed by the pool */
+        g_assert_true(reap_orphan(pids[i]));
+    }
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/pool/tcg/tiny/stream-of-200-from-4-clients", test_stream);
+    g_test_add_func("/pool/tcg/tiny/child-dies-while-ready",
+                    test_child_dies_ready);
+    g_test_add_func("/pool/tcg/tiny/limits-and-bad-requests",
+                    test_limits_and_bad_requests);
+    g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
+    return g_test_run();
+}
