@@ -67,11 +67,42 @@ static bool net_child(VmforkRequest *req, int index, Error **errp)
 #endif
 }
 
+#ifdef CONFIG_SLIRP
+static void add_hostfwd(const char *netdev, bool udp, const char *host_addr,
+                        int host_port, int guest_port, void *opaque)
+{
+    VmforkHostfwdList ***tail = opaque;
+    VmforkHostfwd *fwd = g_new0(VmforkHostfwd, 1);
+
+    fwd->netdev = g_strdup(netdev);
+    fwd->protocol = g_strdup(udp ? "udp" : "tcp");
+    fwd->host_address = g_strdup(host_addr);
+    fwd->host_port = host_port;
+    fwd->guest_port = guest_port;
+    QAPI_LIST_APPEND(*tail, fwd);
+}
+#endif
+
+/* In the parent: where the host reaches child @index's guest */
+static void net_child_info(VmforkRequest *req, int index, VmforkChild *info)
+{
+#ifdef CONFIG_SLIRP
+    VmforkHostfwdList **tail = &info->hostfwds;
+
+    if (req->hostfwd_offset) {
+        net_slirp_foreach_hostfwd(req->hostfwd_offset * (index + 1),
+                                  add_hostfwd, &tail);
+        info->has_hostfwds = info->hostfwds != NULL;
+    }
+#endif
+}
+
 static const VmforkHandler net_handler = {
     .name = "net",
     .priority = VMFORK_PRIO_NET,
     .check = net_check,
     .child = net_child,
+    .child_info = net_child_info,
 };
 
 static void net_register(void)

@@ -1345,6 +1345,9 @@ static void linux_fork_user_network(void)
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
     g_autofree char *args = NULL, *b_parent = NULL, *b_child = NULL;
     g_autofree char *b_parent2 = NULL, *c_parent = NULL, *c_child = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    JsonArray *fwds;
+    JsonObject *fwd;
     Vm *parent, *child;
 
     if (vm_skip_if_missing(&o)) {
@@ -1356,7 +1359,19 @@ static void linux_fork_user_network(void)
     g_assert_cmpstr(b_parent, ==, "parent");
 
     args = g_strdup_printf("{\"hostfwd-offset\": %d}", offset);
-    child = fork_one(parent, args);
+    children = vm_fork(parent, args);
+    /* The reply says where the host reaches the child's guest */
+    fwds = json_object_get_array_member(nth_child(children, 0), "hostfwds");
+    g_assert_cmpuint(json_array_get_length(fwds), ==, 1);
+    fwd = json_array_get_object_element(fwds, 0);
+    g_assert_cmpstr(json_object_get_string_member(fwd, "netdev"), ==, "n0");
+    g_assert_cmpstr(json_object_get_string_member(fwd, "protocol"), ==, "tcp");
+    g_assert_cmpstr(json_object_get_string_member(fwd, "host-address"), ==,
+                    "127.0.0.1");
+    g_assert_cmpint(json_object_get_int_member(fwd, "host-port"), ==,
+                    port + offset);
+    g_assert_cmpint(json_object_get_int_member(fwd, "guest-port"), ==, 7777);
+    child = vm_attach_child(parent, nth_child(children, 0));
     g_free(vm_agent(child, "sh echo child > /tmp/id"));
 
     b_child = tcp_wait_banner(port + offset, "child");
@@ -1405,6 +1420,7 @@ static void linux_fork_no_hostfwd_without_offset(void)
                             "virtio-net-pci,netdev=n0,romfile=", NULL };
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
     g_autofree char *b_parent = NULL, *b_after = NULL;
+    g_autoptr(JsonArray) children = NULL;
     Vm *parent, *child;
 
     if (vm_skip_if_missing(&o)) {
@@ -1416,7 +1432,10 @@ static void linux_fork_no_hostfwd_without_offset(void)
     g_assert_cmpstr(b_parent, ==, "parent");
     g_assert_cmpuint(host_forwards(parent), ==, 1);
 
-    child = fork_one(parent, NULL);
+    children = vm_fork(parent, NULL);
+    g_assert_false(json_object_has_member(nth_child(children, 0),
+                                          "hostfwds"));
+    child = vm_attach_child(parent, nth_child(children, 0));
     g_free(vm_agent(child, "sh echo child > /tmp/id"));
     g_assert_cmpuint(host_forwards(child), ==, 0);
     g_assert_cmpuint(host_forwards(parent), ==, 1);
