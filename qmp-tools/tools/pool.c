@@ -1486,6 +1486,8 @@ int cmd_pool(Tool *tool, int argc, char **argv)
 
     /* The socket first: a stale one from a dead pool is replaced */
     pool.service = g_socket_service_new();
+    /* Takes come in bursts (vmfork serve: one connection each) */
+    g_socket_listener_set_backlog(G_SOCKET_LISTENER(pool.service), SOMAXCONN);
     unlink(pool.listen_path);
     addr = g_unix_socket_address_new(pool.listen_path);
     if (!g_socket_listener_add_address(G_SOCKET_LISTENER(pool.service), addr,

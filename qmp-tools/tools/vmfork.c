@@ -9,6 +9,7 @@
  *   vmfork wait SOCKET PID
  *   vmfork kill SOCKET PID [--signal SIG]
  *   vmfork pool, take, release, pool-status: the clone pool (pool.c)
+ *   vmfork serve: a clone per TCP connection (serve.c)
  *
  * SOCKET is the QMP socket of the VM that forks (the parent).  Waiting is
  * done on QMP events (VMFORK_CHILD_READY, VMFORK_CHILD_EXITED) read with
@@ -766,6 +767,7 @@ static const struct {
     { "take", cmd_take },
     { "release", cmd_release },
     { "pool-status", cmd_pool_status },
+    { "serve", cmd_serve },
 };
 
 #define MAIN_DESCRIPTION \
@@ -786,6 +788,8 @@ static const struct {
     "  release POOL PID   end a child taken from a pool\n" \
     "  pool-status POOL [--json]\n" \
     "                     a pool's counts, latencies and children\n" \
+    "  serve --listen [ADDR:]PORT --pool POOL --guest-port P\n" \
+    "                     a fresh clone from POOL for each TCP connection\n" \
     "\n" \
     "SOCKET is the QMP unix socket of the VM that forks; POOL the unix " \
     "socket of a 'vmfork pool'.  " \

@@ -6,15 +6,27 @@
  * Copyright (c) 2026 vmfork developers
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * The tiny guest under TCG: what is tested is the pool's bookkeeping
- * (never the same child twice, every child reaped, the pool refilled,
- * the template's fds flat), which the guest does not change.  The template
- * has a second monitor, which the test uses to see what the pool did.
+ * The pool: the tiny guest under TCG, since what is tested is the pool's
+ * bookkeeping (never the same child twice, every child reaped, the pool
+ * refilled, the template's fds flat), which the guest does not change.
+ * The template has a second monitor, which the test uses to see what the
+ * pool did.
+ *
+ * vmfork serve: the Linux guest under TCG, with a TCP service in the guest
+ * that answers with the clone id it reads from fw_cfg, reached through
+ * each clone's own host forward.
  */
 
 #include "vmtest.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -199,6 +211,23 @@ static guint count_fds(pid_t pid)
         n++;
     }
     return n;
+}
+
+/* A blocking TCP connection to 127.0.0.1:@port, or -1 */
+static int tcp_connect(int port)
+{
+    struct sockaddr_in sin = {
+        .sin_family = AF_INET,
+        .sin_port = htons(port),
+        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 /* query-vmfork on the template: how many of its children are in @state */
@@ -556,6 +585,300 @@ static void test_template_gone(void)
     vm_cleanup_all();
 }
 
+/* ---- vmfork serve -------------------------------------------------------- */
+
+#define SERVE_PORTS 64          /* the template's forward and 63 slots */
+#define GUEST_PORT 7777
+
+/* A port p such that p .. p + n - 1 are free on 127.0.0.1 */
+static int free_port_range(int n)
+{
+    for (int tries = 0; tries < 200; tries++) {
+        int base = g_random_int_range(20000, 60000 - n);
+        int fds[SERVE_PORTS + 1], k;
+
+        g_assert_cmpint(n, <=, G_N_ELEMENTS(fds));
+        for (k = 0; k < n; k++) {
+            struct sockaddr_in sin = {
+                .sin_family = AF_INET,
+                .sin_port = htons(base + k),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+            };
+
+            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+                k++;
+                break;
+            }
+        }
+        for (int i = 0; i < k; i++) {
+            close(fds[i]);
+        }
+        if (k == n) {
+            return base;
+        }
+    }
+    g_error("no %d free ports in a row", n);
+}
+
+/*
+ * A paused Linux template whose guest serves TCP port 7777: each
+ * connection gets the line "CLONE-ID GENERATION" from fw_cfg, then its
+ * own bytes echoed until it closes.  *@port is the host forward's port.
+ */
+static Vm *start_linux_template(int *port)
+{
+    g_autofree char *netdev = NULL;
+    const char *extra[] = { "-qmp",
+                            "unix:@DIR@/pool-qmp.sock,server=on,wait=off",
+                            "-netdev", NULL, "-device",
+                            "virtio-net-pci,netdev=n0,romfile=", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *r = NULL;
+    Vm *tmpl;
+
+    if (vm_skip_if_missing(&o)) {
+        return NULL;
+    }
+    if (!vmfork_tool()) {
+        g_test_skip("the vmfork tool is not built (VMFORK_TOOL)");
+        return NULL;
+    }
+    *port = free_port_range(SERVE_PORTS);
+    netdev = g_strdup_printf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d",
+                             *port, GUEST_PORT);
+    extra[3] = netdev;
+    tmpl = vm_start(&o);
+    r = vm_agent(tmpl,
+        "sh ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && "
+        "printf '#!/bin/sh\\ncat /sys/firmware/qemu_fw_cfg/by_name/opt/"
+        "vmfork/clone-id/raw\\nexec cat\\n' > /tmp/svc && "
+        "chmod +x /tmp/svc && (nc -ll -p %d -e /tmp/svc >/dev/null 2>&1 &)",
+        GUEST_PORT);
+    g_assert_true(g_str_has_prefix(r, "0"));
+    /* Paused only once the service answers, so that every clone's does */
+    for (gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;;) {
+        int fd = tcp_connect(*port);
+        g_autofree char *line = fd >= 0 ? fd_read_line(fd, 1000) : NULL;
+
+        if (fd >= 0) {
+            close(fd);
+        }
+        if (line) {
+            g_test_message("the template's service: %s", line);
+            break;
+        }
+        g_assert_true(g_get_monotonic_time() < deadline);
+        g_usleep(50 * 1000);
+    }
+    json_node_unref(vm_qmp(tmpl, "stop", NULL));
+    return tmpl;
+}
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char *log;
+} Server;
+
+static Server *serve_start(Pool *pool, const char *const *options)
+{
+    Server *srv = g_new0(Server, 1);
+    g_autofree char *listen = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_autofree char *guest_port = g_strdup_printf("%d", GUEST_PORT);
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;
+
+    srv->port = vm_free_ports(1, 1);
+    srv->log = g_build_filename(pool->tmpl->dir, "serve.log", NULL);
+    listen = g_strdup_printf("127.0.0.1:%d", srv->port);
+    g_ptr_array_add(argv, (gpointer)vmfork_tool());
+    g_ptr_array_add(argv, "serve");
+    g_ptr_array_add(argv, "--listen");
+    g_ptr_array_add(argv, listen);
+    g_ptr_array_add(argv, "--pool");
+    g_ptr_array_add(argv, pool->path);
+    g_ptr_array_add(argv, "--guest-port");
+    g_ptr_array_add(argv, guest_port);
+    g_ptr_array_add(argv, "--verbose");
+    for (const char *const *o = options; o && *o; o++) {
+        g_ptr_array_add(argv, (gpointer)*o);
+    }
+    g_ptr_array_add(argv, NULL);
+    srv->pid = vm_spawn((const char *const *)argv->pdata, srv->log);
+    /* Up once it says so (a probe connection would take a clone) */
+    for (;;) {
+        g_autofree char *log = NULL;
+
+        if (g_file_get_contents(srv->log, &log, NULL, NULL) &&
+            strstr(log, "listening on")) {
+            break;
+        }
+        g_assert_true(g_get_monotonic_time() < deadline);
+        g_assert_false(pid_gone(srv->pid));
+        g_usleep(10000);
+    }
+    return srv;
+}
+
+static void serve_stop(Server *srv)
+{
+    int status;
+
+    g_assert_cmpint(kill(srv->pid, SIGTERM), ==, 0);
+    g_assert_cmpint(waitpid(srv->pid, &status, 0), ==, srv->pid);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+    g_free(srv->log);
+    g_free(srv);
+}
+
+/* The clone id a connection was answered with (its first line) */
+static gint64 read_clone_id(Server *srv, int fd)
+{
+    g_autofree char *line = fd_read_line(fd, TIMEOUT_MS * 2);
+    gint64 id;
+
+    if (!line) {
+        g_autofree char *log = NULL;
+
+        g_file_get_contents(srv->log, &log, NULL, NULL);
+        g_error("no clone id; vmfork serve's log:\n%s", log);
+    }
+    g_test_message("answer: %s", line);
+    /* Decimal, zero-padded */
+    g_assert_cmpint(sscanf(line, "%" G_GINT64_MODIFIER "d", &id), ==, 1);
+    return id;
+}
+
+/*
+ * 50 connections at once to "vmfork serve": each is answered by a clone
+ * of its own (50 distinct clone ids, each a pid the pool handed out), and
+ * each clone is released once its connection closes.
+ */
+static void test_serve_50(void)
+{
+    const char *const pool_options[] = { "--size", "8", "--hostfwd-step", "1",
+                                         "--max-live", "60", NULL };
+    const char *const serve_options[] = { "--max-clones", "50", NULL };
+    g_autoptr(GHashTable) ids = g_hash_table_new_full(g_int64_hash,
+                                                      g_int64_equal, g_free,
+                                                      NULL);
+    int fds[50], port;
+    Vm *tmpl = start_linux_template(&port);
+    gint64 t0;
+    Server *srv;
+    Pool *pool;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, pool_options);
+    wait_status(pool, "ready", 8);
+    srv = serve_start(pool, serve_options);
+    t0 = g_get_monotonic_time();
+    for (int i = 0; i < 50; i++) {
+        fds[i] = tcp_connect(srv->port);
+        g_assert_cmpint(fds[i], >=, 0);
+    }
+    for (int i = 0; i < 50; i++) {
+        gint64 id = read_clone_id(srv, fds[i]);
+
+        g_assert_cmpint(id, >, 0);
+        g_assert_true(g_hash_table_add(ids, g_memdup2(&id, sizeof(id))));
+        /* The clone id is its pid, a child of the template */
+        g_assert_false(pid_gone(id));
+    }
+    g_test_message("50 connections answered by 50 clones in %.0f ms",
+                   (g_get_monotonic_time() - t0) / 1000.0);
+    g_assert_cmpint(status_int(pool, "taken"), ==, 50);
+    /* The echo: the connection is the clone's */
+    g_assert_cmpint(write(fds[7], "ping\n", 5), ==, 5);
+    {
+        g_autofree char *echo = fd_read_line(fds[7], TIMEOUT_MS);
+
+        g_assert_cmpstr(echo, ==, "ping");
+    }
+    for (int i = 0; i < 50; i++) {
+        close(fds[i]);
+    }
+    /* Each connection's end releases its clone */
+    wait_status(pool, "released", 50);
+    wait_status(pool, "taken", 0);
+    {
+        GHashTableIter it;
+        gpointer key;
+
+        g_hash_table_iter_init(&it, ids);
+        while (g_hash_table_iter_next(&it, &key, NULL)) {
+            g_assert_true(pid_wait_gone(*(gint64 *)key, TIMEOUT_MS));
+        }
+    }
+    serve_stop(srv);
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
+/*
+ * --max-clones 2 --queue 1: a third connection waits and is served when
+ * one of the first two closes; one beyond the queue is told it is busy at
+ * once; one that waits longer than --queue-timeout is told so.
+ */
+static void test_serve_limits(void)
+{
+    const char *const pool_options[] = { "--size", "2", "--hostfwd-step", "1",
+                                         NULL };
+    const char *const serve_options[] = { "--max-clones", "2", "--queue", "1",
+                                          "--queue-timeout", "1500", NULL };
+    int port, c[5];
+    Vm *tmpl = start_linux_template(&port);
+    g_autofree char *busy = NULL;
+    g_autofree char *timed_out = NULL;
+    gint64 id[5];
+    Server *srv;
+    Pool *pool;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, pool_options);
+    wait_status(pool, "ready", 2);
+    srv = serve_start(pool, serve_options);
+    c[0] = tcp_connect(srv->port);
+    c[1] = tcp_connect(srv->port);
+    id[0] = read_clone_id(srv, c[0]);
+    id[1] = read_clone_id(srv, c[1]);
+    g_assert_cmpint(id[0], !=, id[1]);
+
+    c[2] = tcp_connect(srv->port);      /* queued */
+    g_usleep(200 * 1000);
+    c[3] = tcp_connect(srv->port);      /* beyond the queue */
+    busy = fd_read_line(c[3], TIMEOUT_MS);
+    g_test_message("beyond the queue: %s", busy);
+    g_assert_true(g_str_has_prefix(busy, "vmfork serve: busy: 2 clones live, "
+                                   "1 connections waiting"));
+
+    close(c[0]);                        /* the queued one gets its clone */
+    id[2] = read_clone_id(srv, c[2]);
+    g_assert_cmpint(id[2], !=, id[0]);
+    g_assert_cmpint(id[2], !=, id[1]);
+    g_assert_true(pid_wait_gone(id[0], TIMEOUT_MS));
+
+    c[4] = tcp_connect(srv->port);      /* waits 1.5 s in vain */
+    timed_out = fd_read_line(c[4], TIMEOUT_MS);
+    g_test_message("timed out: %s", timed_out);
+    g_assert_cmpstr(timed_out, ==, "vmfork serve: busy: no clone within "
+                    "1500 ms");
+    for (int i = 1; i < 5; i++) {
+        close(c[i]);
+    }
+    wait_status(pool, "taken", 0);
+    g_assert_cmpint(status_int(pool, "served"), ==, 3);
+    serve_stop(srv);
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -565,5 +888,9 @@ int main(int argc, char **argv)
     g_test_add_func("/pool/tcg/tiny/limits-and-bad-requests",
                     test_limits_and_bad_requests);
     g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
+    g_test_add_func("/serve/tcg/linux/50-connections-50-clones",
+                    test_serve_50);
+    g_test_add_func("/serve/tcg/linux/max-clones-queue-and-timeout",
+                    test_serve_limits);
     return g_test_run();
 }

@@ -294,7 +294,7 @@ static const char *missing_socket(Fixture *f)
 }
 
 /* Runs the tool lines @cases (@n) and checks that each is a usage error. */
-static void assert_usage_errors(Fixture *f, const char *const (*cases)[8],
+static void assert_usage_errors(Fixture *f, const char *const (*cases)[12],
                                 guint n, const char *usage)
 {
     for (guint i = 0; i < n; i++) {
@@ -469,7 +469,7 @@ static void qmp_call_bad_usage_exits_2(Fixture *f, gconstpointer data)
 {
     /* SOCKET does not exist: exit 2, not 3, shows nothing was connected. */
     const char *sock = missing_socket(f);
-    const char *const cases[][8] = {
+    const char *const cases[][12] = {
         { "qmp-call", NULL },
         { "qmp-call", sock, NULL },
         { "qmp-call", sock, "query-status", "{}", "extra", NULL },
@@ -501,6 +501,7 @@ static void help_prints_usage_and_exits_0(Fixture *f, gconstpointer data)
         { "vmfork", "take", "--help", NULL },
         { "vmfork", "release", "--help", NULL },
         { "vmfork", "pool-status", "--help", NULL },
+        { "vmfork", "serve", "--help", NULL },
     };
 
     (void)data;
@@ -898,7 +899,7 @@ static void kill_with_signal_refuses_pid_that_is_not_a_child(
 static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
 {
     const char *sock = missing_socket(f);
-    const char *const cases[][8] = {
+    const char *const cases[][12] = {
         { "vmfork", NULL },
         { "vmfork", "frob", sock, NULL },
         { "vmfork", "--no-such-option", "ls", sock, NULL },
@@ -922,6 +923,14 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "take", NULL },
         { "vmfork", "release", sock, "abc", NULL },
         { "vmfork", "pool-status", sock, "extra", NULL },
+        { "vmfork", "serve", "--pool", sock, "--guest-port", "22", NULL },
+        { "vmfork", "serve", "--listen", "8080", "--pool", sock, NULL },
+        { "vmfork", "serve", "--listen", "nohost:80", "--pool", sock,
+          "--guest-port", "22", NULL },
+        { "vmfork", "serve", "--listen", "8080", "--pool", sock,
+          "--guest-port", "70000", NULL },
+        { "vmfork", "serve", "--listen", "8080", "--pool", sock,
+          "--guest-port", "22", "--max-clones", "0", NULL },
     };
 
     (void)data;
