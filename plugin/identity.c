@@ -7,13 +7,18 @@
  *
  * The VM generation ID changes in each child (a vmgenid device notifies
  * the guest: Linux reseeds its RNG), and the fw_cfg file
- * opt/vmfork/clone-id tells the guest its clone id and generation.
+ * opt/vmfork/clone-id tells the guest its clone id and generation.  A
+ * migrated clone keeps all three.
  */
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
 #include "qemu/module.h"
+#include "qemu/uuid.h"
 #include "qom/object.h"
+#include "migration/vmstate.h"
 #include "hw/nvram/fw_cfg.h"
 #include "system/system.h"
 #include "vmfork-internal.h"
@@ -26,21 +31,99 @@
 #define VMFORK_FW_CFG_FILE "opt/vmfork/clone-id"
 static char vmfork_fw_cfg_id[32 + 1];
 
+/*
+ * What a clone's identity is: it moves with the clone when the clone is
+ * migrated (the section "vmfork-identity", sent by clones only), so that
+ * on another host it has the same clone id, generation and VM generation
+ * ID.  The destination QEMU runs the same command line, whose vmgenid
+ * GUID is its own until the clone's arrives.
+ */
+typedef struct VmforkIdentity {
+    int64_t clone_id;
+    int64_t generation;
+    uint8_t guid[UUID_STR_LEN];         /* "" without a vmgenid device */
+} VmforkIdentity;
+
+static VmforkIdentity identity;
+
 void vmfork_identity_set(int64_t clone_id, int64_t generation)
 {
+    identity.clone_id = clone_id;
+    identity.generation = generation;
     snprintf(vmfork_fw_cfg_id, sizeof(vmfork_fw_cfg_id),
              "%020" PRId64 " %010" PRId64 "\n", clone_id, generation);
 }
+
+static Object *identity_vmgenid(void)
+{
+    return object_resolve_path_type("", "vmgenid", NULL);
+}
+
+static bool identity_needed(void *opaque)
+{
+    return identity.clone_id != 0;
+}
+
+static int identity_pre_save(void *opaque)
+{
+    Object *vmgenid = identity_vmgenid();
+    g_autofree char *guid = vmgenid ?
+        object_property_get_str(vmgenid, "guid", NULL) : NULL;
+
+    memset(identity.guid, 0, sizeof(identity.guid));
+    if (guid) {
+        pstrcpy((char *)identity.guid, sizeof(identity.guid), guid);
+    }
+    return 0;
+}
+
+/*
+ * The clone arrived: take its identity.  Its guest already holds its GUID
+ * (in its RAM); setting the property makes vmgenid write the same value,
+ * whichever of the two sections loads first, so the guest sees no change.
+ */
+static int identity_post_load(void *opaque, int version_id)
+{
+    Object *vmgenid = identity_vmgenid();
+    Error *err = NULL;
+
+    identity.guid[sizeof(identity.guid) - 1] = 0;
+    vmfork_identity_migrated(identity.clone_id, identity.generation);
+    vmfork_identity_set(identity.clone_id, identity.generation);
+    if (vmgenid && identity.guid[0] &&
+        !object_property_set_str(vmgenid, "guid", (char *)identity.guid,
+                                 &err)) {
+        error_report_err(err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static const VMStateDescription vmstate_vmfork_identity = {
+    .name = "vmfork-identity",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = identity_needed,
+    .pre_save = identity_pre_save,
+    .post_load = identity_post_load,
+    .fields = (const VMStateField[]) {
+        VMSTATE_INT64(clone_id, VmforkIdentity),
+        VMSTATE_INT64(generation, VmforkIdentity),
+        VMSTATE_BUFFER(guid, VmforkIdentity),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static void identity_machine_done(Notifier *n, void *opaque)
 {
     FWCfgState *fw_cfg = fw_cfg_find();
 
+    vmfork_identity_set(0, 0);
     if (fw_cfg) {
-        vmfork_identity_set(0, 0);
         fw_cfg_add_file(fw_cfg, VMFORK_FW_CFG_FILE, vmfork_fw_cfg_id,
                         sizeof(vmfork_fw_cfg_id) - 1);
     }
+    vmstate_register(NULL, 0, &vmstate_vmfork_identity, &identity);
 }
 
 static Notifier identity_machine_done_notifier = {

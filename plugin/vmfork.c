@@ -88,6 +88,12 @@ int64_t vmfork_clone_id(void)
     return vmfork_state.clone_id;
 }
 
+void vmfork_identity_migrated(int64_t clone_id, int64_t generation)
+{
+    vmfork_state.clone_id = clone_id;
+    vmfork_state.generation = generation;
+}
+
 bool vmfork_pid_is_ours(pid_t pid)
 {
     if (pid == getpid()) {

@@ -2,7 +2,8 @@
  * vmfork (the tool): what its command files share.
  *
  * vmfork.c has fork, ls, wait and kill; pool.c the clone pool (pool, take,
- * release, pool-status); serve.c the per-connection server (serve).
+ * release, pool-status); serve.c the per-connection server (serve); migrate.c
+ * moving a clone to another host (migrate).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -30,5 +31,6 @@ int cmd_take(Tool *tool, int argc, char **argv);
 int cmd_release(Tool *tool, int argc, char **argv);
 int cmd_pool_status(Tool *tool, int argc, char **argv);
 int cmd_serve(Tool *tool, int argc, char **argv);
+int cmd_migrate(Tool *tool, int argc, char **argv);
 
 #endif /* VMFORK_TOOL_H */

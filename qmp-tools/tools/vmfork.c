@@ -10,6 +10,7 @@
  *   vmfork kill SOCKET PID [--signal SIG]
  *   vmfork pool, take, release, pool-status: the clone pool (pool.c)
  *   vmfork serve: a clone per TCP connection (serve.c)
+ *   vmfork migrate: a clone to another host (migrate.c)
  *
  * SOCKET is the QMP socket of the VM that forks (the parent).  Waiting is
  * done on QMP events (VMFORK_CHILD_READY, VMFORK_CHILD_EXITED) read with
@@ -768,6 +769,7 @@ static const struct {
     { "release", cmd_release },
     { "pool-status", cmd_pool_status },
     { "serve", cmd_serve },
+    { "migrate", cmd_migrate },
 };
 
 #define MAIN_DESCRIPTION \
@@ -790,6 +792,8 @@ static const struct {
     "                     a pool's counts, latencies and children\n" \
     "  serve --listen [ADDR:]PORT --pool POOL --guest-port P\n" \
     "                     a fresh clone from POOL for each TCP connection\n" \
+    "  migrate CHILD_SOCKET --to URI [--postcopy]\n" \
+    "                     move a clone to another host\n" \
     "\n" \
     "SOCKET is the QMP unix socket of the VM that forks; POOL the unix " \
     "socket of a 'vmfork pool'.  " \

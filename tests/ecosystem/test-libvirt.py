@@ -712,6 +712,14 @@ class LibvirtTest:
         info = self.qmp_virsh('query-vmfork')
         kid = [k for k in info['children'] if k['pid'] == self.child['pid']]
         check(kid and kid[0]['state'] == 'running', 'query-vmfork %s' % info)
+        # Nor can libvirt adopt it: its qemu driver no longer attaches to a
+        # QEMU it did not start (docs/migrate.md says so)
+        p = self.virsh('qemu-attach', str(self.child['pid']), check_rc=False)
+        check(p.returncode != 0 and 'not supported' in p.stderr,
+              'virsh qemu-attach of the child: rc %d, %s' %
+              (p.returncode, p.stderr.strip()))
+        names = self.virsh('list', '--all', '--name').stdout.split()
+        check(names == [self.dom], 'virsh list after qemu-attach: %s' % names)
 
     def wrapper_fork_ls(self):
         out = self.wrapper_run('fork', self.dom, '--monitor',
@@ -1102,7 +1110,8 @@ class LibvirtTest:
         t.step('memory isolation via the guest agent (child serial0 moved '
                'with chardev-change)', self.isolation)
         t.step("libvirt's view: the domain runs, the child is no domain, "
-               'query-vmfork lists it', self.libvirt_view)
+               'query-vmfork lists it, virsh qemu-attach cannot adopt it '
+               '(not supported)', self.libvirt_view)
         t.step('vmfork-virsh.sh fork --monitor and ls', self.wrapper_fork_ls)
         t.step('vmfork-virsh.sh kill: SIGTERM, "exited with status 0", '
                'VMFORK_CHILD_EXITED, reaped', self.wrapper_kill)

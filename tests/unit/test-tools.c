@@ -502,6 +502,7 @@ static void help_prints_usage_and_exits_0(Fixture *f, gconstpointer data)
         { "vmfork", "release", "--help", NULL },
         { "vmfork", "pool-status", "--help", NULL },
         { "vmfork", "serve", "--help", NULL },
+        { "vmfork", "migrate", "--help", NULL },
     };
 
     (void)data;
@@ -931,6 +932,13 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
           "--guest-port", "70000", NULL },
         { "vmfork", "serve", "--listen", "8080", "--pool", sock,
           "--guest-port", "22", "--max-clones", "0", NULL },
+        { "vmfork", "migrate", sock, NULL },
+        { "vmfork", "migrate", sock, "--to", "tcp:h:1", "--mirror", "vda",
+          NULL },
+        { "vmfork", "migrate", sock, "--to", "tcp:h:1", "--mirror",
+          "vda=nbd:h:1", NULL },
+        { "vmfork", "migrate", sock, "--to", "tcp:h:1", "--wait", "-1",
+          NULL },
     };
 
     (void)data;
@@ -952,6 +960,8 @@ static void vmfork_missing_socket_exits_3(Fixture *f, gconstpointer data)
     g_assert_cmpint(f->run.status, ==, 3);
     g_assert_nonnull(strstr(f->run.err, sock));
     REQUIRE(RUN(f, "vmfork", "pool-status", sock));
+    g_assert_cmpint(f->run.status, ==, 3);
+    REQUIRE(RUN(f, "vmfork", "migrate", sock, "--to", "tcp:127.0.0.1:1"));
     g_assert_cmpint(f->run.status, ==, 3);
     REQUIRE(RUN(f, "vmfork", "pool", sock));
     g_assert_cmpint(f->run.status, ==, 3);
