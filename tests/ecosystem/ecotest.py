@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -304,6 +305,13 @@ def missing_file(path, what):
     if os.path.isfile(path):
         return None
     return '%s not found at %s' % (what, path)
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 just now"""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def connect_unix(path, timeout):

@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ecotest                                     # noqa: E402
 from ecotest import check                          # noqa: E402
 
-PLAN = 15
+PLAN = 16
 TIMEOUT = 30.0
 # What the test runs, and the Debian package that has it (libvirt-daemon
 # comes with libvirt-daemon-driver-qemu)
@@ -228,8 +228,10 @@ class Agent:
 
 
 class LibvirtTest:
-    def __init__(self, tap, reaper, qemu, kernel, initrd, qmp_call, wrapper):
+    def __init__(self, tap, reaper, qemu, kernel, initrd, qmp_call, wrapper,
+                 vmfork_tool):
         self.tap = tap
+        self.vmfork_tool = vmfork_tool
         self.r = reaper
         self.qemu = qemu
         self.kernel = kernel
@@ -242,6 +244,8 @@ class LibvirtTest:
         self.sb_dom = 'vmfork-sb-%d' % os.getpid()
         # written the way virt-install writes a domain
         self.vi_dom = 'vmfork-vi-%d' % os.getpid()
+        # where a clone is handed to libvirt
+        self.adopt_dom = 'vmfork-ad-%d' % os.getpid()
         self.domains = []                     # defined so far
         self.d = reaper.dir
         self.sdir = reaper.path('s')          # sockets of the guests
@@ -554,8 +558,14 @@ class LibvirtTest:
         self.tap.diag('libvirt probed %s: default machine %s' %
                       (self.qemu, m.group(1)))
 
-    def define(self, dom, emulator, agent_sock):
-        xml = f'''<domain type='qemu'>
+    def define(self, dom, emulator, agent_sock, qemu_args=()):
+        cmdline = ''.join("    <qemu:arg value='%s'/>\n" % escape(a)
+                          for a in qemu_args)
+        if cmdline:
+            cmdline = '  <qemu:commandline>\n%s  </qemu:commandline>\n' % \
+                cmdline
+        xml = f'''<domain type='qemu'
+        xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{escape(dom)}</name>
   <memory unit='MiB'>512</memory>
   <vcpu>1</vcpu>
@@ -576,7 +586,7 @@ class LibvirtTest:
 {serial_xml(agent_sock)}    <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
-</domain>
+{cmdline}</domain>
 '''
         path = self.r.path(dom + '.xml')
         with open(path, 'w') as f:
@@ -720,6 +730,61 @@ class LibvirtTest:
               (p.returncode, p.stderr.strip()))
         names = self.virsh('list', '--all', '--name').stdout.split()
         check(names == [self.dom], 'virsh list after qemu-attach: %s' % names)
+
+    def adopt(self):
+        """Hand the clone to libvirt: a domain of the same XML, started
+        paused and waiting for a migration (-incoming defer through
+        <qemu:commandline>), takes it in with vmfork migrate"""
+        dom = self.adopt_dom
+        sock = os.path.join(self.sdir, 'adopt-agent.sock')
+        port = ecotest.free_port()
+        c = self.fork_via_virsh(os.path.join(self.sdir, 'adoptee-%p.sock'))
+        self.wait_monitor(c)
+        child_sock = os.path.join(self.sdir, 'adoptee-agent.sock')
+        self.qmp_child(c['monitor'], 'chardev-change', {
+            'id': 'charserial0',
+            'backend': {'type': 'socket', 'data': {
+                'addr': {'type': 'unix', 'data': {'path': child_sock}},
+                'server': True, 'wait': False}}})
+        agent = Agent(child_sock)
+        agent.sync()
+        h_child = agent.cmd('fill d4')
+        cid = agent.cmd('cloneid')
+        agent.close()
+        self.define(dom, self.qemu, sock, ('-incoming', 'defer'))
+        p = self.virsh('start', dom, '--paused', check_rc=False, timeout=120)
+        check(p.returncode == 0, 'virsh start --paused: %s\n%s' %
+              (p.stderr.strip(), self.domain_log(dom)[-3000:]))
+        self.started(dom)
+        uri = 'tcp:127.0.0.1:%d' % port
+        p = self.virsh('qemu-monitor-command', dom, json.dumps(
+            {'execute': 'migrate-incoming', 'arguments': {'uri': uri}}))
+        check('return' in json.loads(p.stdout), 'migrate-incoming: %s' %
+              p.stdout)
+        p = run([self.vmfork_tool, 'migrate', c['monitor'], '--to', uri],
+                check_rc=False, timeout=120)
+        check(p.returncode == 0, 'vmfork migrate: exit %d: %s%s' %
+              (p.returncode, p.stdout, p.stderr))
+        self.tap.diag('into libvirt: %s' % p.stdout.strip())
+        check(ecotest.pid_wait_gone(c['pid'], 10), 'the clone did not quit')
+        self.virsh('resume', dom)
+        st = self.virsh('domstate', dom).stdout.strip()
+        check(st == 'running', 'virsh domstate %s: %s' % (dom, st))
+        agent = Agent(sock)
+        agent.sync()
+        h = agent.cmd('hash')
+        cid2 = agent.cmd('cloneid')
+        agent.close()
+        check(h == h_child, "the domain's memory hash %s, the clone's %s" %
+              (h, h_child))
+        check(cid2 == cid, "the domain's clone id %r, the clone's %r" %
+              (cid2, cid))
+        names = sorted(self.virsh('list', '--name').stdout.split())
+        check(dom in names, 'virsh list: %s' % names)
+        # libvirt manages it like any domain of its own
+        self.virsh('destroy', dom)
+        st = self.virsh('domstate', dom).stdout.strip()
+        check(st == 'shut off', 'after virsh destroy: %s' % st)
 
     def wrapper_fork_ls(self):
         out = self.wrapper_run('fork', self.dom, '--monitor',
@@ -1117,6 +1182,10 @@ class LibvirtTest:
                'VMFORK_CHILD_EXITED, reaped', self.wrapper_kill)
         t.step("quit on the first child's monitor: EXITED status 0; ls shows "
                'both exited; kill --all finds none', self.quit_child)
+        t.step('a clone handed to libvirt: vmfork migrate into a domain of '
+               'the same XML started --paused with -incoming defer; after '
+               'virsh resume it runs the clone (memory hash, clone id), the '
+               'clone process is gone, virsh destroy ends it', self.adopt)
         t.step('virsh destroy: QEMU gone, no process left in its group, '
                'libvirt removed its cgroups', self.destroy)
         t.step('virsh destroy with a live child: the parent stops, the child '
@@ -1220,7 +1289,10 @@ def main():
         return 0
 
     reaper = ecotest.Reaper('vmfork-eco-lv.', subreaper=False)
-    test = LibvirtTest(tap, reaper, qemu, kernel, initrd, qmp_call, wrapper)
+    vmfork_tool = os.environ.get('VMFORK_TOOL') or \
+        ecotest.artifact('VMFORK_TOOL', 'tools/vmfork')
+    test = LibvirtTest(tap, reaper, qemu, kernel, initrd, qmp_call, wrapper,
+                       vmfork_tool)
     try:
         tap.plan(PLAN)
         test.run(need)
