@@ -15,6 +15,7 @@
  *   vm.c       a benchmark VM: command line, QMP, serial, agent commands
  *   measure.c  statistics, guest clock offsets, trace parsing, smaps
  *   scenarios.c the vmfork scenarios and the peers
+ *   service.c  the pool, "vmfork serve" and "vmfork migrate"
  *   vmfork-bench.c options, scenario list, JSON/CSV output, targets
  */
 
@@ -132,6 +133,7 @@ typedef struct BenchPaths {
     const char *tiny;
     const char *workdir;    /* base for work directories (default /tmp) */
     const char *shmdir;     /* base for template RAM files (/dev/shm) */
+    const char *vmfork_tool;    /* qmp-tools' vmfork: pool, serve, migrate */
 } BenchPaths;
 
 extern BenchPaths bench_paths;
@@ -157,6 +159,7 @@ typedef struct VmSpawnOpts {
     const char *mem_path;   /* memory-backend-file at this path */
     bool mem_share;         /* share=on */
     bool connect_qmp;       /* wait for the QMP socket and connect */
+    const char *const *extra;   /* more QEMU arguments, NULL-terminated */
 } VmSpawnOpts;
 
 const char *guest_name(GuestKind g);
@@ -256,6 +259,7 @@ TraceChild *trace_child(TraceFork *tf, int pid);
 typedef enum {
     SPEC_FORK,              /* repeated vmfork commands */
     SPEC_PEERS,             /* cold boot, snapshot restore, template clone */
+    SPEC_SERVICE,           /* pool, serve, migrate (service.c) */
 } SpecKind;
 
 typedef struct Spec {
@@ -281,9 +285,19 @@ extern int bench_dirty_mib;         /* Linux: MiB the child dirties */
 extern GString *bench_samples;
 
 char *spec_name(const VmConfig *c, const Spec *s);
+/* A result object with the configuration's members */
+JsonObject *bench_base_object(const char *scenario, const char *kind,
+                              const VmConfig *c);
 /* Boot the group's VM once and run its scenarios; emit() gets each
  * scenario's result object (peers: one per method) as it is done */
 void run_group(const Group *g, void (*emit)(JsonObject *o, gpointer data),
                gpointer data);
+
+/* ---- service.c -------------------------------------------------------- */
+
+/* The pool, the per-connection server and migration of a clone (n:
+ * connections measured for first byte); emits one object per figure */
+void run_service(const VmConfig *cfg, const Spec *s,
+                 void (*emit)(JsonObject *o, gpointer data), gpointer data);
 
 #endif

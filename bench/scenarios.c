@@ -63,6 +63,9 @@ char *spec_name(const VmConfig *c, const Spec *s)
     if (s->kind == SPEC_PEERS) {
         return g_strdup_printf("peers-%s", label);
     }
+    if (s->kind == SPEC_SERVICE) {
+        return g_strdup_printf("service-%s", label);
+    }
     if (s->count > 1) {
         return g_strdup_printf("fanout%d-%s%s", s->count, label,
                                s->template ? "-template" : "");
@@ -112,8 +115,8 @@ static GArray *darr(void)
     return g_array_new(false, false, sizeof(double));
 }
 
-static JsonObject *base_object(const char *scenario, const char *kind,
-                               const VmConfig *c)
+JsonObject *bench_base_object(const char *scenario, const char *kind,
+                              const VmConfig *c)
 {
     JsonObject *o = json_object_new();
 
@@ -1008,7 +1011,7 @@ static void let_die(GroupRun *gr, GArray *pids)
 static JsonObject *run_fork_spec(GroupRun *gr, const Spec *s, GError **errp)
 {
     g_autofree char *name = spec_name(&gr->g->cfg, s);
-    JsonObject *o = base_object(name, s->count > 1 ? "fanout" : "fork",
+    JsonObject *o = bench_base_object(name, s->count > 1 ? "fanout" : "fork",
                                 &gr->g->cfg);
     bool kvm = g_str_equal(gr->g->cfg.accel, "kvm");
     int warmup = s->count == 1 && !s->template ? 1 : 0;
@@ -1144,7 +1147,7 @@ static JsonObject *peer_json(PeerAgg *p, const VmConfig *c, int n,
 {
     g_autofree char *label = vm_config_label(c);
     g_autofree char *name = g_strdup_printf("peer-%s-%s", p->method, label);
-    JsonObject *o = base_object(name, "peer", c);
+    JsonObject *o = bench_base_object(name, "peer", c);
 
     json_object_set_string_member(o, "method", p->method);
     json_object_set_string_member(o, "how", how);
@@ -1739,7 +1742,7 @@ static void run_peers(GroupRun *gr, const Spec *s,
 
 fail:
     if (err) {
-        JsonObject *o = base_object("peers-error", "peer", c);
+        JsonObject *o = bench_base_object("peers-error", "peer", c);
         g_autofree char *label = vm_config_label(c);
         g_autofree char *nm = g_strdup_printf("peers-%s", label);
 
@@ -1767,7 +1770,7 @@ void run_group(const Group *g, void (*emit)(JsonObject *, gpointer),
     if (why) {
         for (int i = 0; i < g->nspecs; i++) {
             g_autofree char *name = spec_name(&g->cfg, &g->spec[i]);
-            JsonObject *o = base_object(name, "skipped", &g->cfg);
+            JsonObject *o = bench_base_object(name, "skipped", &g->cfg);
 
             json_object_set_string_member(o, "skipped", why);
             emit(o, data);
@@ -1781,7 +1784,7 @@ void run_group(const Group *g, void (*emit)(JsonObject *, gpointer),
     if (!ensure_parent(&gr, &err)) {
         for (int i = 0; i < g->nspecs; i++) {
             g_autofree char *name = spec_name(&g->cfg, &g->spec[i]);
-            JsonObject *o = base_object(name, "error", &g->cfg);
+            JsonObject *o = bench_base_object(name, "error", &g->cfg);
 
             json_object_set_string_member(o, "error", err->message);
             emit(o, data);
@@ -1801,6 +1804,11 @@ void run_group(const Group *g, void (*emit)(JsonObject *, gpointer),
                        "template clone x%d+%d\n", name, s->cold_runs, s->n,
                        s->n, s->n, s->n);
             run_peers(&gr, s, emit, data);
+        } else if (s->kind == SPEC_SERVICE) {
+            g_printerr("-- %s: a pool and vmfork serve (first byte x%d, "
+                       "%d s of load, memory), vmfork migrate\n", name,
+                       s->n, 10);
+            run_service(&g->cfg, s, emit, data);
         } else {
             JsonObject *o;
 

@@ -215,6 +215,9 @@ BenchVm *vm_spawn(const VmConfig *c, const char *dir, const char *name,
     if (o->incoming) {
         ARG("-incoming"); ARG("%s", o->incoming);
     }
+    for (const char *const *e = o->extra; e && *e; e++) {
+        ARG("%s", *e);
+    }
 #undef ARG
     g_ptr_array_add(argv, NULL);
     if (bench_verbose > 1) {

@@ -125,6 +125,12 @@ static Spec peers_spec(int cold, int n)
     return (Spec) { .kind = SPEC_PEERS, .n = n, .cold_runs = cold };
 }
 
+/* The pool, vmfork serve and vmfork migrate: n first-byte samples */
+static Spec service_spec(int n)
+{
+    return (Spec) { .kind = SPEC_SERVICE, .n = n };
+}
+
 static void add_group(GArray *groups, GuestKind guest, const char *accel,
                       int mem, int vcpus, int touch, int nspecs,
                       const Spec *specs)
@@ -160,14 +166,15 @@ static GArray *scenario_groups(bool quick)
     if (quick) {
         GROUP(GUEST_TINY, "tcg", 512, 1, fork_spec(3, 1), template_spec(3, 0),
               fanout_spec(10, false, 1), peers_spec(1, 1));
-        GROUP(GUEST_LINUX, "tcg", 512, 1, fork_spec(3, 1), peers_spec(1, 1));
+        GROUP(GUEST_LINUX, "tcg", 512, 1, fork_spec(3, 1), peers_spec(1, 1),
+              service_spec(5));
         GROUP(GUEST_TINY, "kvm", 512, 1, fork_spec(2, 1));
         return groups;
     }
     GROUP(GUEST_LINUX, "tcg", 512, 1, fork_spec(20, 4), template_spec(20, 2),
           fanout_spec(10, false, 3), fanout_spec(10, true, 3),
           fanout_spec(100, false, 1), fanout_spec(100, true, 1),
-          peers_spec(3, 5));
+          peers_spec(3, 5), service_spec(30));
     GROUP(GUEST_LINUX, "tcg", 512, 2, fork_spec(10, 2), template_spec(10, 0));
     GROUP(GUEST_LINUX, "tcg", 2048, 1, fork_spec(10, 2), template_spec(10, 0),
           fanout_spec(10, false, 2), fanout_spec(100, false, 1),
@@ -437,6 +444,10 @@ static const char *const csv_columns[] = {
     "phases_ms.parent_first_output.p50", "tick_interval_ms",
     "offset_spread_parent_us", "offset_spread_child_us", "first_fork_clone_ms",
     "touch_mib", "clone_vs_512m", "pause_vs_512m",
+    "ttfb_ms.p50", "ttfb_ms.p99", "requests_per_s", "request_ms.p50",
+    "request_ms.p99", "clone_uss_kib.p50", "running_clone_uss_kib.p50",
+    "migrate_total_ms.p50", "migrate_total_ms.p99", "downtime_ms.p50",
+    "downtime_ms.p99", "running_at_dest_ms.p50", "running_at_dest_ms.p99",
     "skipped", "error",
 };
 
@@ -716,6 +727,8 @@ int main(int argc, char **argv)
                                     "build/guest/linux/initramfs.img");
     bench_paths.tiny = pick(opt_tiny, "VMFORK_TINY", top,
                             "build/guest/tiny/tiny.elf");
+    bench_paths.vmfork_tool = pick(NULL, "VMFORK_TOOL", top,
+                                   "build/meson/qmp-tools/vmfork");
     bench_paths.workdir = opt_workdir ? opt_workdir : g_get_tmp_dir();
     bench_paths.shmdir = opt_shmdir ? opt_shmdir :
         g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ? "/dev/shm" :

@@ -10,7 +10,8 @@
 #   samples.csv    one row per measured child
 #   summary.md     the targets: goal, measured, met
 #   bench.log      the progress output
-#   *.png          plots (gnuplot)
+#   *.png          plots (gnuplot): clone latency, peers, phases, memory,
+#                  scaling, fan-out, CDF, service (pool, serve, migrate)
 # A full run takes about 8 minutes on 2 cores (up to 15 when the machine is
 # busy); --quick about a minute.
 # Needs the patched QEMU and the guests (`make`); builds vmfork-bench and a
@@ -182,7 +183,8 @@ EOF
             | sed -E 's/^fork-linux-tcg-512m-1cpu-alive//' | sort -g
     } > "$dat/scale-alive.dat"
     if [ -s "$dat/scale-ram.dat" ] || [ -s "$dat/scale-alive.dat" ]; then
-        gnuplot <<EOF
+        # A partial run (-s) may lack a panel's data: not fatal
+        gnuplot <<EOF || log "scaling.png: gnuplot failed (data missing?)"
 set terminal $term
 set output "$out/scaling.png"
 set multiplot layout 1,3 title "How the cost grows, Linux guest under TCG (p50)"
@@ -205,6 +207,36 @@ set xtics autofreq
 plot "$dat/scale-alive.dat" using 1:2 with linespoints lw 2 title "clone (first output)", \
      "" using 1:3 with linespoints lw 2 title "parent pause"
 unset multiplot
+EOF
+    fi
+
+    # Clones on demand and on other hosts (bench/service.c): first byte
+    # through vmfork serve, and moving a clone (p50 and p99, ms)
+    {
+        csv_rows 'v_kind == "service" && v_scenario ~ /^serve-(direct|warm|empty)-/' \
+            ttfb_ms.p50 ttfb_ms.p99 | sed -E 's/^serve-([a-z]+)-[^ ]*/first-byte:\1/'
+        csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-precopy-/' \
+            migrate_total_ms.p50 migrate_total_ms.p99 | awk '{print "precopy:total", $2, $3}'
+        csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-postcopy-/' \
+            running_at_dest_ms.p50 running_at_dest_ms.p99 \
+            | awk '{print "postcopy:running", $2, $3}'
+        csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-postcopy-/' \
+            migrate_total_ms.p50 migrate_total_ms.p99 | awk '{print "postcopy:total", $2, $3}'
+    } | awk '$2 != "NaN"' > "$dat/service.dat"
+    if [ -s "$dat/service.dat" ]; then
+        gnuplot <<EOF || log "service.png: gnuplot failed"
+set terminal $term
+set output "$out/service.png"
+set title "Clones on demand (vmfork serve: connect -> first byte) and moved (vmfork migrate), Linux guest, TCG"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set logscale y
+set ylabel "ms (log scale)"
+set grid ytics
+set key top left
+set xtics noenhanced
+plot "$dat/service.dat" using 2:xtic(1) title "p50", "" using 3 title "p99"
 EOF
     fi
 

@@ -204,15 +204,20 @@ static void samples_add_json(JsonBuilder *b, const char *name,
 static void pool_set_error(Pool *pool, const char *fmt, ...)
     G_GNUC_PRINTF(2, 3);
 
+/* Records a problem; printed unless it is the same as the last one */
 static void pool_set_error(Pool *pool, const char *fmt, ...)
 {
     va_list ap;
+    char *text;
 
-    g_free(pool->last_error);
     va_start(ap, fmt);
-    pool->last_error = g_strdup_vprintf(fmt, ap);
+    text = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    g_printerr("vmfork pool: %s\n", pool->last_error);
+    if (g_strcmp0(text, pool->last_error)) {
+        g_printerr("vmfork pool: %s\n", text);
+    }
+    g_free(pool->last_error);
+    pool->last_error = text;
 }
 
 /* ---- host-forward slots ------------------------------------------------- */

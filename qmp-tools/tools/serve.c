@@ -579,6 +579,8 @@ int cmd_serve(Tool *tool, int argc, char **argv)
     serve.verbose = serve_verbose;
     serve.loop = g_main_loop_new(NULL, FALSE);
     serve.connector = g_socket_client_new();
+    /* Local sockets only: no proxy lookup on the way */
+    g_socket_client_set_enable_proxy(serve.connector, FALSE);
     serve.service = g_socket_service_new();
     g_socket_listener_set_backlog(G_SOCKET_LISTENER(serve.service),
                                   SOMAXCONN);

@@ -1,0 +1,831 @@
+/*
+ * vmfork-bench: clones on demand and on other hosts (the "service" spec)
+ *
+ * Copyright (c) 2026 vmfork developers
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A template of the group's configuration with user networking, whose
+ * guest serves TCP port 7777 (its clone id from fw_cfg, then an echo),
+ * paused; two "vmfork pool"s on two monitors of it, each with a "vmfork
+ * serve" in front.  Measured, each as a scenario object:
+ *
+ *   serve-direct-LABEL    the floor: connect -> first byte straight to one
+ *                         running clone's own forward (the guest's time)
+ *   serve-warm-LABEL      connect -> first byte through serve, with the
+ *                         pool full (8 ready) before each connection
+ *   serve-empty-LABEL     the same when the pool (size 1) has just handed
+ *                         out its only child: the connection waits for
+ *                         the replacement's fork
+ *   serve-load-LABEL      requests (connect, first line, close) per second
+ *                         sustained by 4 clients for 10 s; each request's
+ *                         time
+ *   pool-memory-LABEL     private memory (USS) of the ready children
+ *                         (paused) and of children handed out (running
+ *                         their idle guest for 2 s)
+ *   migrate-precopy-LABEL, migrate-postcopy-LABEL
+ *                         "vmfork migrate" of a running clone to a QEMU
+ *                         on this host (-incoming over loopback): total
+ *                         time, downtime, and for post-copy the time until
+ *                         it runs at the destination
+ */
+
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define GUEST_PORT 7777
+/*
+ * Ports from the template's forward up: pool 0's slots 1..40, pool 1's
+ * at 41, 82, 123 (step 41), destinations from 130, migration 180, the
+ * two servers 190 and 191
+ */
+#define PORTS 200
+#define WARM_SIZE 8
+#define LOAD_CLIENTS 4
+#define LOAD_SECONDS 10
+#define HELD 8                  /* children handed out for the memory figure */
+#define STEP_MS 30000
+
+typedef struct Service {
+    const VmConfig *cfg;
+    char *dir;
+    char *label;
+    BenchVm *tmpl;
+    int base_port;              /* the template's forward; slots above */
+    pid_t pool[2], serve[2];
+    char *pool_path[2];
+    char *serve_log[2];
+    int serve_port[2];
+    int next_dest_port;
+} Service;
+
+static int free_port_range(int n)
+{
+    for (int tries = 0; tries < 200; tries++) {
+        int base = g_random_int_range(20000, 60000 - n);
+        int k;
+        int *fds = g_new(int, n);
+
+        for (k = 0; k < n; k++) {
+            struct sockaddr_in sin = {
+                .sin_family = AF_INET,
+                .sin_port = htons(base + k),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+            };
+
+            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+                k++;
+                break;
+            }
+        }
+        for (int i = 0; i < k; i++) {
+            close(fds[i]);
+        }
+        g_free(fds);
+        if (k == n) {
+            return base;
+        }
+    }
+    return -1;
+}
+
+static int tcp_connect(int port)
+{
+    struct sockaddr_in sin = {
+        .sin_family = AF_INET,
+        .sin_port = htons(port),
+        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Reads until a newline (or timeout); the time of its first byte */
+static bool read_line_timed(int fd, int timeout_ms, gint64 *first_ns,
+                            GString *line)
+{
+    gint64 deadline = now_ns() + timeout_ms * 1000000LL;
+
+    *first_ns = 0;
+    for (;;) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        char buf[256];
+        ssize_t n;
+        int left = (deadline - now_ns()) / 1000000;
+
+        if (left <= 0 || poll(&p, 1, left) <= 0) {
+            return false;
+        }
+        n = read(fd, buf, sizeof(buf));
+        if (n <= 0) {
+            return false;
+        }
+        if (!*first_ns) {
+            *first_ns = now_ns();
+        }
+        g_string_append_len(line, buf, n);
+        if (memchr(buf, '\n', n)) {
+            return true;
+        }
+    }
+}
+
+/* One request on a unix socket of a pool: its reply, NULL on failure */
+static JsonObject *pool_call(const char *path, const char *request)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_autoptr(GString) line = g_string_new(NULL);
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autofree char *req = g_strconcat(request, "\n", NULL);
+    gint64 first;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok;
+
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+        close(fd);
+        return NULL;
+    }
+    ok = read_line_timed(fd, STEP_MS, &first, line);
+    close(fd);
+    if (!ok || !json_parser_load_from_data(parser, line->str, -1, NULL) ||
+        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
+        return NULL;
+    }
+    return json_object_ref(json_node_get_object(json_parser_get_root(parser)));
+}
+
+static JsonObject *pool_status(Service *sv, int i)
+{
+    JsonObject *r = pool_call(sv->pool_path[i], "{\"execute\": "
+                              "\"query-pool\"}");
+    JsonObject *ret = r && json_object_has_member(r, "return") ?
+        json_object_ref(json_object_get_object_member(r, "return")) : NULL;
+
+    if (r) {
+        json_object_unref(r);
+    }
+    return ret;
+}
+
+/* Until pool @i says @name is @want */
+static bool pool_wait(Service *sv, int i, const char *name, gint64 want)
+{
+    gint64 deadline = now_ns() + STEP_MS * 1000000LL;
+
+    while (now_ns() < deadline) {
+        JsonObject *st = pool_status(sv, i);
+        gint64 v = st ? json_object_get_int_member(st, name) : -1;
+
+        if (st) {
+            json_object_unref(st);
+        }
+        if (v == want) {
+            return true;
+        }
+        g_usleep(2000);
+    }
+    return false;
+}
+
+/* The pids of pool @i's children in @state */
+static GArray *pool_pids(Service *sv, int i, const char *state)
+{
+    GArray *pids = g_array_new(false, false, sizeof(int));
+    JsonObject *st = pool_status(sv, i);
+    JsonArray *a = st ? json_object_get_array_member(st, "children") : NULL;
+
+    for (guint k = 0; a && k < json_array_get_length(a); k++) {
+        JsonObject *c = json_array_get_object_element(a, k);
+
+        if (g_str_equal(json_object_get_string_member(c, "state"), state)) {
+            int pid = json_object_get_int_member(c, "pid");
+
+            g_array_append_val(pids, pid);
+        }
+    }
+    if (st) {
+        json_object_unref(st);
+    }
+    return pids;
+}
+
+static bool wait_log(const char *path, const char *text, pid_t pid)
+{
+    gint64 deadline = now_ns() + STEP_MS * 1000000LL;
+
+    while (now_ns() < deadline && !procs_pid_gone(pid)) {
+        g_autofree char *log = NULL;
+
+        if (g_file_get_contents(path, &log, NULL, NULL) && strstr(log, text)) {
+            return true;
+        }
+        g_usleep(5000);
+    }
+    return false;
+}
+
+static char *net_arg(int port)
+{
+    return g_strdup_printf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", port,
+                           GUEST_PORT);
+}
+
+static bool service_setup(Service *sv, GError **errp)
+{
+    g_autofree char *netdev = net_arg(sv->base_port);
+    g_autofree char *qmp0 = g_strdup_printf("unix:%s/pool0.qmp,server=on,"
+                                            "wait=off", sv->dir);
+    g_autofree char *qmp1 = g_strdup_printf("unix:%s/pool1.qmp,server=on,"
+                                            "wait=off", sv->dir);
+    const char *extra[] = { "-netdev", netdev, "-device",
+                            "virtio-net-pci,netdev=n0,romfile=",
+                            "-qmp", qmp0, "-qmp", qmp1, NULL };
+    VmSpawnOpts o = { .paused = true, .connect_qmp = true, .extra = extra };
+    g_autofree char *r = NULL;
+    g_autoptr(JsonNode) stopped = NULL;
+    gint64 deadline;
+
+    sv->tmpl = vm_spawn(sv->cfg, sv->dir, "template", &o, errp);
+    if (!sv->tmpl || !vm_boot(sv->tmpl, errp)) {
+        return false;
+    }
+    r = serial_command(sv->tmpl->serial,
+        "sh ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && "
+        "printf '#!/bin/sh\\ncat /sys/firmware/qemu_fw_cfg/by_name/opt/"
+        "vmfork/clone-id/raw\\nexec cat\\n' > /tmp/svc && chmod +x /tmp/svc "
+        "&& (nc -ll -p 7777 -e /tmp/svc >/dev/null 2>&1 &)", STEP_MS, errp);
+    if (!r) {
+        return false;
+    }
+    /* Paused once the service answers, so that every clone's does */
+    for (deadline = now_ns() + STEP_MS * 1000000LL;;) {
+        g_autoptr(GString) line = g_string_new(NULL);
+        int fd = tcp_connect(sv->base_port);
+        gint64 first;
+        bool ok = fd >= 0 && read_line_timed(fd, 1000, &first, line);
+
+        if (fd >= 0) {
+            close(fd);
+        }
+        if (ok) {
+            break;
+        }
+        if (now_ns() > deadline) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                        "the template's service does not answer");
+            return false;
+        }
+        g_usleep(50000);
+    }
+    stopped = vm_qmp(sv->tmpl, "stop", NULL, STEP_MS, errp);
+    if (!stopped) {
+        return false;
+    }
+
+    /* Pool 0: warm, 8 ready; pool 1: one ready */
+    for (int i = 0; i < 2; i++) {
+        g_autofree char *mon = g_strdup_printf("%s/pool%d.qmp", sv->dir, i);
+        g_autofree char *plog = g_strdup_printf("%s/pool%d.log", sv->dir, i);
+        g_autofree char *size = g_strdup_printf("%d", i ? 1 : WARM_SIZE);
+        g_autofree char *listen = NULL;
+        g_autofree char *gport = g_strdup_printf("%d", GUEST_PORT);
+        /* The agent's port is a client socket: a file in the children */
+        g_autofree char *serial = g_strdup_printf("%s/pool%d-%%p.out",
+                                                  sv->dir, i);
+        char *pool_argv[] = { (char *)bench_paths.vmfork_tool, "pool", mon,
+                              "--listen", NULL, "--size", size,
+                              "--hostfwd-step", i ? "41" : "1",
+                              "--max-live", i ? "3" : "40",
+                              "--serial", serial, NULL };
+        char *serve_argv[] = { (char *)bench_paths.vmfork_tool, "serve",
+                               "--listen", NULL, "--pool", NULL,
+                               "--guest-port", gport, "--max-clones", "16",
+                               bench_verbose ? "--verbose" : NULL, NULL };
+
+        sv->pool_path[i] = g_strdup_printf("%s/pool%d.sock", sv->dir, i);
+        pool_argv[4] = sv->pool_path[i];
+        sv->pool[i] = procs_spawn(pool_argv, plog);
+        if (!wait_log(plog, "listening on", sv->pool[i]) ||
+            !pool_wait(sv, i, "ready", i ? 1 : WARM_SIZE)) {
+            g_autofree char *text = NULL;
+
+            g_file_get_contents(plog, &text, NULL, NULL);
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "vmfork pool %d did not fill: %s", i,
+                        text ? text : "");
+            return false;
+        }
+        sv->serve_port[i] = sv->base_port + 190 + i;
+        listen = g_strdup_printf("127.0.0.1:%d", sv->serve_port[i]);
+        serve_argv[3] = listen;
+        serve_argv[5] = sv->pool_path[i];
+        sv->serve_log[i] = g_strdup_printf("%s/serve%d.log", sv->dir, i);
+        sv->serve[i] = procs_spawn(serve_argv, sv->serve_log[i]);
+        if (!wait_log(sv->serve_log[i], "listening on", sv->serve[i])) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "vmfork serve %d did not start", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One request through serve @i: connect -> first byte (ms), or -1 */
+static double request(Service *sv, int i, double *total_ms)
+{
+    g_autoptr(GString) line = g_string_new(NULL);
+    gint64 t0 = now_ns(), first;
+    int fd = tcp_connect(sv->serve_port[i]);
+    bool ok = fd >= 0 && read_line_timed(fd, STEP_MS, &first, line) &&
+              g_ascii_isdigit(line->str[0]);
+
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (total_ms) {
+        *total_ms = MS(now_ns() - t0);
+    }
+    return ok ? MS(first - t0) : -1;
+}
+
+static JsonObject *scenario(Service *sv, const char *what)
+{
+    g_autofree char *name = g_strdup_printf("%s-%s", what, sv->label);
+    return bench_base_object(name, "service", sv->cfg);
+}
+
+static void set_dist(JsonObject *o, const char *name, GArray *v)
+{
+    Dist d;
+
+    dist_of(v, &d);
+    json_object_set_member(o, name, dist_json(&d, false));
+    json_object_set_int_member(o, "n", d.n);
+}
+
+static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
+{
+    JsonObject *o = scenario(sv, i ? "serve-empty" : "serve-warm");
+    g_autoptr(GArray) ttfb = g_array_new(false, false, sizeof(double));
+
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        double ms;
+
+        if (i == 0) {
+            /* Warm: full, and the last clone released */
+            if (!pool_wait(sv, 0, "ready", WARM_SIZE) ||
+                !pool_wait(sv, 0, "taken", 0)) {
+                g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                            "pool 0 did not refill");
+                break;
+            }
+        } else {
+            /* Empty: hand out its one ready child, connect at once */
+            JsonObject *r;
+
+            if (!pool_wait(sv, 1, "ready", 1) ||
+                !pool_wait(sv, 1, "taken", 0)) {
+                g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                            "pool 1 did not refill");
+                break;
+            }
+            r = pool_call(sv->pool_path[1], "{\"execute\": \"take\", "
+                          "\"arguments\": {\"start\": false}}");
+            if (r) {
+                JsonObject *ret = json_object_has_member(r, "return") ?
+                    json_object_get_object_member(r, "return") : NULL;
+                g_autofree char *rel = ret ? g_strdup_printf(
+                    "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
+                    G_GINT64_FORMAT "}}",
+                    json_object_get_int_member(ret, "pid")) : NULL;
+
+                ms = request(sv, 1, NULL);
+                if (rel) {
+                    JsonObject *x = pool_call(sv->pool_path[1], rel);
+
+                    if (x) {
+                        json_object_unref(x);
+                    }
+                }
+                json_object_unref(r);
+                if (ms >= 0) {
+                    g_array_append_val(ttfb, ms);
+                }
+                continue;
+            }
+        }
+        ms = request(sv, i, NULL);
+        if (ms >= 0) {
+            g_array_append_val(ttfb, ms);
+        }
+    }
+    if (bench_verbose) {
+        /* serve's own step times, connection by connection */
+        g_autofree char *log = NULL;
+
+        g_file_get_contents(sv->serve_log[i], &log, NULL, NULL);
+        g_printerr("   vmfork serve's log:\n%s", log ? log : "");
+    }
+    json_object_set_string_member(o, "method", i ? "pool just emptied "
+                                  "(size 1)" : "pool full (8 ready)");
+    set_dist(o, "ttfb_ms", ttfb);
+    return o;
+}
+
+/*
+ * The floor: n connections straight to one running clone's own forward
+ * (no serve, no new clone each time), the guest service's own time
+ */
+static JsonObject *measure_direct(Service *sv, int n, GError **errp)
+{
+    JsonObject *o = scenario(sv, "serve-direct");
+    g_autoptr(GArray) ttfb = g_array_new(false, false, sizeof(double));
+    g_autoptr(JsonObject) r = pool_call(sv->pool_path[0],
+                                        "{\"execute\": \"take\"}");
+    JsonObject *ret = r && json_object_has_member(r, "return") ?
+        json_object_get_object_member(r, "return") : NULL;
+    JsonArray *fwds = ret && json_object_has_member(ret, "hostfwds") ?
+        json_object_get_array_member(ret, "hostfwds") : NULL;
+    int port = fwds && json_array_get_length(fwds) ?
+        json_object_get_int_member(json_array_get_object_element(fwds, 0),
+                                   "host-port") : -1;
+
+    json_object_set_string_member(o, "method", "a running clone's own host "
+                                  "forward; one clone for all connections");
+    if (port < 0) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take: no clone "
+                    "with a host forward");
+        set_dist(o, "ttfb_ms", ttfb);
+        return o;
+    }
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        g_autoptr(GString) line = g_string_new(NULL);
+        gint64 t0 = now_ns(), first;
+        int fd = tcp_connect(port);
+        bool ok = fd >= 0 && read_line_timed(fd, STEP_MS, &first, line);
+
+        if (fd >= 0) {
+            close(fd);
+        }
+        if (ok) {
+            double ms = MS(first - t0);
+
+            g_array_append_val(ttfb, ms);
+        }
+        g_usleep(20000);        /* its nc forks the next listener */
+    }
+    {
+        g_autofree char *rel = g_strdup_printf(
+            "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
+            G_GINT64_FORMAT "}}", json_object_get_int_member(ret, "pid"));
+        JsonObject *x = pool_call(sv->pool_path[0], rel);
+
+        if (x) {
+            json_object_unref(x);
+        }
+    }
+    set_dist(o, "ttfb_ms", ttfb);
+    return o;
+}
+
+typedef struct {
+    Service *sv;
+    gint64 end_ns;
+    GArray *ms;                 /* each request's time */
+    guint errors;
+    GMutex *lock;
+} Load;
+
+static gpointer load_client(gpointer data)
+{
+    Load *l = data;
+
+    while (now_ns() < l->end_ns && !procs_interrupted()) {
+        double total;
+        double ms = request(l->sv, 0, &total);
+
+        g_mutex_lock(l->lock);
+        if (ms >= 0) {
+            g_array_append_val(l->ms, total);
+        } else {
+            l->errors++;
+        }
+        g_mutex_unlock(l->lock);
+    }
+    return NULL;
+}
+
+static JsonObject *measure_load(Service *sv)
+{
+    JsonObject *o = scenario(sv, "serve-load");
+    GMutex lock;
+    GThread *t[LOAD_CLIENTS];
+    Load l = { .sv = sv, .ms = g_array_new(false, false, sizeof(double)),
+               .lock = &lock };
+    gint64 t0;
+    double secs;
+    guint n;
+
+    g_mutex_init(&lock);
+    pool_wait(sv, 0, "ready", WARM_SIZE);
+    t0 = now_ns();
+    l.end_ns = t0 + LOAD_SECONDS * 1000000000LL;
+    for (int i = 0; i < LOAD_CLIENTS; i++) {
+        t[i] = g_thread_new("load", load_client, &l);
+    }
+    for (int i = 0; i < LOAD_CLIENTS; i++) {
+        g_thread_join(t[i]);
+    }
+    secs = MS(now_ns() - t0) / 1000.0;
+    n = l.ms->len;
+    json_object_set_int_member(o, "clients", LOAD_CLIENTS);
+    json_object_set_double_member(o, "seconds", secs);
+    json_object_set_int_member(o, "errors", l.errors);
+    json_object_set_double_member(o, "requests_per_s", n / secs);
+    set_dist(o, "request_ms", l.ms);
+    g_array_free(l.ms, true);
+    g_mutex_clear(&lock);
+    return o;
+}
+
+static GArray *uss_of(GArray *pids)
+{
+    GArray *v = g_array_new(false, false, sizeof(double));
+
+    for (guint i = 0; i < pids->len; i++) {
+        Smaps m = smaps_read(g_array_index(pids, int, i));
+
+        if (m.ok) {
+            double kib = m.uss_kib;
+
+            g_array_append_val(v, kib);
+        }
+    }
+    return v;
+}
+
+static JsonObject *measure_memory(Service *sv)
+{
+    JsonObject *o = scenario(sv, "pool-memory");
+    g_autoptr(GArray) ready = NULL, held = NULL;
+    g_autoptr(GArray) uss_ready = NULL, uss_held = NULL;
+    int fds[HELD];
+    Smaps t;
+
+    pool_wait(sv, 0, "taken", 0);
+    pool_wait(sv, 0, "ready", WARM_SIZE);
+    ready = pool_pids(sv, 0, "ready");
+    uss_ready = uss_of(ready);
+    for (int i = 0; i < HELD; i++) {
+        g_autoptr(GString) line = g_string_new(NULL);
+        gint64 first;
+
+        fds[i] = tcp_connect(sv->serve_port[0]);
+        if (fds[i] >= 0) {
+            read_line_timed(fds[i], STEP_MS, &first, line);
+        }
+    }
+    g_usleep(2 * G_USEC_PER_SEC);
+    held = pool_pids(sv, 0, "taken");
+    uss_held = uss_of(held);
+    for (int i = 0; i < HELD; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    t = smaps_read(sv->tmpl->pid);
+    set_dist(o, "clone_uss_kib", uss_ready);
+    set_dist(o, "running_clone_uss_kib", uss_held);
+    json_object_set_int_member(o, "template_uss_kib", t.uss_kib);
+    return o;
+}
+
+/* A running clone from pool 0, moved to a QEMU on this host */
+static bool migrate_once(Service *sv, bool postcopy, GArray *total,
+                         GArray *downtime, GArray *running, GError **errp)
+{
+    g_autofree char *netdev = net_arg(sv->next_dest_port++);
+    int mport = sv->base_port + 180;
+    g_autofree char *incoming = g_strdup_printf("tcp:127.0.0.1:%d", mport);
+    const char *extra[] = { "-netdev", netdev, "-device",
+                            "virtio-net-pci,netdev=n0,romfile=", "-global",
+                            "migration.x-postcopy-ram=on", NULL };
+    VmSpawnOpts o = { .incoming = incoming, .extra = extra,
+                      .connect_qmp = true };
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autofree char *out = NULL, *err = NULL, *mon = NULL;
+    g_autofree char *pong = NULL;
+    JsonObject *ret, *res;
+    BenchVm *dst;
+    int status;
+    bool ok = false;
+
+    r = pool_call(sv->pool_path[0], "{\"execute\": \"take\"}");
+    ret = r && json_object_has_member(r, "return") ?
+        json_object_get_object_member(r, "return") : NULL;
+    if (!ret) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
+        return false;
+    }
+    mon = g_strdup(json_object_get_string_member(ret, "monitor"));
+    dst = vm_spawn(sv->cfg, sv->dir, "dest", &o, errp);
+    if (!dst) {
+        return false;
+    }
+    /* Its main loop runs (it answers), so -incoming listens */
+    {
+        g_autoptr(JsonNode) st = vm_qmp(dst, "query-status", NULL, STEP_MS,
+                                        errp);
+
+        if (!st) {
+            goto out;
+        }
+    }
+    {
+        char *argv[] = { (char *)bench_paths.vmfork_tool, "migrate", mon,
+                         "--to", incoming, "--json",
+                         postcopy ? "--postcopy" : NULL, NULL };
+
+        if (!g_spawn_sync(NULL, argv, NULL, 0, NULL, NULL, &out, &err,
+                          &status, errp)) {
+            goto out;
+        }
+    }
+    if (!g_spawn_check_wait_status(status, NULL) ||
+        !json_parser_load_from_data(parser, out, -1, NULL)) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "vmfork migrate: %s%s", out, err);
+        goto out;
+    }
+    res = json_node_get_object(json_parser_get_root(parser));
+    /* It runs there: its agent answers */
+    pong = serial_command(dst->serial, "ping", STEP_MS, errp);
+    if (!pong) {
+        goto out;
+    }
+    {
+        double tot = json_object_get_double_member(res, "total_ms");
+        double down = json_object_get_int_member(res, "downtime_ms");
+
+        g_array_append_val(total, tot);
+        g_array_append_val(downtime, down);
+        if (postcopy && !json_object_get_null_member(res, "postcopy_ms")) {
+            double run = json_object_get_double_member(res, "postcopy_ms");
+
+            g_array_append_val(running, run);
+        }
+    }
+    ok = true;
+out:
+    vm_destroy(dst);
+    return ok;
+}
+
+static JsonObject *measure_migrate(Service *sv, bool postcopy, int n,
+                                   GError **errp)
+{
+    JsonObject *o = scenario(sv, postcopy ? "migrate-postcopy" :
+                             "migrate-precopy");
+    g_autoptr(GArray) total = g_array_new(false, false, sizeof(double));
+    g_autoptr(GArray) down = g_array_new(false, false, sizeof(double));
+    g_autoptr(GArray) running = g_array_new(false, false, sizeof(double));
+
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        if (!pool_wait(sv, 0, "ready", WARM_SIZE) ||
+            !migrate_once(sv, postcopy, total, down, running, errp)) {
+            break;
+        }
+    }
+    set_dist(o, "migrate_total_ms", total);
+    set_dist(o, "downtime_ms", down);
+    if (postcopy) {
+        set_dist(o, "running_at_dest_ms", running);
+    }
+    json_object_set_string_member(o, "method", "to a QEMU on this host "
+                                  "over loopback; shared storage");
+    json_object_set_int_member(o, "n", total->len);
+    return o;
+}
+
+/* The p50 of a distribution member, NAN when there is none */
+static double p50(JsonObject *o, const char *name)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    return n && JSON_NODE_HOLDS_OBJECT(n) ?
+        json_object_get_double_member(json_node_get_object(n), "p50") : NAN;
+}
+
+static void report(JsonObject *o, GError *err,
+                   void (*emit)(JsonObject *, gpointer), gpointer data)
+{
+    if (err) {
+        json_object_set_string_member(o, "error", err->message);
+        g_printerr("   %s: error: %s\n",
+                   json_object_get_string_member(o, "scenario"), err->message);
+    }
+    emit(o, data);
+}
+
+void run_service(const VmConfig *cfg, const Spec *s,
+                 void (*emit)(JsonObject *, gpointer), gpointer data)
+{
+    Service sv = { .cfg = cfg };
+    g_autoptr(GError) err = NULL;
+    const char *const names[] = { "serve-warm", "serve-empty", "serve-load",
+                                  "pool-memory", "migrate-precopy",
+                                  "migrate-postcopy", "serve-direct" };
+
+    sv.label = vm_config_label(cfg);
+    if (!bench_paths.vmfork_tool ||
+        !g_file_test(bench_paths.vmfork_tool, G_FILE_TEST_IS_EXECUTABLE)) {
+        err = g_error_new(G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "the vmfork "
+                          "tool is not built (%s)", bench_paths.vmfork_tool);
+    } else if ((sv.base_port = free_port_range(PORTS)) < 0) {
+        err = g_error_new(G_IO_ERROR, G_IO_ERROR_FAILED, "no %d free ports "
+                          "in a row", PORTS);
+    }
+    if (!err) {
+        sv.dir = procs_make_dir(bench_paths.workdir, "vmfork-bench-svc");
+        sv.next_dest_port = sv.base_port + 130;
+        service_setup(&sv, &err);
+    }
+    if (err) {
+        for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
+            report(scenario(&sv, names[i]), err, emit, data);
+        }
+        goto out;
+    }
+    if (!procs_interrupted()) {
+        g_autoptr(GError) e = NULL;
+        JsonObject *o = measure_direct(&sv, s->n, &e);
+
+        g_printerr("   serve-direct: first byte p50 %.2f ms\n",
+                   p50(o, "ttfb_ms"));
+        report(o, e, emit, data);
+    }
+    for (int i = 0; i < 2 && !procs_interrupted(); i++) {
+        g_autoptr(GError) e = NULL;
+        JsonObject *o = measure_ttfb(&sv, i, s->n, &e);
+
+        g_printerr("   %s: first byte p50 %.2f ms\n", names[i],
+                   p50(o, "ttfb_ms"));
+        report(o, e, emit, data);
+    }
+    if (!procs_interrupted()) {
+        JsonObject *o = measure_load(&sv);
+
+        g_printerr("   serve-load: %.1f requests/s\n",
+                   json_object_get_double_member(o, "requests_per_s"));
+        report(o, NULL, emit, data);
+    }
+    if (!procs_interrupted()) {
+        report(measure_memory(&sv), NULL, emit, data);
+    }
+    for (int pc = 0; pc < 2 && !procs_interrupted(); pc++) {
+        g_autoptr(GError) e = NULL;
+        JsonObject *o = measure_migrate(&sv, pc, MAX(s->n / 3, 3), &e);
+
+        g_printerr("   %s: total p50 %.1f ms, downtime p50 %.1f ms%s\n",
+                   names[4 + pc], p50(o, "migrate_total_ms"),
+                   p50(o, "downtime_ms"), pc ? "" : "");
+        report(o, e, emit, data);
+    }
+out:
+    for (int i = 0; i < 2; i++) {
+        if (sv.serve[i] > 0) {
+            procs_kill_group(sv.serve[i]);
+        }
+        if (sv.pool[i] > 0) {
+            procs_kill_group(sv.pool[i]);
+        }
+        g_free(sv.pool_path[i]);
+        g_free(sv.serve_log[i]);
+    }
+    if (sv.tmpl) {
+        vm_destroy(sv.tmpl);
+    }
+    if (sv.dir) {
+        procs_remove_dir(sv.dir);
+    }
+    g_free(sv.dir);
+    g_free(sv.label);
+}
