@@ -176,6 +176,21 @@ static const char *reply_error_class(JsonObject *reply)
         json_object_get_object_member(reply, "error"), "class");
 }
 
+/* The pids of the first @n children query-pool lists */
+static void pool_child_pids(Pool *pool, gint64 *pids, guint n)
+{
+    g_autoptr(JsonObject) status = pool_call(pool, "{\"execute\": "
+                                             "\"query-pool\"}");
+    JsonArray *children = json_object_get_array_member(
+        reply_return(status, "query-pool"), "children");
+
+    g_assert_cmpuint(json_array_get_length(children), >=, n);
+    for (guint i = 0; i < n; i++) {
+        pids[i] = json_object_get_int_member(
+            json_array_get_object_element(children, i), "pid");
+    }
+}
+
 static gint64 status_int(Pool *pool, const char *name)
 {
     g_autoptr(JsonObject) reply = pool_call(pool,
@@ -198,19 +213,6 @@ static void wait_status(Pool *pool, const char *name, gint64 want)
         }
         g_usleep(10000);
     }
-}
-
-static guint count_fds(pid_t pid)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    guint n = 0;
-
-    g_assert_nonnull(dir);
-    while (g_dir_read_name(dir)) {
-        n++;
-    }
-    return n;
 }
 
 /* A blocking TCP connection to 127.0.0.1:@port, or -1 */
@@ -347,7 +349,7 @@ static void test_stream(void)
     }
     pool = pool_start(tmpl, options);
     wait_status(pool, "ready", 8);
-    fds_before = count_fds(tmpl->pid);
+    fds_before = proc_count(tmpl->pid, "fd");
 
     s.pool = pool;
     g_mutex_init(&s.lock);
@@ -374,7 +376,7 @@ static void test_stream(void)
     g_assert_cmpint(status_int(pool, "died-in-pool"), ==, 0);
     g_assert_cmpuint(template_children(tmpl, "exited"), ==, STREAM_REQUESTS);
     g_assert_cmpuint(template_children(tmpl, "running"), ==, 8);
-    fds_after = count_fds(tmpl->pid);
+    fds_after = proc_count(tmpl->pid, "fd");
     g_test_message("template fds: %u with 8 ready before, %u after", fds_before,
                    fds_after);
     g_assert_cmpuint(fds_after, ==, fds_before);
@@ -401,8 +403,6 @@ static void test_child_dies_ready(void)
 {
     const char *const options[] = { "--size", "2", NULL };
     Vm *tmpl = start_template();
-    g_autoptr(JsonObject) status = NULL;
-    JsonArray *children;
     gint64 victim;
     Pool *pool;
 
@@ -411,11 +411,7 @@ static void test_child_dies_ready(void)
     }
     pool = pool_start(tmpl, options);
     wait_status(pool, "ready", 2);
-    status = pool_call(pool, "{\"execute\": \"query-pool\"}");
-    children = json_object_get_array_member(reply_return(status, "query-pool"),
-                                            "children");
-    victim = json_object_get_int_member(
-        json_array_get_object_element(children, 0), "pid");
+    pool_child_pids(pool, &victim, 1);
     g_assert_cmpint(kill(victim, SIGKILL), ==, 0);
 
     wait_status(pool, "died-in-pool", 1);
@@ -556,8 +552,6 @@ static void test_template_gone(void)
 {
     const char *const options[] = { "--size", "2", NULL };
     Vm *tmpl = start_template();
-    g_autoptr(JsonObject) status = NULL;
-    JsonArray *children;
     gint64 pids[2];
     Pool *pool;
 
@@ -566,13 +560,7 @@ static void test_template_gone(void)
     }
     pool = pool_start(tmpl, options);
     wait_status(pool, "ready", 2);
-    status = pool_call(pool, "{\"execute\": \"query-pool\"}");
-    children = json_object_get_array_member(reply_return(status, "query-pool"),
-                                            "children");
-    for (int i = 0; i < 2; i++) {
-        pids[i] = json_object_get_int_member(
-            json_array_get_object_element(children, i), "pid");
-    }
+    pool_child_pids(pool, pids, 2);
     g_assert_cmpint(kill(tmpl->pid, SIGKILL), ==, 0);
     g_assert_cmpint(pool_wait_exit(pool), ==, 3);
     pool->pid = 0;

@@ -25,19 +25,6 @@
 
 #define EVENT_TIMEOUT_MS 30000
 
-static guint count_dir(const char *fmt, pid_t pid)
-{
-    g_autofree char *path = g_strdup_printf(fmt, pid);
-    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
-    guint n = 0;
-
-    g_assert_nonnull(d);
-    while (g_dir_read_name(d)) {
-        n++;
-    }
-    return n;
-}
-
 /*
  * A VM's threads (vmtest names them: -name debug-threads=on), and in
  * @workers those of the block layer's thread pool: the pool starts them
@@ -148,7 +135,7 @@ typedef struct Held {
 
 static Held held_now(pid_t pid, guint64 ram_mib)
 {
-    Held h = { .fds = count_dir("/proc/%d/fd", pid),
+    Held h = { .fds = proc_count(pid, "fd"),
                .rss_kib = rss_kib(pid, ram_mib) };
 
     h.threads = count_threads(pid, &h.workers);
@@ -607,7 +594,7 @@ static void child_killed_at_each_phase(gconstpointer accel)
         g_setenv("VMFORK_FAULT", fault, TRUE);
         vm = vm_start(&o);
         g_unsetenv("VMFORK_FAULT");
-        fds0 = count_dir("/proc/%d/fd", vm->pid);
+        fds0 = proc_count(vm->pid, "fd");
 
         if (child_phases[p].set_up) {
             children = vm_fork(vm, "{\"count\": 2}");
@@ -668,7 +655,7 @@ static void child_killed_at_each_phase(gconstpointer accel)
             }
         }
         json_node_unref(q);
-        g_assert_cmpuint(count_dir("/proc/%d/fd", vm->pid), ==, fds0);
+        g_assert_cmpuint(proc_count(vm->pid, "fd"), ==, fds0);
         assert_runs_on(vm);
         vm_quit(vm);
         vm_cleanup_all();

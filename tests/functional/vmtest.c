@@ -124,6 +124,19 @@ void vm_register_dir(const char *dir)
 
 /* ---- Processes ---------------------------------------------------------- */
 
+guint proc_count(pid_t pid, const char *what)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/%s", pid, what);
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(d);
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    return n;
+}
+
 bool pid_gone(pid_t pid)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);

@@ -175,6 +175,9 @@ char *file_sha256(const char *path);
 /* Read one line from a non-blocking fd (NULL on timeout) */
 char *fd_read_line(int fd, int timeout_ms);
 
+/* How many entries /proc/PID/@what has ("fd", "task") */
+guint proc_count(pid_t pid, const char *what);
+
 /* Is the process gone (exited and reaped, not a zombie)? */
 bool pid_gone(pid_t pid);
 /* Wait up to timeout_ms for that */
