@@ -108,7 +108,7 @@ plots() {
         | awk '{ printf "%s", $1; for (i = 2; i <= NF; i++) printf " %s", ($i == "NaN" ? "NaN" : $i / 1024); printf "\n" }' \
         > "$dat/memory.dat"
 
-    gnuplot <<EOF
+    gnuplot <<EOF || log "a plot failed (a partial run lacks its data?)"
 set terminal $term
 set datafile missing "NaN"
 set style data histograms
@@ -152,7 +152,7 @@ EOF
     for f in "$dat"/peers-*.dat; do
         [ -s "$f" ] || continue
         cfg=$(basename "$f" .dat); cfg=${cfg#peers-}
-        gnuplot <<EOF
+        gnuplot <<EOF || log "a plot failed (a partial run lacks its data?)"
 set terminal $term
 set output "$out/peers-$cfg.png"
 set title "$cfg: command -> guest running again (first guest output, p50)"
@@ -241,7 +241,7 @@ EOF
     fi
 
     if [ -s "$dat/fanout.dat" ]; then
-        gnuplot <<EOF
+        gnuplot <<EOF || log "a plot failed (a partial run lacks its data?)"
 set terminal $term
 set output "$out/fanout.png"
 set title "Fan-out: one vmfork command with count N -> every child's first guest output (p50)"
@@ -257,7 +257,7 @@ EOF
     fi
 
     if [ -s "$out/samples.csv" ]; then
-        gnuplot <<EOF
+        gnuplot <<EOF || log "a plot failed (a partial run lacks its data?)"
 set terminal $term
 set output "$out/clone_cdf.png"
 set title "Clone latency of every measured child (single forks): CDF"
