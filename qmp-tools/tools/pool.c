@@ -146,7 +146,8 @@ struct Request {
     char *command;
     JsonObject *args;           /* never NULL */
     gint64 received_us;
-    guint timer;
+    gint64 deadline_us;         /* take: until when it may wait */
+    guint timer;                /* take: while it waits for a ready child */
     gboolean queued;            /* in pool->waiting */
     gint64 pid;                 /* release: the child */
 };
@@ -158,6 +159,7 @@ static void request_done(Request *req, JsonNode *ret, const char *err_class,
 static void conn_next(Conn *conn);
 static void pool_maybe_finish_stop(Pool *pool);
 static void take_start(Request *req);
+static gboolean take_timed_out(gpointer data);
 
 static void samples_add(Samples *s, double v)
 {
@@ -799,11 +801,23 @@ static void take_start(Request *req)
             req->queued = TRUE;
             g_queue_push_tail(&pool->waiting, req);
         }
+        if (!req->timer) {
+            /* Also again, after a child that failed its cont */
+            gint64 left = req->deadline_us - g_get_monotonic_time();
+
+            req->timer = g_timeout_add(MAX(left, 0) / 1000, take_timed_out,
+                                       req);
+        }
         return;
     }
     if (req->queued) {
         g_queue_remove(&pool->waiting, req);
         req->queued = FALSE;
+    }
+    /* It has its child: no more waiting (the child's own timer runs) */
+    if (req->timer) {
+        g_source_remove(req->timer);
+        req->timer = 0;
     }
     c->state = CHILD_TAKING;
     c->req = req;
@@ -875,7 +889,7 @@ static void cmd_take_request(Request *req)
         }
         wait_ms = json_node_get_int(wait);
     }
-    req->timer = g_timeout_add(wait_ms, take_timed_out, req);
+    req->deadline_us = req->received_us + wait_ms * 1000;
     take_start(req);
 }
 

@@ -447,7 +447,9 @@ static void assert_error(Pool *pool, const char *line, const char *class,
 /*
  * --max-live 1: a second take waits, times out with a clear error, and a
  * waiting take whose client hangs up is dropped without taking a child.
- * Bad requests get errors, and the pool serves on.
+ * wait-ms 0 takes a ready child (not timed out during its cont) or fails
+ * at once; start false leaves the child paused for its taker.  Bad
+ * requests get errors, and the pool serves on.
  */
 static void test_limits_and_bad_requests(void)
 {
@@ -467,17 +469,19 @@ static void test_limits_and_bad_requests(void)
     }
     pool = pool_start(tmpl, options);
     wait_status(pool, "ready", 1);
+    /* wait-ms 0 takes a ready child, and waits no longer than its cont */
     first = pool_call(pool, "{\"execute\": \"take\", \"arguments\": "
-                      "{\"start\": false}}");
+                      "{\"wait-ms\": 0}}");
     pid = json_object_get_int_member(reply_return(first, "take"), "pid");
-    g_assert_false(json_object_get_boolean_member(
-        reply_return(first, "take"), "running"));
+    assert_child_runs(reply_return(first, "take"), tmpl->pid);
 
     /* Full: no second child is forked */
     assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
                  "{\"wait-ms\": 200}}", "Timeout", "within 200 ms");
+    assert_error(pool, "{\"execute\": \"take\", \"arguments\": "
+                 "{\"wait-ms\": 0}}", "Timeout", "--max-live");
     g_assert_cmpint(status_int(pool, "forked"), ==, 1);
-    g_assert_cmpint(status_int(pool, "take-timeouts"), ==, 1);
+    g_assert_cmpint(status_int(pool, "take-timeouts"), ==, 2);
 
     /* A waiting take whose client goes is dropped */
     fd = pool_connect(pool);
@@ -524,7 +528,26 @@ static void test_limits_and_bad_requests(void)
                               "{\"pid\": %" G_GINT64_FORMAT "}}", pid);
     json_object_unref(pool_call(pool, release));
     g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
-    again = pool_call(pool, "{\"execute\": \"take\"}");
+    /* start false: paused until its taker says cont */
+    again = pool_call(pool, "{\"execute\": \"take\", \"arguments\": "
+                      "{\"start\": false}}");
+    g_assert_false(json_object_get_boolean_member(
+        reply_return(again, "take"), "running"));
+    {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(QmpClient) qmp = qmp_connect_unix(
+            json_object_get_string_member(reply_return(again, "take"),
+                                          "monitor"), TIMEOUT_MS, &err);
+        g_autoptr(JsonNode) st = NULL;
+
+        g_assert_no_error(err);
+        st = qmp_execute(qmp, "query-status", NULL, TIMEOUT_MS, &err);
+        g_assert_no_error(err);
+        g_assert_cmpstr(json_object_get_string_member(
+            json_node_get_object(st), "status"), ==, "paused");
+        json_node_unref(qmp_execute(qmp, "cont", NULL, TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+    }
     assert_child_runs(reply_return(again, "take"), tmpl->pid);
     g_assert_cmpint(status_int(pool, "forked"), ==, 2);
     pool_free(pool);
