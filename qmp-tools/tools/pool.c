@@ -1536,7 +1536,7 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     sig_int = g_unix_signal_add(SIGINT, on_signal, &pool);
     sig_term = g_unix_signal_add(SIGTERM, on_signal, &pool);
     g_socket_service_start(pool.service);
-    printf("vmfork pool: template %s, %d ready, listening on %s\n",
+    printf("vmfork pool: template %s, size %d, listening on %s\n",
            pool.template_path, pool.size, pool.listen_path);
     fflush(stdout);
 
@@ -1835,15 +1835,17 @@ int cmd_pool_status(Tool *tool, int argc, char **argv)
             /* A latency: {"count", "p50", "p99", "max"} */
             JsonObject *lat = json_node_get_object(v);
 
-            printf("%-14s count %" G_GINT64_FORMAT, (char *)l->data,
-                   json_object_get_int_member_with_default(lat, "count", 0));
+            gint64 count = json_object_get_int_member_with_default(
+                lat, "count", 0);
+
+            printf("%-14s count %" G_GINT64_FORMAT, (char *)l->data, count);
             for (const char *const *q = (const char *const[]){ "p50", "p99",
-                 "max", NULL }; *q; q++) {
+                 "max", NULL }; count && *q; q++) {
                 printf(" %s %.3f", *q,
                        json_object_get_double_member_with_default(lat, *q,
                                                                   0));
             }
-            printf(" ms\n");
+            printf(count ? " ms\n" : "\n");
         } else if (JSON_NODE_HOLDS_VALUE(v)) {
             g_autofree char *text = json_to_string(v, FALSE);
 
