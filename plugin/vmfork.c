@@ -247,6 +247,34 @@ static void vmfork_child_remove_socket(VmforkChildRecord *c)
     }
 }
 
+/*
+ * A template that serves clones for months (vmfork pool) would otherwise
+ * keep a record of every child it ever had: query-vmfork lists the running
+ * children and the last VMFORK_EXITED_KEPT that exited.  The oldest go
+ * first; children of a command that is still running are the newest.
+ */
+#define VMFORK_EXITED_KEPT 256
+
+static void vmfork_forget_old_exited(void)
+{
+    VmforkChildRecord *c, *tmp;
+    guint exited = 0;
+
+    QTAILQ_FOREACH(c, &vmfork_state.children, next) {
+        exited += c->exited;
+    }
+    QTAILQ_FOREACH_SAFE(c, &vmfork_state.children, next, tmp) {
+        if (exited <= VMFORK_EXITED_KEPT) {
+            break;
+        }
+        if (c->exited) {
+            QTAILQ_REMOVE(&vmfork_state.children, c, next);
+            vmfork_child_record_free(c);
+            exited--;
+        }
+    }
+}
+
 static void vmfork_child_exit_read(void *opaque)
 {
     VmforkChildRecord *c = opaque;
@@ -277,6 +305,7 @@ static void vmfork_child_exit_read(void *opaque)
     trace_vmfork_child_exited(c->pid, c->exit_status);
     qapi_event_send_vmfork_child_exited(c->pid, c->clone_id, c->exit_status,
                                         c->reason);
+    vmfork_forget_old_exited();
 }
 
 static VmforkChildRecord *vmfork_child_record_new(const VmforkChild *vc,

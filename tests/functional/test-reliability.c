@@ -234,6 +234,62 @@ static void storm_leaves_parent_flat(void)
     vm_cleanup_all();
 }
 
+/*
+ * A template that has had many children (a pool serving for months) keeps
+ * records of the last 256 that exited only: 300 children of 3 commands,
+ * killed, leave the 256 newest in query-vmfork, in fork order.
+ */
+static void exited_records_capped(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GArray) pids = g_array_new(false, false, sizeof(pid_t));
+    g_autoptr(JsonNode) info = NULL;
+    JsonArray *listed;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    for (int k = 0; k < 3; k++) {
+        g_autofree char *args = g_strdup_printf(
+            "{\"count\": 100, \"start\": false, \"monitor\": "
+            "\"%s/cap-%d-%%i.sock\"}", vm->dir, k);
+        g_autoptr(JsonArray) c = vm_fork(vm, args);
+
+        for (guint i = 0; i < json_array_get_length(c); i++) {
+            pid_t pid = json_object_get_int_member(
+                json_array_get_object_element(c, i), "pid");
+
+            g_array_append_val(pids, pid);
+            kill(pid, SIGKILL);
+        }
+    }
+    for (guint i = 0; i < pids->len; i++) {
+        g_autoptr(GError) err = NULL;
+        JsonNode *ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED",
+                                      EVENT_TIMEOUT_MS, &err);
+
+        g_assert_no_error(err);
+        json_node_unref(ev);
+    }
+    info = vm_qmp(vm, "query-vmfork", NULL);
+    listed = json_object_get_array_member(json_node_get_object(info),
+                                          "children");
+    g_assert_cmpuint(json_array_get_length(listed), ==, 256);
+    for (guint i = 0; i < 256; i++) {
+        JsonObject *c = json_array_get_object_element(listed, i);
+
+        g_assert_cmpstr(json_object_get_string_member(c, "state"), ==,
+                        "exited");
+        g_assert_cmpint(json_object_get_int_member(c, "pid"), ==,
+                        g_array_index(pids, pid_t, pids->len - 256 + i));
+    }
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* kill -9 the parent: its children run on and answer on their monitors */
 static void children_outlive_killed_parent(void)
 {
@@ -1335,6 +1391,8 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/reliability/tiny/tcg/storm-leaves-parent-flat",
                     storm_leaves_parent_flat);
+    g_test_add_func("/reliability/tiny/tcg/exited-records-capped",
+                    exited_records_capped);
     g_test_add_func("/reliability/tiny/tcg/children-outlive-killed-parent",
                     children_outlive_killed_parent);
     g_test_add_func("/reliability/tiny/tcg/refused-during-migration",

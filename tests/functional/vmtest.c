@@ -397,6 +397,31 @@ static void dump_log(Vm *vm, const char *name)
     }
 }
 
+/*
+ * What the guest printed on its first serial port and nobody read (the
+ * Debian guest's console): the last 8 KiB, for a guest that did not come
+ * up.  The port is not read again afterwards.
+ */
+static void dump_serial_tail(Vm *vm)
+{
+    g_autoptr(GString) all = g_string_new(vm->serial_buf->str);
+    char buf[4096];
+    ssize_t n;
+
+    while (vm->serial_fd >= 0 &&
+           (n = read(vm->serial_fd, buf, sizeof(buf))) > 0) {
+        g_string_append_len(all, buf, n);
+        if (all->len > 64 * 1024) {
+            g_string_erase(all, 0, all->len - 8192);
+        }
+    }
+    if (all->len > 8192) {
+        g_string_erase(all, 0, all->len - 8192);
+    }
+    g_test_message("--- the guest's serial port (last %zu bytes) ---\n%s",
+                   all->len, all->str);
+}
+
 static Vm *vm_new(GuestKind guest, const char *dir)
 {
     Vm *vm = g_new0(Vm, 1);
@@ -1088,6 +1113,9 @@ void vm_wait_ssh(Vm *vm, int timeout_s)
             return;
         }
         if (pid_gone(vm->pid) || g_get_monotonic_time() > deadline) {
+            g_test_message("ssh: %s", out ? out : "");
+            dump_serial_tail(vm);
+            dump_log(vm, "qemu.log");
             g_error("no ssh login on port %d (QEMU %s)", vm->ssh_port,
                     pid_gone(vm->pid) ? "gone" : "running");
         }
