@@ -137,6 +137,10 @@ struct Conn {
     GString *in, *out;
     GQueue requests;            /* Request: the one being served, or none */
     gboolean closed;
+    gboolean eof;               /* the client shut down its side: it only
+                                 * waits for the replies (echo | socat) */
+    gboolean write_failed;      /* a reply could not be sent */
+    GSource *hup_source;        /* after eof: the client going entirely */
     gboolean in_next;           /* within conn_next() */
 };
 
@@ -754,7 +758,15 @@ static void take_give(Child *c, Request *req)
     pool->served++;
     samples_add(&pool->take_ms, (g_get_monotonic_time() - req->received_us)
                 / 1000.0);
+    conn->refs++;
     request_done(req, ret, NULL, NULL);
+    if (conn->write_failed && c->state == CHILD_TAKEN) {
+        /* The reply did not get out: nobody has it */
+        c->state = CHILD_DEAD;
+        pool->served--;
+        kill(c->pid, SIGKILL);
+    }
+    conn_unref(conn);
 }
 
 static void on_cont(QmpAsyncClient *qmp G_GNUC_UNUSED, JsonNode *result G_GNUC_UNUSED,
@@ -1116,6 +1128,10 @@ static void conn_close(Conn *conn)
         g_source_destroy(conn->out_source);
         g_clear_pointer(&conn->out_source, g_source_unref);
     }
+    if (conn->hup_source) {
+        g_source_destroy(conn->hup_source);
+        g_clear_pointer(&conn->hup_source, g_source_unref);
+    }
     g_io_stream_close(G_IO_STREAM(conn->connection), NULL, NULL);
     pool->conns = g_list_remove(pool->conns, conn);
     /*
@@ -1144,6 +1160,31 @@ static void conn_unref(Conn *conn)
 static gboolean conn_on_writable(GSocket *socket, GIOCondition cond,
                                  gpointer data);
 
+/*
+ * A client that shut down its side is done once it has a reply to every
+ * line it sent (a last line without its newline is not a request)
+ */
+static void conn_maybe_finish(Conn *conn)
+{
+    if (conn->eof && !conn->closed && !conn->requests.length &&
+        !conn->out->len && !conn->in_next &&
+        !memchr(conn->in->str, '\n', conn->in->len)) {
+        conn_close(conn);
+    }
+}
+
+/* After its eof: the client closed the connection entirely */
+static gboolean conn_on_hup(GSocket *socket G_GNUC_UNUSED,
+                            GIOCondition cond G_GNUC_UNUSED, gpointer data)
+{
+    Conn *conn = data;
+
+    conn->refs++;
+    conn_close(conn);
+    conn_unref(conn);
+    return G_SOURCE_REMOVE;
+}
+
 static void conn_flush(Conn *conn)
 {
     while (conn->out->len) {
@@ -1155,6 +1196,7 @@ static void conn_flush(Conn *conn)
             if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
                 break;
             }
+            conn->write_failed = TRUE;
             conn_close(conn);
             return;
         }
@@ -1171,6 +1213,7 @@ static void conn_flush(Conn *conn)
         g_source_destroy(conn->out_source);
         g_clear_pointer(&conn->out_source, g_source_unref);
     }
+    conn_maybe_finish(conn);
 }
 
 static gboolean conn_on_writable(GSocket *socket G_GNUC_UNUSED,
@@ -1219,6 +1262,7 @@ static void conn_next(Conn *conn)
         }
     }
     conn->in_next = FALSE;
+    conn_maybe_finish(conn);
 }
 
 static gboolean conn_on_readable(GSocket *socket, GIOCondition cond G_GNUC_UNUSED,
@@ -1233,7 +1277,23 @@ static gboolean conn_on_readable(GSocket *socket, GIOCondition cond G_GNUC_UNUSE
         return G_SOURCE_CONTINUE;
     }
     conn->refs++;
-    if (n <= 0) {
+    if (n == 0 && !(g_socket_condition_check(socket, G_IO_HUP) & G_IO_HUP)) {
+        /*
+         * The client shut down its side only (echo ... | socat): read no
+         * more, answer what it sent, then close.  Should it close
+         * entirely meanwhile (HUP), that is a close.
+         */
+        conn->eof = TRUE;
+        g_source_destroy(conn->in_source);
+        g_clear_pointer(&conn->in_source, g_source_unref);
+        conn->hup_source = g_socket_create_source(socket, G_IO_HUP, NULL);
+        g_source_set_callback(conn->hup_source,
+                              (GSourceFunc)(void (*)(void))conn_on_hup,
+                              conn, NULL);
+        g_source_attach(conn->hup_source, NULL);
+        conn_next(conn);
+        conn_maybe_finish(conn);
+    } else if (n <= 0) {
         conn_close(conn);
     } else {
         g_string_append_len(conn->in, buf, n);

@@ -429,6 +429,50 @@ static void test_child_dies_ready(void)
     vm_cleanup_all();
 }
 
+/*
+ * A client that sends its requests and shuts down its side (echo ... |
+ * socat) gets every reply, then the pool closes; the child it took is
+ * its own and runs.
+ */
+static void test_half_closed_client(void)
+{
+    const char *const options[] = { "--size", "1", NULL };
+    Vm *tmpl = start_template();
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autofree char *take = NULL, *status = NULL, *end = NULL;
+    const char *requests = "{\"execute\": \"take\", \"id\": 1}\n"
+                           "{\"execute\": \"query-pool\", \"id\": 2}\n";
+    JsonObject *reply;
+    Pool *pool;
+    int fd;
+
+    if (!tmpl) {
+        return;
+    }
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 1);
+    fd = pool_connect(pool);
+    g_assert_cmpint(write(fd, requests, strlen(requests)), ==,
+                    strlen(requests));
+    g_assert_cmpint(shutdown(fd, SHUT_WR), ==, 0);
+    take = fd_read_line(fd, TIMEOUT_MS);
+    status = fd_read_line(fd, TIMEOUT_MS);
+    end = fd_read_line(fd, TIMEOUT_MS);     /* NULL: the pool closed */
+    close(fd);
+    g_assert_nonnull(take);
+    g_assert_nonnull(status);
+    g_assert_null(end);
+    g_assert_true(json_parser_load_from_data(parser, take, -1, NULL));
+    reply = json_node_get_object(json_parser_get_root(parser));
+    g_assert_cmpint(json_object_get_int_member(reply, "id"), ==, 1);
+    assert_child_runs(reply_return(reply, "take"), tmpl->pid);
+    g_assert_nonnull(strstr(status, "\"id\":2"));
+    g_assert_cmpint(status_int(pool, "served"), ==, 1);
+    g_assert_cmpint(status_int(pool, "taken"), ==, 1);
+    pool_free(pool);
+    vm_cleanup_all();
+}
+
 /* ---- limits, timeouts and bad requests ---------------------------------- */
 
 static void assert_error(Pool *pool, const char *line, const char *class,
@@ -896,6 +940,8 @@ int main(int argc, char **argv)
     g_test_add_func("/pool/tcg/tiny/stream-of-200-from-4-clients", test_stream);
     g_test_add_func("/pool/tcg/tiny/child-dies-while-ready",
                     test_child_dies_ready);
+    g_test_add_func("/pool/tcg/tiny/half-closed-client",
+                    test_half_closed_client);
     g_test_add_func("/pool/tcg/tiny/limits-and-bad-requests",
                     test_limits_and_bad_requests);
     g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
