@@ -22,6 +22,12 @@
  *   pool-memory-LABEL     private memory (USS) of the ready children
  *                         (paused) and of children handed out (running
  *                         their idle guest for 2 s)
+ *   first-response-{vmfork,snapshot,snapshot-prestarted}-LABEL
+ *                         the request for a fresh VM -> the first byte of
+ *                         its guest's answer on its forwarded port: a
+ *                         take from the pool, against restoring a snapshot
+ *                         of a running clone (a new QEMU with -incoming
+ *                         file:, or a QEMU waiting with -incoming defer)
  *   migrate-precopy-LABEL, migrate-postcopy-LABEL
  *                         "vmfork migrate" of a running clone to a QEMU
  *                         on this host (-incoming over loopback): total
@@ -505,6 +511,219 @@ static JsonObject *measure_direct(Service *sv, int n, GError **errp)
     return o;
 }
 
+/*
+ * Connects to 127.0.0.1:@port until something listens (or @deadline_ns),
+ * and waits for the first byte; its time, or -1
+ */
+static gint64 first_byte_at(int port, gint64 deadline_ns)
+{
+    for (;;) {
+        g_autoptr(GString) line = g_string_new(NULL);
+        gint64 first = 0;
+        int fd = tcp_connect(port);
+
+        if (fd >= 0) {
+            int left = (deadline_ns - now_ns()) / 1000000;
+            bool ok = left > 0 && read_line_timed(fd, left, &first, line);
+
+            close(fd);
+            return ok ? first : -1;
+        }
+        if (now_ns() > deadline_ns) {
+            return -1;
+        }
+        g_usleep(200);
+    }
+}
+
+/* The host port of a take reply's first forward, or -1 */
+static int reply_port(JsonObject *ret)
+{
+    JsonArray *fwds = ret && json_object_has_member(ret, "hostfwds") ?
+        json_object_get_array_member(ret, "hostfwds") : NULL;
+
+    return fwds && json_array_get_length(fwds) ?
+        json_object_get_int_member(json_array_get_object_element(fwds, 0),
+                                   "host-port") : -1;
+}
+
+static void release(Service *sv, int i, gint64 pid)
+{
+    g_autofree char *rel = g_strdup_printf(
+        "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
+        G_GINT64_FORMAT "}}", pid);
+    JsonObject *x = pool_call(sv->pool_path[i], rel);
+
+    if (x) {
+        json_object_unref(x);
+    }
+}
+
+/* vmfork: a take from the full pool, then its forward's first byte */
+static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
+{
+    JsonObject *o = scenario(sv, "first-response-vmfork");
+    g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
+
+    json_object_set_string_member(o, "method", "take from a full pool "
+                                  "(cont) -> first byte on its own forward");
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        g_autoptr(JsonObject) r = NULL;
+        JsonObject *ret;
+        gint64 t0, t1;
+
+        if (!pool_wait(sv, 0, "ready", WARM_SIZE) ||
+            !pool_wait(sv, 0, "taken", 0)) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "pool 0 did not refill");
+            break;
+        }
+        t0 = now_ns();
+        r = pool_call(sv->pool_path[0], "{\"execute\": \"take\"}");
+        ret = r && json_object_has_member(r, "return") ?
+            json_object_get_object_member(r, "return") : NULL;
+        if (!ret || reply_port(ret) < 0) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
+            break;
+        }
+        t1 = first_byte_at(reply_port(ret), t0 + STEP_MS * 1000000LL);
+        release(sv, 0, json_object_get_int_member(ret, "pid"));
+        if (t1 > 0) {
+            double v = MS(t1 - t0);
+
+            g_array_append_val(ms, v);
+        }
+    }
+    set_dist(o, "first_response_ms", ms);
+    return o;
+}
+
+/*
+ * The peers: a snapshot of a running clone (its service listening) in a
+ * file, restored n times by a new QEMU (-incoming file:), and n times by
+ * a QEMU started beforehand and waiting (-incoming defer, then
+ * migrate-incoming): from the start, or from migrate-incoming, to the
+ * first byte on its forward
+ */
+static void first_response_snapshot(Service *sv, int n,
+                                    JsonObject **cold, JsonObject **pre,
+                                    GError **errp)
+{
+    g_autofree char *snap = g_strdup_printf("%s/snapshot.mig", sv->dir);
+    g_autofree char *file_uri = g_strdup_printf("file:%s", snap);
+    g_autoptr(GArray) cold_ms = g_array_new(false, false, sizeof(double));
+    g_autoptr(GArray) pre_ms = g_array_new(false, false, sizeof(double));
+    g_autoptr(JsonObject) r = pool_call(sv->pool_path[0],
+                                        "{\"execute\": \"take\"}");
+    JsonObject *ret = r && json_object_has_member(r, "return") ?
+        json_object_get_object_member(r, "return") : NULL;
+
+    *cold = scenario(sv, "first-response-snapshot");
+    *pre = scenario(sv, "first-response-snapshot-prestarted");
+    json_object_set_string_member(*cold, "method", "a new QEMU restores a "
+                                  "snapshot of a running clone (-incoming "
+                                  "file:) -> first byte on its forward");
+    json_object_set_string_member(*pre, "method", "a QEMU waiting with "
+                                  "-incoming defer: migrate-incoming of the "
+                                  "snapshot -> first byte on its forward");
+    if (!ret) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
+        goto out;
+    }
+    {
+        /* The snapshot: the clone, its guest's service running */
+        g_autoptr(GError) err = NULL;
+        g_autoptr(QmpClient) q = qmp_connect_unix(
+            json_object_get_string_member(ret, "monitor"), STEP_MS, &err);
+        g_autofree char *args = g_strdup_printf("{\"uri\": \"%s\"}",
+                                                file_uri);
+        g_autoptr(JsonNode) a = NULL, b = NULL;
+        gint64 deadline = now_ns() + STEP_MS * 1000000LL;
+        bool done = false;
+
+        a = q ? qmp_execute_json(q, "migrate", args, STEP_MS, &err) : NULL;
+        while (a && !done && now_ns() < deadline) {
+            g_autoptr(JsonNode) st = qmp_execute(q, "query-migrate", NULL,
+                                                 STEP_MS, &err);
+            const char *s = st ? json_object_get_string_member_with_default(
+                json_node_get_object(st), "status", "") : "";
+
+            done = g_str_equal(s, "completed");
+            if (!st || g_str_equal(s, "failed")) {
+                break;
+            }
+            g_usleep(5000);
+        }
+        release(sv, 0, json_object_get_int_member(ret, "pid"));
+        if (!done) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "saving the "
+                        "snapshot failed%s%s", err ? ": " : "",
+                        err ? err->message : "");
+            goto out;
+        }
+    }
+    for (int k = 0; k < 2 * n && !procs_interrupted(); k++) {
+        bool prestarted = k % 2;
+        g_autofree char *netdev = net_arg(sv->next_dest_port++);
+        const char *extra[] = { "-netdev", netdev, "-device",
+                                "virtio-net-pci,netdev=n0,romfile=", NULL };
+        VmSpawnOpts o = { .incoming = prestarted ? "defer" : file_uri,
+                          .extra = extra, .connect_qmp = true };
+        int port = sv->next_dest_port - 1;
+        BenchVm *vm;
+        gint64 t0, t1;
+
+        if (sv->next_dest_port >= sv->base_port + 180) {
+            sv->next_dest_port = sv->base_port + 130;
+        }
+        vm = vm_spawn(sv->cfg, sv->dir, "peer", &o, errp);
+        if (!vm) {
+            break;
+        }
+        t0 = vm->spawn_ns;
+        if (prestarted) {
+            g_autofree char *args = g_strdup_printf("{\"uri\": \"%s\"}",
+                                                    file_uri);
+            g_autoptr(JsonNode) st = vm_qmp(vm, "query-status", NULL,
+                                            STEP_MS, errp);
+            g_autoptr(JsonNode) in = NULL;
+
+            t0 = now_ns();
+            in = st ? vm_qmp(vm, "migrate-incoming", args, STEP_MS, errp) :
+                 NULL;
+            if (!in) {
+                vm_destroy(vm);
+                break;
+            }
+        }
+        /*
+         * Connect once it runs, as a client of vmfork does (the take
+         * answers after cont): a SYN that slirp passes to a guest still
+         * loading is lost, and slirp resends it seconds later
+         */
+        while (now_ns() < t0 + STEP_MS * 1000000LL) {
+            g_autoptr(JsonNode) st = vm_qmp(vm, "query-status", NULL,
+                                            STEP_MS, NULL);
+
+            if (!st || json_object_get_boolean_member_with_default(
+                    json_node_get_object(st), "running", false)) {
+                break;
+            }
+            g_usleep(500);
+        }
+        t1 = first_byte_at(port, t0 + STEP_MS * 1000000LL);
+        vm_destroy(vm);
+        if (t1 > 0) {
+            double v = MS(t1 - t0);
+
+            g_array_append_val(prestarted ? pre_ms : cold_ms, v);
+        }
+    }
+out:
+    set_dist(*cold, "first_response_ms", cold_ms);
+    set_dist(*pre, "first_response_ms", pre_ms);
+}
+
 typedef struct {
     Service *sv;
     gint64 end_ns;
@@ -752,7 +971,10 @@ void run_service(const VmConfig *cfg, const Spec *s,
     g_autoptr(GError) err = NULL;
     const char *const names[] = { "serve-warm", "serve-empty", "serve-load",
                                   "pool-memory", "migrate-precopy",
-                                  "migrate-postcopy", "serve-direct" };
+                                  "migrate-postcopy", "serve-direct",
+                                  "first-response-vmfork",
+                                  "first-response-snapshot",
+                                  "first-response-snapshot-prestarted" };
 
     sv.label = vm_config_label(cfg);
     if (!bench_paths.vmfork_tool ||
@@ -789,6 +1011,21 @@ void run_service(const VmConfig *cfg, const Spec *s,
         g_printerr("   %s: first byte p50 %.2f ms\n", names[i],
                    p50(o, "ttfb_ms"));
         report(o, e, emit, data);
+    }
+    if (!procs_interrupted()) {
+        g_autoptr(GError) e = NULL, e2 = NULL;
+        JsonObject *o = first_response_vmfork(&sv, s->n, &e);
+        JsonObject *cold = NULL, *pre = NULL;
+
+        g_printerr("   first-response-vmfork: p50 %.2f ms\n",
+                   p50(o, "first_response_ms"));
+        report(o, e, emit, data);
+        first_response_snapshot(&sv, MAX(s->n / 3, 3), &cold, &pre, &e2);
+        g_printerr("   first-response-snapshot: p50 %.2f ms, prestarted "
+                   "p50 %.2f ms\n", p50(cold, "first_response_ms"),
+                   p50(pre, "first_response_ms"));
+        report(cold, e2, emit, data);
+        report(pre, NULL, emit, data);
     }
     if (!procs_interrupted()) {
         JsonObject *o = measure_load(&sv);

@@ -214,7 +214,10 @@ EOF
     # through vmfork serve, and moving a clone (p50 and p99, ms)
     {
         csv_rows 'v_kind == "service" && v_scenario ~ /^serve-(direct|warm|empty)-/' \
-            ttfb_ms.p50 ttfb_ms.p99 | sed -E 's/^serve-([a-z]+)-[^ ]*/first-byte:\1/'
+            ttfb_ms.p50 ttfb_ms.p99 | sed -E 's/^serve-([a-z]+)-[^ ]*/serve:\1/'
+        csv_rows 'v_kind == "service" && v_scenario ~ /^first-response-/' \
+            first_response_ms.p50 first_response_ms.p99 \
+            | sed -E 's/^first-response-(vmfork|snapshot-prestarted|snapshot)-[^ ]*/fresh:\1/; s/fresh:snapshot-prestarted/fresh:prestarted/'
         csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-precopy-/' \
             migrate_total_ms.p50 migrate_total_ms.p99 | awk '{print "precopy:total", $2, $3}'
         csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-postcopy-/' \
@@ -227,7 +230,7 @@ EOF
         gnuplot <<EOF || log "service.png: gnuplot failed"
 set terminal $term
 set output "$out/service.png"
-set title "Clones on demand (vmfork serve: connect -> first byte) and moved (vmfork migrate), Linux guest, TCG"
+set title "Clones on demand (fresh: request -> first byte of a fresh VM; serve: connect -> first byte) and moved (vmfork migrate), Linux guest, TCG"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -235,7 +238,7 @@ set logscale y
 set ylabel "ms (log scale)"
 set grid ytics
 set key top left
-set xtics noenhanced
+set xtics noenhanced rotate by -25
 plot "$dat/service.dat" using 2:xtic(1) title "p50", "" using 3 title "p99"
 EOF
     fi
