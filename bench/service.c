@@ -177,17 +177,39 @@ static JsonObject *pool_call(const char *path, const char *request)
     return json_object_ref(json_node_get_object(json_parser_get_root(parser)));
 }
 
+/* The "return" object of a request to pool @i, NULL on any failure */
+static JsonObject *pool_request(Service *sv, int i, const char *request)
+{
+    g_autoptr(JsonObject) r = pool_call(sv->pool_path[i], request);
+
+    return r && json_object_has_member(r, "return") ?
+        json_object_ref(json_object_get_object_member(r, "return")) : NULL;
+}
+
 static JsonObject *pool_status(Service *sv, int i)
 {
-    JsonObject *r = pool_call(sv->pool_path[i], "{\"execute\": "
-                              "\"query-pool\"}");
-    JsonObject *ret = r && json_object_has_member(r, "return") ?
-        json_object_ref(json_object_get_object_member(r, "return")) : NULL;
+    return pool_request(sv, i, "{\"execute\": \"query-pool\"}");
+}
 
-    if (r) {
-        json_object_unref(r);
-    }
-    return ret;
+/* The host port of a take reply's first forward, or -1 */
+static int reply_port(JsonObject *ret)
+{
+    JsonArray *fwds = ret && json_object_has_member(ret, "hostfwds") ?
+        json_object_get_array_member(ret, "hostfwds") : NULL;
+
+    return fwds && json_array_get_length(fwds) ?
+        json_object_get_int_member(json_array_get_object_element(fwds, 0),
+                                   "host-port") : -1;
+}
+
+/* Ends a child taken from pool @i */
+static void release(Service *sv, int i, gint64 pid)
+{
+    g_autofree char *rel = g_strdup_printf(
+        "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
+        G_GINT64_FORMAT "}}", pid);
+    /* Its answer comes once the child has exited; nothing in it is needed */
+    g_autoptr(JsonObject) reply = pool_call(sv->pool_path[i], rel);
 }
 
 /* Until pool @i says @name is @want */
@@ -404,7 +426,7 @@ static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
             }
         } else {
             /* Empty: hand out its one ready child, connect at once */
-            JsonObject *r;
+            g_autoptr(JsonObject) ret = NULL;
 
             if (!pool_wait(sv, 1, "ready", 1) ||
                 !pool_wait(sv, 1, "taken", 0)) {
@@ -412,25 +434,11 @@ static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
                             "pool 1 did not refill");
                 break;
             }
-            r = pool_call(sv->pool_path[1], "{\"execute\": \"take\", "
-                          "\"arguments\": {\"start\": false}}");
-            if (r) {
-                JsonObject *ret = json_object_has_member(r, "return") ?
-                    json_object_get_object_member(r, "return") : NULL;
-                g_autofree char *rel = ret ? g_strdup_printf(
-                    "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
-                    G_GINT64_FORMAT "}}",
-                    json_object_get_int_member(ret, "pid")) : NULL;
-
+            ret = pool_request(sv, 1, "{\"execute\": \"take\", "
+                               "\"arguments\": {\"start\": false}}");
+            if (ret) {
                 ms = request(sv, 1, NULL);
-                if (rel) {
-                    JsonObject *x = pool_call(sv->pool_path[1], rel);
-
-                    if (x) {
-                        json_object_unref(x);
-                    }
-                }
-                json_object_unref(r);
+                release(sv, 1, json_object_get_int_member(ret, "pid"));
                 if (ms >= 0) {
                     g_array_append_val(ttfb, ms);
                 }
@@ -463,15 +471,9 @@ static JsonObject *measure_direct(Service *sv, int n, GError **errp)
 {
     JsonObject *o = scenario(sv, "serve-direct");
     g_autoptr(GArray) ttfb = g_array_new(false, false, sizeof(double));
-    g_autoptr(JsonObject) r = pool_call(sv->pool_path[0],
-                                        "{\"execute\": \"take\"}");
-    JsonObject *ret = r && json_object_has_member(r, "return") ?
-        json_object_get_object_member(r, "return") : NULL;
-    JsonArray *fwds = ret && json_object_has_member(ret, "hostfwds") ?
-        json_object_get_array_member(ret, "hostfwds") : NULL;
-    int port = fwds && json_array_get_length(fwds) ?
-        json_object_get_int_member(json_array_get_object_element(fwds, 0),
-                                   "host-port") : -1;
+    g_autoptr(JsonObject) ret = pool_request(sv, 0, "{\"execute\": "
+                                             "\"take\"}");
+    int port = reply_port(ret);
 
     json_object_set_string_member(o, "method", "a running clone's own host "
                                   "forward; one clone for all connections");
@@ -497,16 +499,7 @@ static JsonObject *measure_direct(Service *sv, int n, GError **errp)
         }
         g_usleep(20000);        /* its nc forks the next listener */
     }
-    {
-        g_autofree char *rel = g_strdup_printf(
-            "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
-            G_GINT64_FORMAT "}}", json_object_get_int_member(ret, "pid"));
-        JsonObject *x = pool_call(sv->pool_path[0], rel);
-
-        if (x) {
-            json_object_unref(x);
-        }
-    }
+    release(sv, 0, json_object_get_int_member(ret, "pid"));
     set_dist(o, "ttfb_ms", ttfb);
     return o;
 }
@@ -536,29 +529,6 @@ static gint64 first_byte_at(int port, gint64 deadline_ns)
     }
 }
 
-/* The host port of a take reply's first forward, or -1 */
-static int reply_port(JsonObject *ret)
-{
-    JsonArray *fwds = ret && json_object_has_member(ret, "hostfwds") ?
-        json_object_get_array_member(ret, "hostfwds") : NULL;
-
-    return fwds && json_array_get_length(fwds) ?
-        json_object_get_int_member(json_array_get_object_element(fwds, 0),
-                                   "host-port") : -1;
-}
-
-static void release(Service *sv, int i, gint64 pid)
-{
-    g_autofree char *rel = g_strdup_printf(
-        "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
-        G_GINT64_FORMAT "}}", pid);
-    JsonObject *x = pool_call(sv->pool_path[i], rel);
-
-    if (x) {
-        json_object_unref(x);
-    }
-}
-
 /* vmfork: a take from the full pool, then its forward's first byte */
 static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
 {
@@ -568,8 +538,7 @@ static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
     json_object_set_string_member(o, "method", "take from a full pool "
                                   "(cont) -> first byte on its own forward");
     for (int k = 0; k < n && !procs_interrupted(); k++) {
-        g_autoptr(JsonObject) r = NULL;
-        JsonObject *ret;
+        g_autoptr(JsonObject) ret = NULL;
         gint64 t0, t1;
 
         if (!pool_wait(sv, 0, "ready", WARM_SIZE) ||
@@ -579,9 +548,7 @@ static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
             break;
         }
         t0 = now_ns();
-        r = pool_call(sv->pool_path[0], "{\"execute\": \"take\"}");
-        ret = r && json_object_has_member(r, "return") ?
-            json_object_get_object_member(r, "return") : NULL;
+        ret = pool_request(sv, 0, "{\"execute\": \"take\"}");
         if (!ret || reply_port(ret) < 0) {
             g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
             break;
@@ -613,10 +580,8 @@ static void first_response_snapshot(Service *sv, int n,
     g_autofree char *file_uri = g_strdup_printf("file:%s", snap);
     g_autoptr(GArray) cold_ms = g_array_new(false, false, sizeof(double));
     g_autoptr(GArray) pre_ms = g_array_new(false, false, sizeof(double));
-    g_autoptr(JsonObject) r = pool_call(sv->pool_path[0],
-                                        "{\"execute\": \"take\"}");
-    JsonObject *ret = r && json_object_has_member(r, "return") ?
-        json_object_get_object_member(r, "return") : NULL;
+    g_autoptr(JsonObject) ret = pool_request(sv, 0, "{\"execute\": "
+                                             "\"take\"}");
 
     *cold = scenario(sv, "first-response-snapshot");
     *pre = scenario(sv, "first-response-snapshot-prestarted");
@@ -848,18 +813,16 @@ static bool migrate_once(Service *sv, bool postcopy, GArray *total,
                             "migration.x-postcopy-ram=on", NULL };
     VmSpawnOpts o = { .incoming = incoming, .extra = extra,
                       .connect_qmp = true };
-    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) ret = NULL;
     g_autoptr(JsonParser) parser = json_parser_new();
     g_autofree char *out = NULL, *err = NULL, *mon = NULL;
     g_autofree char *pong = NULL;
-    JsonObject *ret, *res;
+    JsonObject *res;
     BenchVm *dst;
     int status;
     bool ok = false;
 
-    r = pool_call(sv->pool_path[0], "{\"execute\": \"take\"}");
-    ret = r && json_object_has_member(r, "return") ?
-        json_object_get_object_member(r, "return") : NULL;
+    ret = pool_request(sv, 0, "{\"execute\": \"take\"}");
     if (!ret) {
         g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
         return false;

@@ -267,6 +267,19 @@ static guint pool_count(Pool *pool, ChildState state)
     return n;
 }
 
+/* Children on their way into the pool: forking, starting or connecting */
+static guint pool_starting(Pool *pool)
+{
+    return pool_count(pool, CHILD_STARTING) +
+           pool_count(pool, CHILD_CONNECTING) + pool->forking;
+}
+
+/* Every child of the pool alive or being forked, handed out or not */
+static guint pool_live(Pool *pool)
+{
+    return g_hash_table_size(pool->children) + pool->forking;
+}
+
 static void child_clear_timer(Child *c)
 {
     if (c->timer) {
@@ -561,10 +574,8 @@ static void pool_refill(Pool *pool)
         !qmp_async_client_is_connected(pool->tmpl)) {
         return;
     }
-    in_pool = pool_count(pool, CHILD_STARTING) +
-              pool_count(pool, CHILD_CONNECTING) +
-              g_queue_get_length(&pool->ready) + pool->forking;
-    live = g_hash_table_size(pool->children) + pool->forking;
+    in_pool = pool_starting(pool) + g_queue_get_length(&pool->ready);
+    live = pool_live(pool);
     while (in_pool < (guint)pool->size &&
            (!pool->max_live || live < (guint)pool->max_live)) {
         g_autoptr(JsonObject) args = json_object_new();
@@ -860,7 +871,7 @@ static gboolean take_timed_out(gpointer data)
 {
     Request *req = data;
     Pool *pool = req->conn->pool;
-    guint live = g_hash_table_size(pool->children) + pool->forking;
+    guint live = pool_live(pool);
     gint64 wait_ms = json_object_get_int_member_with_default(
         req->args, "wait-ms", pool->take_wait_ms);
     g_autofree char *why = NULL;
@@ -946,8 +957,7 @@ static void pool_status_add(Pool *pool, JsonBuilder *b)
         { "size", pool->size },
         { "max-live", pool->max_live },
         { "ready", g_queue_get_length(&pool->ready) },
-        { "starting", pool_count(pool, CHILD_STARTING) +
-                      pool_count(pool, CHILD_CONNECTING) + pool->forking },
+        { "starting", pool_starting(pool) },
         { "taken", pool_count(pool, CHILD_TAKEN) +
                    pool_count(pool, CHILD_TAKING) },
         { "releasing", pool_count(pool, CHILD_RELEASING) },

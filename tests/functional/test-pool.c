@@ -598,22 +598,6 @@ static void test_limits_and_bad_requests(void)
     vm_cleanup_all();
 }
 
-/* Reaps @pid, a process re-parented to us; FALSE if it does not exit */
-static bool reap_orphan(pid_t pid)
-{
-    gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;
-
-    while (g_get_monotonic_time() < deadline) {
-        pid_t r = waitpid(pid, NULL, WNOHANG);
-
-        if (r == pid || (r < 0 && pid_gone(pid))) {
-            return true;
-        }
-        g_usleep(10000);
-    }
-    return false;
-}
-
 /* The template goes away: the pool kills its children and exits 3 */
 static void test_template_gone(void)
 {
@@ -633,8 +617,9 @@ static void test_template_gone(void)
     pool->pid = 0;
     g_assert_false(g_file_test(pool->path, G_FILE_TEST_EXISTS));
     for (int i = 0; i < 2; i++) {
-        /* Re-parented to this test (a subreaper): killed by the pool */
-        g_assert_true(reap_orphan(pids[i]));
+        /* Re-parented to this test (a subreaper, which pid_gone() reaps):
+         * killed by the pool */
+        g_assert_true(pid_wait_gone(pids[i], TIMEOUT_MS));
     }
     pool_free(pool);
     vm_cleanup_all();
@@ -644,37 +629,6 @@ static void test_template_gone(void)
 
 #define SERVE_PORTS 64          /* the template's forward and 63 slots */
 #define GUEST_PORT 7777
-
-/* A port p such that p .. p + n - 1 are free on 127.0.0.1 */
-static int free_port_range(int n)
-{
-    for (int tries = 0; tries < 200; tries++) {
-        int base = g_random_int_range(20000, 60000 - n);
-        int fds[SERVE_PORTS + 1], k;
-
-        g_assert_cmpint(n, <=, G_N_ELEMENTS(fds));
-        for (k = 0; k < n; k++) {
-            struct sockaddr_in sin = {
-                .sin_family = AF_INET,
-                .sin_port = htons(base + k),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-            };
-
-            fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            if (bind(fds[k], (struct sockaddr *)&sin, sizeof(sin)) < 0) {
-                k++;
-                break;
-            }
-        }
-        for (int i = 0; i < k; i++) {
-            close(fds[i]);
-        }
-        if (k == n) {
-            return base;
-        }
-    }
-    g_error("no %d free ports in a row", n);
-}
 
 /*
  * A paused Linux template whose guest serves TCP port 7777: each
@@ -699,7 +653,7 @@ static Vm *start_linux_template(int *port)
         g_test_skip("the vmfork tool is not built (VMFORK_TOOL)");
         return NULL;
     }
-    *port = free_port_range(SERVE_PORTS);
+    *port = vm_free_ports(1, SERVE_PORTS);
     netdev = g_strdup_printf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d",
                              *port, GUEST_PORT);
     extra[3] = netdev;
