@@ -89,7 +89,6 @@ static int identity_post_load(void *opaque, int version_id)
 
     identity.guid[sizeof(identity.guid) - 1] = 0;
     vmfork_identity_migrated(identity.clone_id, identity.generation);
-    vmfork_identity_set(identity.clone_id, identity.generation);
     if (vmgenid && identity.guid[0] &&
         !object_property_set_str(vmgenid, "guid", (char *)identity.guid,
                                  &err)) {

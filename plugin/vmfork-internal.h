@@ -107,7 +107,8 @@ void vmfork_guest_reset(void);
 
 /* identity.c: the clone id and generation the guest reads */
 void vmfork_identity_set(int64_t clone_id, int64_t generation);
-/* vmfork.c: a clone migrated here is that clone (its id and generation) */
+/* vmfork.c: a clone migrated here is that clone (its id and generation,
+ * also what the guest reads) */
 void vmfork_identity_migrated(int64_t clone_id, int64_t generation);
 
 /* fault.c: the faults VMFORK_FAULT asks for (reliability tests) */

@@ -92,6 +92,7 @@ void vmfork_identity_migrated(int64_t clone_id, int64_t generation)
 {
     vmfork_state.clone_id = clone_id;
     vmfork_state.generation = generation;
+    vmfork_identity_set(clone_id, generation);
 }
 
 bool vmfork_pid_is_ours(pid_t pid)
