@@ -57,6 +57,12 @@ static int check_device(Object *obj, void *opaque)
                             "a child cannot share or re-create",
                             object_get_canonical_path_component(obj), type);
     }
+    if (g_str_has_prefix(type, "qxl")) {
+        vmfork_check_refuse(chk, "device '%s' (%s) is a SPICE display, "
+                            "whose worker threads a child cannot re-create "
+                            "(use VNC)",
+                            object_get_canonical_path_component(obj), type);
+    }
     return 0;
 }
 

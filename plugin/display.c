@@ -32,8 +32,8 @@ static void claim_vnc_socket(int fd, const char *id, void *opaque)
 
 static void display_check(VmforkCheck *chk)
 {
-    if (using_spice ||
-        object_resolve_path_type("", "pci-qxl", NULL)) {
+    /* A qxl device is refused by name in devices.c's walk of the tree */
+    if (using_spice) {
         vmfork_check_refuse(chk, "SPICE (a -spice server or a qxl device) "
                             "runs worker threads that a child cannot "
                             "re-create (use VNC)");

@@ -107,6 +107,7 @@ void vmfork_guest_reset(void);
 
 /* identity.c: the clone id and generation the guest reads */
 void vmfork_identity_set(int64_t clone_id, int64_t generation);
+bool vmfork_identity_has_vmgenid(void);
 /* vmfork.c: a clone migrated here is that clone (its id and generation,
  * also what the guest reads) */
 void vmfork_identity_migrated(int64_t clone_id, int64_t generation);

@@ -980,7 +980,7 @@ resume:
     if (!ok) {
         goto fail_prepared;
     }
-    if (!object_resolve_path_type("", "vmgenid", NULL)) {
+    if (!vmfork_identity_has_vmgenid()) {
         result->warning = g_strdup("the VM has no vmgenid device, so the "
                                    "children share the parent's guest RNG "
                                    "state (add -device vmgenid)");

@@ -1494,6 +1494,68 @@ static void linux_vmgenid_guid_auto(void)
     vm_cleanup_all();
 }
 
+/*
+ * Under TCG a parent that runs on after its first fork is sent one VM
+ * generation ID notification with its GUID unchanged, so that its guest
+ * translates the code that handles it once, instead of every child doing
+ * so (identity.c).  Linux counts the notifications it handles (GPE 0x05,
+ * the vmgenid device's), and does nothing else for an unchanged GUID: no
+ * reseed.  One notification after the first fork, none after the second.
+ */
+static guint64 gpe05_count(Vm *vm)
+{
+    g_autofree char *n = vm_sh(vm, "cat /sys/firmware/acpi/interrupts/gpe05");
+
+    return g_ascii_strtoull(n, NULL, 10);
+}
+
+static void linux_parent_warmed_once(void)
+{
+    const char *extra[] = { "-device", "vmgenid", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *reseeds = NULL;
+    g_autofree char *g0 = NULL, *g1 = NULL;
+    guint64 n0, n1 = 0;
+    JsonNode *r;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    r = vm_qmp(vm, "query-vm-generation-id", NULL);
+    g0 = g_strdup(json_object_get_string_member(json_node_get_object(r),
+                                                "guid"));
+    json_node_unref(r);
+    n0 = gpe05_count(vm);
+    for (int fork_no = 1; fork_no <= 2; fork_no++) {
+        r = vm_qmp(vm, "vmfork", "{\"start\": false}");
+        vm_quit(vm_attach_child(vm, json_array_get_object_element(
+            json_object_get_array_member(json_node_get_object(r), "children"),
+            0)));
+        json_node_unref(r);
+        /* handled within a few ms; a second one would come as soon */
+        for (int i = 0; i < 20 && (n1 = gpe05_count(vm)) == n0; i++) {
+            g_usleep(100 * 1000);
+        }
+        g_usleep(500 * 1000);
+        n1 = gpe05_count(vm);
+        g_test_message("TCG, Linux guest: GPE 0x05 handled %" G_GUINT64_FORMAT
+                       " times before any fork, %" G_GUINT64_FORMAT
+                       " after fork %d", n0, n1, fork_no);
+        g_assert_cmpuint(n1, ==, n0 + 1);
+    }
+    r = vm_qmp(vm, "query-vm-generation-id", NULL);
+    g1 = g_strdup(json_object_get_string_member(json_node_get_object(r),
+                                                "guid"));
+    json_node_unref(r);
+    g_assert_cmpstr(g0, ==, g1);
+    reseeds = vm_sh(vm, "dmesg | grep -c 'virtual machine fork' || true");
+    g_assert_cmpint(atoi(reseeds), ==, 0);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- Audit: nothing shared between parent and child ------------------- */
 
 /*
@@ -2287,6 +2349,8 @@ int main(int argc, char **argv)
                     linux_fork_no_hostfwd_without_offset);
     g_test_add_func("/vmfork/linux/tcg/vmgenid-guid-auto",
                     linux_vmgenid_guid_auto);
+    g_test_add_func("/vmfork/linux/tcg/parent-warmed-once",
+                    linux_parent_warmed_once);
     g_test_add_func("/vmfork/linux/tcg/tap", linux_fork_tap);
     g_test_add_data_func("/vmfork/tiny/tcg/tap", "tcg", tiny_fork_tap);
     for (guint i = 0; i < G_N_ELEMENTS(nic_models); i++) {
