@@ -420,6 +420,20 @@ static const char *const ivshmem_want[] = {
     "device 'iv0' (ivshmem-plain) owns host resources", NULL
 };
 
+/* The same device hot-plugged: devices.c learns of it as it is realized */
+static const char *const ivshmem_backend_args[] = {
+    "-object", "memory-backend-file,id=shm0,size=1M,share=on,"
+    "mem-path=@DIR@/ivshmem", NULL
+};
+static const QmpStep ivshmem_plug_steps[] = {
+    { "device_add", "{\"driver\": \"ivshmem-plain\", \"id\": \"iv1\", "
+      "\"memdev\": \"shm0\"}" },
+    { NULL }
+};
+static const char *const ivshmem_plugged_want[] = {
+    "device 'iv1' (ivshmem-plain) owns host resources", NULL
+};
+
 /* With "speed" at 1 byte/s the mirror stays running until cancelled */
 static const char *const job_args[] = {
     "-drive", "file=@DIR@/disk.raw,format=raw,if=virtio,id=d0", NULL
@@ -544,6 +558,9 @@ static const Refusal rows[] = {
       .want = vsock_want },
     { .name = "ivshmem", .accel = "tcg", .extra = ivshmem_args,
       .setup = setup_ivshmem, .want = ivshmem_want },
+    { .name = "ivshmem-hot-plugged", .accel = "tcg",
+      .extra = ivshmem_backend_args, .setup = setup_ivshmem,
+      .steps = ivshmem_plug_steps, .want = ivshmem_plugged_want },
     { .name = "block-job", .accel = "tcg", .extra = job_args,
       .setup = setup_disk, .steps = job_steps, .overlay_dir = true,
       .want = job_want, .then = block_job_cancelled_then_forks },
