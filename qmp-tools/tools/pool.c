@@ -53,6 +53,7 @@
 typedef enum {
     CHILD_STARTING,     /* forked, waiting for its READY event */
     CHILD_CONNECTING,   /* ready; connecting to its monitor */
+    CHILD_SETTLING,     /* --settle: its guest runs, then "stop" */
     CHILD_READY,        /* paused, monitor connected: in the ready queue */
     CHILD_TAKING,       /* taken off the queue; "cont" sent for a request */
     CHILD_TAKEN,        /* handed out */
@@ -63,6 +64,7 @@ typedef enum {
 static const char *const child_state_names[] = {
     [CHILD_STARTING] = "starting",
     [CHILD_CONNECTING] = "connecting",
+    [CHILD_SETTLING] = "settling",
     [CHILD_READY] = "ready",
     [CHILD_TAKING] = "taking",
     [CHILD_TAKEN] = "taken",
@@ -104,6 +106,7 @@ struct Pool {
     int max_live;               /* 0: no limit */
     int hostfwd_step;           /* 0: children have no host forwards */
     int take_wait_ms;           /* default "wait-ms" of a take */
+    int settle_ms;              /* how long a new child's guest runs */
     JsonObject *fork_args;      /* vmfork's arguments but hostfwd-offset */
 
     GHashTable *children;       /* pid -> Child */
@@ -267,11 +270,13 @@ static guint pool_count(Pool *pool, ChildState state)
     return n;
 }
 
-/* Children on their way into the pool: forking, starting or connecting */
+/* Children on their way into the pool: forking, starting, connecting or
+ * settling */
 static guint pool_starting(Pool *pool)
 {
     return pool_count(pool, CHILD_STARTING) +
-           pool_count(pool, CHILD_CONNECTING) + pool->forking;
+           pool_count(pool, CHILD_CONNECTING) +
+           pool_count(pool, CHILD_SETTLING) + pool->forking;
 }
 
 /* Every child of the pool alive or being forked, handed out or not */
@@ -333,7 +338,7 @@ static void child_kill(Child *c, const char *why)
         pool_set_error(pool, "child %" G_GINT64_FORMAT " (%s): %s; killing "
                        "it", c->pid, child_state_names[was], why);
         if (was == CHILD_STARTING || was == CHILD_CONNECTING ||
-            was == CHILD_READY) {
+            was == CHILD_SETTLING || was == CHILD_READY) {
             pool->died_ready++;
         }
     }
@@ -373,6 +378,70 @@ static void on_child_disconnect(QmpAsyncClient *qmp, const GError *error,
     }
 }
 
+/* Into the ready queue, paused with its monitor connected */
+static void child_put_ready(Child *c)
+{
+    Pool *pool = c->pool;
+
+    child_clear_timer(c);
+    c->state = CHILD_READY;
+    samples_add(&pool->ready_ms,
+                (g_get_monotonic_time() - c->forked_us) / 1000.0);
+    g_queue_push_tail(&pool->ready, c);
+    if (pool->stopping) {
+        child_kill(c, NULL);
+        return;
+    }
+    pool_serve_waiting(pool);
+}
+
+/*
+ * --settle: the child was forked running; its guest has had the time to
+ * take in that it is a clone (with vmgenid, Linux handles the new VM
+ * generation ID and reseeds its RNG), so that a take's "cont" lets it go
+ * on at once.  Now it stops and is ready.
+ */
+static void on_settled(QmpAsyncClient *qmp G_GNUC_UNUSED,
+                       JsonNode *result G_GNUC_UNUSED, const GError *error,
+                       gpointer data)
+{
+    Child *c = data;
+
+    if (c->state != CHILD_SETTLING) {
+        return;     /* killed meanwhile */
+    }
+    if (error) {
+        g_autofree char *why = g_strdup_printf("stop failed: %s",
+                                               error->message);
+
+        child_kill(c, why);
+        pool_refill(c->pool);
+        return;
+    }
+    child_put_ready(c);
+}
+
+static gboolean child_settle_done(gpointer data)
+{
+    Child *c = data;
+    g_autoptr(GError) err = NULL;
+
+    c->timer = 0;
+    child_set_timer(c, POOL_CHILD_TIMEOUT_MS);
+    if (!qmp_async_client_execute(c->qmp, "stop", NULL, POOL_CHILD_TIMEOUT_MS,
+                                  on_settled, c, &err)) {
+        on_settled(c->qmp, NULL, err, c);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static void child_settle(Child *c)
+{
+    child_clear_timer(c);
+    c->state = CHILD_SETTLING;
+    c->timer = g_timeout_add(c->pool->settle_ms, child_settle_done, c);
+}
+
 static void on_child_connected(QmpAsyncClient *qmp, const GError *error,
                                gpointer data)
 {
@@ -390,16 +459,11 @@ static void on_child_connected(QmpAsyncClient *qmp, const GError *error,
         pool_refill(pool);
         return;
     }
-    child_clear_timer(c);
-    c->state = CHILD_READY;
-    samples_add(&pool->ready_ms,
-                (g_get_monotonic_time() - c->forked_us) / 1000.0);
-    g_queue_push_tail(&pool->ready, c);
-    if (pool->stopping) {
-        child_kill(c, NULL);
+    if (pool->settle_ms) {
+        child_settle(c);
         return;
     }
-    pool_serve_waiting(pool);
+    child_put_ready(c);
 }
 
 /* Its READY event came: connect to its monitor. */
@@ -438,6 +502,7 @@ static void child_exited(Child *c, gint64 status)
         /* fall through */
     case CHILD_STARTING:
     case CHILD_CONNECTING:
+    case CHILD_SETTLING:
         pool->died_ready++;
         pool_set_error(pool, "child %" G_GINT64_FORMAT " exited with status "
                        "%" G_GINT64_FORMAT " while in the pool", c->pid,
@@ -1451,6 +1516,7 @@ static int pool_size = 4;
 static int pool_max_live;
 static int pool_wait_ms = 10000;
 static int pool_hostfwd_step;
+static int pool_settle_ms;
 static char *pool_monitor;
 static char *pool_serial;
 static char *pool_overlay_dir;
@@ -1471,6 +1537,11 @@ static const GOptionEntry pool_entries[] = {
       "Give each child host forwards of its own: the template's ports plus "
       "N times the child's slot (1, 2, ...; a slot is reused once its child "
       "has exited)", "N" },
+    { "settle", 0, 0, G_OPTION_ARG_INT, &pool_settle_ms,
+      "Fork each child running and stop it MS later, once its guest has "
+      "taken in that it is a clone (its new VM generation ID): a take then "
+      "resumes a guest with nothing left to do (default 0: forked paused)",
+      "MS" },
     { "monitor", 'm', 0, G_OPTION_ARG_FILENAME, &pool_monitor,
       "Path template of each child's QMP socket; must contain %p (default: "
       "SOCKET.fork-%p)", "TEMPLATE" },
@@ -1523,9 +1594,9 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     if (pool_max_live < 0 || (pool_max_live && pool_max_live < pool_size)) {
         return tool_usage_error(tool, "--max-live must be at least --size");
     }
-    if (pool_wait_ms < 0 || pool_hostfwd_step < 0) {
-        return tool_usage_error(tool, "--wait and --hostfwd-step must not be "
-                                "negative");
+    if (pool_wait_ms < 0 || pool_hostfwd_step < 0 || pool_settle_ms < 0) {
+        return tool_usage_error(tool, "--wait, --hostfwd-step and --settle "
+                                "must not be negative");
     }
     if (!template_has_pid(pool_monitor) || !template_has_pid(pool_serial)) {
         return tool_usage_error(tool, "--monitor and --serial must contain "
@@ -1546,9 +1617,11 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     pool.max_live = pool_max_live;
     pool.take_wait_ms = pool_wait_ms;
     pool.hostfwd_step = pool_hostfwd_step;
+    pool.settle_ms = pool_settle_ms;
     pool.fork_args = json_object_new();
     json_object_set_int_member(pool.fork_args, "count", 1);
-    json_object_set_boolean_member(pool.fork_args, "start", FALSE);
+    json_object_set_boolean_member(pool.fork_args, "start",
+                                   pool.settle_ms > 0);
     if (pool_monitor) {
         json_object_set_string_member(pool.fork_args, "monitor", pool_monitor);
     }

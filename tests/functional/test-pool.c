@@ -430,6 +430,100 @@ static void test_child_dies_ready(void)
 }
 
 /*
+ * --settle: each child is forked running and stopped once its guest has
+ * run that long, so that a take resumes a guest that has taken in that it
+ * is a clone.  The tiny guest prints a "C" line about every 10 ms while
+ * it runs: a child taken without starting it has printed some (none
+ * without --settle), prints none while the pool holds it, and goes on
+ * once resumed.
+ */
+static guint child_tick_lines(const char *out)
+{
+    g_autofree char *text = NULL;
+    guint n = 0;
+
+    if (!g_file_get_contents(out, &text, NULL, NULL)) {
+        return 0;
+    }
+    for (const char *p = text; (p = strstr(p, "C ")); p += 2) {
+        n += p == text || p[-1] == '\n';
+    }
+    return n;
+}
+
+static void take_paused_child(Pool *pool, const char *dir, gint64 *pid,
+                              char **monitor, char **out)
+{
+    g_autoptr(JsonObject) reply = pool_call(pool, "{\"execute\": \"take\", "
+                                            "\"arguments\": "
+                                            "{\"start\": false}}");
+    JsonObject *taken = reply_return(reply, "take");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(QmpClient) qmp = NULL;
+    g_autoptr(JsonNode) status = NULL;
+
+    *pid = json_object_get_int_member(taken, "pid");
+    *monitor = g_strdup(json_object_get_string_member(taken, "monitor"));
+    *out = g_strdup_printf("%s/settle-%" G_GINT64_FORMAT ".out", dir, *pid);
+    qmp = qmp_connect_unix(*monitor, TIMEOUT_MS, &err);
+    g_assert_no_error(err);
+    status = qmp_execute(qmp, "query-status", NULL, TIMEOUT_MS, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(json_object_get_string_member(
+        json_node_get_object(status), "status"), ==, "paused");
+}
+
+static void test_settle(void)
+{
+    Vm *tmpl = start_template();
+    g_autofree char *serial = NULL;
+    const char *options[] = { "--size", "1", "--serial", NULL, NULL, NULL,
+                              NULL };
+    gint64 pid;
+    guint before;
+
+    if (!tmpl) {
+        return;
+    }
+    serial = g_build_filename(tmpl->dir, "settle-%p.out", NULL);
+    options[3] = serial;
+    for (int settle = 0; settle <= 1; settle++) {
+        g_autofree char *monitor = NULL, *out = NULL;
+        g_autoptr(GError) err = NULL;
+        g_autoptr(QmpClient) qmp = NULL;
+        Pool *pool;
+
+        options[4] = settle ? "--settle" : NULL;
+        options[5] = settle ? "100" : NULL;
+        pool = pool_start(tmpl, options);
+        wait_status(pool, "ready", 1);
+        take_paused_child(pool, tmpl->dir, &pid, &monitor, &out);
+        before = child_tick_lines(out);
+        g_test_message("TCG, tiny guest, --settle %d: %u tick lines before "
+                       "the take", settle ? 100 : 0, before);
+        if (!settle) {
+            g_assert_cmpuint(before, ==, 0);
+        } else {
+            g_assert_cmpuint(before, >=, 1);
+            g_usleep(300 * 1000);
+            g_assert_cmpuint(child_tick_lines(out), ==, before);
+        }
+        qmp = qmp_connect_unix(monitor, TIMEOUT_MS, &err);
+        g_assert_no_error(err);
+        json_node_unref(qmp_execute(qmp, "cont", NULL, TIMEOUT_MS, &err));
+        g_assert_no_error(err);
+        for (int i = 0; i < 200 && child_tick_lines(out) <= before; i++) {
+            g_usleep(10 * 1000);
+        }
+        g_assert_cmpuint(child_tick_lines(out), >, before);
+        kill(pid, SIGKILL);
+        g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
+        pool_free(pool);
+    }
+    vm_cleanup_all();
+}
+
+/*
  * A client that sends its requests and shuts down its side (echo ... |
  * socat) gets every reply, then the pool closes; the child it took is
  * its own and runs.
@@ -899,6 +993,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pool/tcg/tiny/limits-and-bad-requests",
                     test_limits_and_bad_requests);
     g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
+    g_test_add_func("/pool/tcg/tiny/settle", test_settle);
     g_test_add_func("/serve/tcg/linux/50-connections-50-clones",
                     test_serve_50);
     g_test_add_func("/serve/tcg/linux/max-clones-queue-and-timeout",
