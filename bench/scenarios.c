@@ -51,6 +51,9 @@
 #define W_PRE_NS (200 * 1000000LL)      /* parent lines before the command */
 #define W_POST_NS (200 * 1000000LL)     /* parent lines after the reply */
 #define W_CHILD_NS (200 * 1000000LL)    /* child lines after its first one */
+/* Pre-forked children forked running, all at once: time enough for each to
+ * handle its VM generation ID notification before it is stopped */
+#define PREFORK_SETTLE_MS 300
 #define QMP_MS 60000
 
 int bench_dirty_mib = 64;
@@ -1169,11 +1172,14 @@ static JsonObject *peer_json(PeerAgg *p, const VmConfig *c, int n,
 /*
  * A VM that resumes a saved state: its first own tick, placed on the host
  * clock with its own offset, minus t0; and (TCG) the instant its guest
- * clock started again, freeze + its offset.
+ * clock started again, freeze + its offset.  @settled: the VM ran and
+ * printed before it was stopped; freeze_guest is past its last line, a
+ * bound, not the instant its clock stopped.
  */
 static bool measure_resumed(ForkCtx *ctx, BenchVm *vm, GArray *ref_lines,
                             gint64 t0, gint64 freeze_guest, bool freeze_ok,
-                            PeerAgg *p, bool memory, GError **errp)
+                            bool settled, PeerAgg *p, bool memory,
+                            GError **errp)
 {
     Line first;
     Offset off;
@@ -1198,7 +1204,7 @@ static bool measure_resumed(ForkCtx *ctx, BenchVm *vm, GArray *ref_lines,
         return false;
     }
     push(p->out, MS(first.guest_ns + off.off_ns - t0));
-    if (freeze_ok && !g_str_equal(vm->cfg.accel, "kvm")) {
+    if (freeze_ok && !settled && !g_str_equal(vm->cfg.accel, "kvm")) {
         push(p->running, MS(freeze_guest + off.off_ns - t0));
     }
     if (ctx->refs) {
@@ -1281,9 +1287,14 @@ static JsonNode *set_ignore_shared(BenchVm *vm, GError **errp)
  * that "cont" to the child's first own output (and, TCG, to its guest
  * clock running), as migrate-incoming on a pre-started QEMU is for the
  * peers.  The template runs on once they are forked.
+ *
+ * @settle_ms: as "vmfork pool --settle": the children are forked running
+ * and stopped @settle_ms later, their guests' start-up work as clones
+ * (the VM generation ID notification) done; their first output after
+ * "cont" is the first line stamped past the last one before it.
  */
 static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
-                              PeerAgg *agg, GError **errp)
+                              int settle_ms, PeerAgg *agg, GError **errp)
 {
     BenchVm *p = gr->parent;
     g_autofree char *args = NULL;
@@ -1293,6 +1304,7 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
     gint64 t = now_ns(), freeze = 0;
     bool freeze_ok;
     int n = s->n;
+    g_autofree QmpClient **mon = g_new0(QmpClient *, n);
 
     vm_drain_events(p);
     stop = vm_qmp(p, "stop", NULL, QMP_MS, errp);
@@ -1301,8 +1313,9 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
     }
     gr->ctx.frozen = true;
     args = g_strdup_printf("{\"count\": %d, \"monitor\": \"%s/pre-%%i.qmp\", "
-                           "\"serial\": \"%s/pre-%%i.out\", \"start\": false, "
-                           "\"parent\": \"paused\"}", n, gr->dir, gr->dir);
+                           "\"serial\": \"%s/pre-%%i.out\", \"start\": %s, "
+                           "\"parent\": \"paused\"}", n, gr->dir, gr->dir,
+                           settle_ms ? "true" : "false");
     reply = vm_qmp(p, "vmfork", args, QMP_MS, errp);
     children = reply ? json_object_get_array_member(
                    json_node_get_object(reply), "children") : NULL;
@@ -1315,6 +1328,19 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
         }
         json_node_unref(ev);
     }
+    for (int i = 0; children && i < n; i++) {
+        JsonObject *c = json_array_get_object_element(children, i);
+
+        mon[i] = qmp_connect_unix(json_object_get_string_member(c, "monitor"),
+                                  QMP_MS, NULL);
+    }
+    if (children && settle_ms) {
+        g_usleep(settle_ms * 1000);
+        for (int i = 0; i < n && !*errp; i++) {
+            g_autoptr(JsonNode) r = mon[i] ?
+                qmp_execute_json(mon[i], "stop", NULL, QMP_MS, errp) : NULL;
+        }
+    }
     /* The template runs on; its clock restarts at the children's */
     freeze_ok = thaw(gr, &freeze);
     ref = stream_lines_since(p->serial, t - 1000000000LL);
@@ -1324,20 +1350,37 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
         g_autofree char *out = g_strdup_printf("%s/pre-%d.out", gr->dir, i);
         BenchVm child = { .cfg = p->cfg, .name = (char *)"pre-forked child" };
         g_autoptr(JsonNode) r = NULL;
-        gint64 t0;
+        gint64 t0, last_guest = G_MININT64;
 
         child.pid = json_object_get_int_member(c, "pid");
-        child.qmp = qmp_connect_unix(json_object_get_string_member(c,
-                                                                   "monitor"),
-                                     QMP_MS, NULL);
-        child.serial = stream_file(out, p->cfg.guest, 2 * W_CHILD_NS);
+        child.qmp = mon[i];
+        mon[i] = NULL;
+        if (!settle_ms) {
+            child.serial = stream_file(out, p->cfg.guest, 2 * W_CHILD_NS);
+        }
         if (!*errp && child.qmp) {
             g_usleep(200000);
+            if (settle_ms) {
+                /* What it printed while it settled, then stopped */
+                g_autoptr(GArray) lines = NULL;
+
+                child.serial = stream_file(out, p->cfg.guest, 2 * W_CHILD_NS);
+                lines = stream_lines(child.serial, 0);
+                for (guint k = 0; k < lines->len; k++) {
+                    Line *l = &g_array_index(lines, Line, k);
+
+                    if (l->kind == LINE_TICK) {
+                        last_guest = MAX(last_guest, l->guest_ns);
+                    }
+                }
+            }
             t0 = now_ns();
             r = qmp_execute_json(child.qmp, "cont", NULL, QMP_MS, errp);
             push(agg->qmp, MS(now_ns() - t0));
             if (r) {
-                measure_resumed(pc, &child, ref, t0, freeze, freeze_ok, agg,
+                measure_resumed(pc, &child, ref, t0, settle_ms ?
+                                last_guest + 1 : freeze,
+                                settle_ms || freeze_ok, settle_ms > 0, agg,
                                 i == 0, errp);
             }
         } else if (!*errp) {
@@ -1601,7 +1644,8 @@ static void run_peers(GroupRun *gr, const Spec *s,
                 push(p.qmp, MS(now_ns() - t0));
             }
             if (vm && !err) {
-                measure_resumed(&pc, vm, src_lines, t0, freeze, freeze_ok, &p,
+                measure_resumed(&pc, vm, src_lines, t0, freeze, freeze_ok,
+                                false, &p,
                                 i == 0, &err);
             }
             vm_destroy(vm);
@@ -1690,8 +1734,8 @@ static void run_peers(GroupRun *gr, const Spec *s,
                 }
             }
             if (r2) {
-                measure_resumed(&pc, vm, tmpl_lines, t0, freeze, freeze_ok, &p,
-                                i == 0, &err);
+                measure_resumed(&pc, vm, tmpl_lines, t0, freeze, freeze_ok,
+                                false, &p, i == 0, &err);
             }
             vm_destroy(vm);
         }
@@ -1734,10 +1778,19 @@ static void run_peers(GroupRun *gr, const Spec *s,
     /* 5. vmfork's own pre-started mode: pre-forked children */
     if (ensure_parent(gr, &err)) {
         peer_init(&p, "vmfork-preforked");
-        measure_preforked(gr, s, &pc, &p, &err);
+        measure_preforked(gr, s, &pc, 0, &p, &err);
         emit(peer_json(&p, c, s->n, "cont on the monitor of a child forked "
                        "ahead of time (start: false) from a paused template "
                        "-> the guest's first output"), data);
+    }
+    if (!err && ensure_parent(gr, &err)) {
+        peer_init(&p, "vmfork-preforked-settled");
+        measure_preforked(gr, s, &pc, PREFORK_SETTLE_MS, &p, &err);
+        emit(peer_json(&p, c, s->n, "cont on the monitor of a child forked "
+                       "ahead of time from a paused template, running, and "
+                       "stopped " G_STRINGIFY(PREFORK_SETTLE_MS) " ms later "
+                       "(vmfork pool --settle) -> the guest's first output"),
+             data);
     }
 
 fail:

@@ -77,7 +77,7 @@ plots() {
         | sed 's/^fork-//' > "$dat/clone.dat"
     # 2. Peers vs vmfork (first guest output, p50), per configuration
     for cfg in $(csv_rows 'v_kind == "peer"' mem_mib | awk '{print $1}' \
-                 | sed -E 's/^peer-(cold-boot|snapshot-prestarted|snapshot|template-prestarted|template|container|vmfork-preforked)-//' | sort -u); do
+                 | sed -E 's/^peer-(cold-boot|snapshot-prestarted|snapshot|template-prestarted|template|container|vmfork-preforked-settled|vmfork-preforked)-//' | sort -u); do
         {
             csv_rows "v_scenario == \"fork-$cfg\"" clone_ms.p50 | awk '{print "vmfork", $2}'
             csv_rows "v_scenario ~ /^peer-.*-$cfg\$/" clone_ms.p50 \
