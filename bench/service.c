@@ -74,10 +74,26 @@ typedef struct Service {
     int next_dest_port;
 } Service;
 
+/*
+ * @n consecutive ports free on 127.0.0.1, below the kernel's ephemeral
+ * range: the run's own connections take their local ports from that
+ * range, and one of them (or its TIME_WAIT) on a forward's port makes
+ * QEMU's -netdev hostfwd fail to listen
+ */
 static int free_port_range(int n)
 {
+    g_autofree char *range = NULL;
+    int lo = 32768;
+
+    if (g_file_get_contents("/proc/sys/net/ipv4/ip_local_port_range", &range,
+                            NULL, NULL)) {
+        lo = atoi(range);
+    }
+    if (lo - n <= 10000) {
+        lo = 65536;     /* a small range: anywhere, as before */
+    }
     for (int tries = 0; tries < 200; tries++) {
-        int base = g_random_int_range(20000, 60000 - n);
+        int base = g_random_int_range(10000, MIN(lo, 60000) - n);
         int k;
         int *fds = g_new(int, n);
 
