@@ -13,6 +13,9 @@
  */
 
 #include "qemu/osdep.h"
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -713,6 +716,25 @@ static void ram_set_fork(int advice)
     qemu_ram_foreach_block(ram_block_set_fork, &advice);
 }
 
+/*
+ * fork() copies a page-table entry for each resident page of the heap.
+ * Half of a freshly started QEMU's heap is free memory that its start-up
+ * left behind (9 MiB resident, 4 MiB once trimmed: 1200 entries fewer, in
+ * every fork of this process).  Trimming takes 0.1 ms, too much for each
+ * fork, so a process does it once, before its first.
+ */
+static void vmfork_trim_heap_once(void)
+{
+#ifdef __GLIBC__
+    static bool trimmed;
+
+    if (!trimmed) {
+        trimmed = true;
+        malloc_trim(0);
+    }
+#endif
+}
+
 /* In a child: tell the parent, and go */
 static void vmfork_child_failed(Error *err)
 {
@@ -879,6 +901,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     /* 1. Guest RAM must be inherited; nothing buffered may be written twice */
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
+    vmfork_trim_heap_once();
 
     /*
      * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads
