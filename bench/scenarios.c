@@ -273,10 +273,9 @@ static bool shared_history(ForkCtx *ctx, GArray *parent_lines, const Line *l)
  * sibling) printed too, and not one stamped before the command reached
  * vmfork (min_guest_ns, on the guest clock) */
 static bool first_own_tick(ForkCtx *ctx, Stream *s, GArray *parent_lines,
-                           gint64 min_guest_ns, gint64 deadline, Line *out)
+                           guint from, gint64 min_guest_ns, gint64 deadline,
+                           Line *out)
 {
-    guint from = 0;
-
     for (;;) {
         gint i = stream_wait(s, from, LINE_TICK, deadline, out);
 
@@ -430,8 +429,8 @@ static bool fork_once(ForkCtx *ctx, int count, bool paused_parent,
     for (int i = 0; i < count; i++) {
         Child *c = &r->c[i];
 
-        c->first_ok = first_own_tick(ctx, c->out, plines, min_guest, deadline,
-                                     &c->first);
+        c->first_ok = first_own_tick(ctx, c->out, plines, 0, min_guest,
+                                     deadline, &c->first);
         if (!c->first_ok) {
             g_set_error(errp, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
                         "child %d (pid %d) printed no tick line into %s",
@@ -1172,13 +1171,13 @@ static JsonObject *peer_json(PeerAgg *p, const VmConfig *c, int n,
 /*
  * A VM that resumes a saved state: its first own tick, placed on the host
  * clock with its own offset, minus t0; and (TCG) the instant its guest
- * clock started again, freeze + its offset.  @settled: the VM ran and
- * printed before it was stopped; freeze_guest is past its last line, a
- * bound, not the instant its clock stopped.
+ * clock started again, freeze + its offset.  @from > 0: the VM ran and
+ * printed @from lines before it was stopped, its first output is a later
+ * line, and when its clock stopped is not known.
  */
 static bool measure_resumed(ForkCtx *ctx, BenchVm *vm, GArray *ref_lines,
                             gint64 t0, gint64 freeze_guest, bool freeze_ok,
-                            bool settled, PeerAgg *p, bool memory,
+                            guint from, PeerAgg *p, bool memory,
                             GError **errp)
 {
     Line first;
@@ -1187,7 +1186,7 @@ static bool measure_resumed(ForkCtx *ctx, BenchVm *vm, GArray *ref_lines,
     /* Lines stamped before the save are older than the freeze point, which
      * the caller knows exactly or by a lower bound; a line printed both
      * before the save and after the restore is in ref_lines */
-    if (!first_own_tick(ctx, vm->serial, ref_lines,
+    if (!first_own_tick(ctx, vm->serial, ref_lines, from,
                         freeze_ok ? freeze_guest : G_MININT64,
                         now_ns() + 120 * 1000000000LL, &first)) {
         g_set_error(errp, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
@@ -1204,7 +1203,7 @@ static bool measure_resumed(ForkCtx *ctx, BenchVm *vm, GArray *ref_lines,
         return false;
     }
     push(p->out, MS(first.guest_ns + off.off_ns - t0));
-    if (freeze_ok && !settled && !g_str_equal(vm->cfg.accel, "kvm")) {
+    if (freeze_ok && !from && !g_str_equal(vm->cfg.accel, "kvm")) {
         push(p->running, MS(freeze_guest + off.off_ns - t0));
     }
     if (ctx->refs) {
@@ -1350,7 +1349,8 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
         g_autofree char *out = g_strdup_printf("%s/pre-%d.out", gr->dir, i);
         BenchVm child = { .cfg = p->cfg, .name = (char *)"pre-forked child" };
         g_autoptr(JsonNode) r = NULL;
-        gint64 t0, last_guest = G_MININT64;
+        gint64 t0;
+        guint settled_lines = 0;
 
         child.pid = json_object_get_int_member(c, "pid");
         child.qmp = mon[i];
@@ -1361,26 +1361,24 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
         if (!*errp && child.qmp) {
             g_usleep(200000);
             if (settle_ms) {
-                /* What it printed while it settled, then stopped */
-                g_autoptr(GArray) lines = NULL;
-
+                /*
+                 * What it printed while it settled, then stopped: every
+                 * line read (the count stays the same for 20 ms), its
+                 * first output is a line after those
+                 */
                 child.serial = stream_file(out, p->cfg.guest, 2 * W_CHILD_NS);
-                lines = stream_lines(child.serial, 0);
-                for (guint k = 0; k < lines->len; k++) {
-                    Line *l = &g_array_index(lines, Line, k);
-
-                    if (l->kind == LINE_TICK) {
-                        last_guest = MAX(last_guest, l->guest_ns);
-                    }
-                }
+                do {
+                    settled_lines = stream_count(child.serial);
+                    g_usleep(20000);
+                } while (stream_count(child.serial) != settled_lines);
+                settled_lines = MAX(settled_lines, 1);
             }
             t0 = now_ns();
             r = qmp_execute_json(child.qmp, "cont", NULL, QMP_MS, errp);
             push(agg->qmp, MS(now_ns() - t0));
             if (r) {
-                measure_resumed(pc, &child, ref, t0, settle_ms ?
-                                last_guest + 1 : freeze,
-                                settle_ms || freeze_ok, settle_ms > 0, agg,
+                measure_resumed(pc, &child, ref, t0, freeze,
+                                freeze_ok && !settle_ms, settled_lines, agg,
                                 i == 0, errp);
             }
         } else if (!*errp) {
@@ -1735,7 +1733,7 @@ static void run_peers(GroupRun *gr, const Spec *s,
             }
             if (r2) {
                 measure_resumed(&pc, vm, tmpl_lines, t0, freeze, freeze_ok,
-                                false, &p, i == 0, &err);
+                                0, &p, i == 0, &err);
             }
             vm_destroy(vm);
         }
@@ -1783,7 +1781,13 @@ static void run_peers(GroupRun *gr, const Spec *s,
                        "ahead of time (start: false) from a paused template "
                        "-> the guest's first output"), data);
     }
-    if (!err && ensure_parent(gr, &err)) {
+    /*
+     * Settled children under TCG only: under this machine's KVM (kvm_pvm)
+     * the lines a settled child printed kept arriving after its stop had
+     * returned and its output had been still for 20 ms, which made its
+     * first output look earlier than its cont
+     */
+    if (!err && !g_str_equal(c->accel, "kvm") && ensure_parent(gr, &err)) {
         peer_init(&p, "vmfork-preforked-settled");
         measure_preforked(gr, s, &pc, PREFORK_SETTLE_MS, &p, &err);
         emit(peer_json(&p, c, s->n, "cont on the monitor of a child forked "
