@@ -53,7 +53,7 @@
 #define W_CHILD_NS (200 * 1000000LL)    /* child lines after its first one */
 /* Pre-forked children forked running, all at once: time enough for each to
  * handle its VM generation ID notification before it is stopped */
-#define PREFORK_SETTLE_MS 300
+#define PREFORK_SETTLE_MS 1000
 #define QMP_MS 60000
 
 int bench_dirty_mib = 64;
