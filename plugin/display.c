@@ -32,11 +32,11 @@ static void claim_vnc_socket(int fd, const char *id, void *opaque)
 
 static void display_check(VmforkCheck *chk)
 {
-    /* A qxl device is refused by name in devices.c's walk of the tree */
+    /* A qxl device is refused by name with the devices (devices.c) */
     if (using_spice) {
-        vmfork_check_refuse(chk, "SPICE (a -spice server or a qxl device) "
-                            "runs worker threads that a child cannot "
-                            "re-create (use VNC)");
+        vmfork_check_refuse(chk, "the SPICE server (-spice) runs worker "
+                            "threads that a child cannot re-create (use "
+                            "VNC)");
     }
 #ifdef CONFIG_VNC
     vnc_display_foreach_socket(claim_vnc_socket, chk);

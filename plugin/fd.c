@@ -53,10 +53,10 @@
 /* The kept ends of the socketpairs that replaced inherited sockets */
 static GArray *detached_socket_peers;
 
-/* Read /proc/self/fdinfo/FD into a string */
 /* /proc/self/fdinfo while vmfork_fd_make_private() runs (see there) */
 static int fdinfo_dir = -1;
 
+/* Read /proc/self/fdinfo/FD into a string */
 static char *fdinfo_read(int fd, Error **errp)
 {
     g_autofree char *name = g_strdup_printf("%d", fd);
