@@ -555,6 +555,124 @@ static void tiny_fork_young_parent_clock(gconstpointer data)
     vm_cleanup_all();
 }
 
+static void fd_write_all(int fd, const char *text)
+{
+    size_t len = strlen(text);
+
+    while (len) {
+        ssize_t n = write(fd, text, len);
+
+        g_assert_cmpint(n, >, 0);
+        text += n;
+        len -= n;
+    }
+}
+
+/* The next reply on a raw QMP connection (events skipped), as an object */
+static JsonObject *raw_qmp_reply(int fd, JsonParser *parser, int timeout_ms)
+{
+    for (;;) {
+        g_autofree char *line = fd_read_line(fd, timeout_ms);
+        JsonObject *o;
+
+        if (!line) {
+            return NULL;
+        }
+        g_assert_true(json_parser_load_from_data(parser, line, -1, NULL));
+        o = json_node_get_object(json_parser_get_root(parser));
+        if (!json_object_has_member(o, "event")) {
+            return o;
+        }
+    }
+}
+
+/*
+ * A QMP client may write many commands at once (patch 0021 reads QMP
+ * input in chunks, not a byte at a time).  Each is answered, in order,
+ * with and without out-of-band execution negotiated: the monitor parses
+ * what it read only while it is not suspended, and the rest waits.  300
+ * commands are more than one read and more than the request queue; the
+ * last one is cut in two writes.  Then a vmfork and a stop written with
+ * it: the parent runs both, and the child, which inherits the unparsed
+ * stop, does not run it.
+ */
+static void qmp_pipelined_commands(void)
+{
+    const char *extra[] = {
+        "-qmp", "unix:@DIR@/pipe.qmp,server=on,wait=off", NULL
+    };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "pipe.qmp", NULL);
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra, .dir = dir };
+    g_autoptr(JsonParser) parser = json_parser_new();
+    JsonObject *r;
+    Vm *vm;
+
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        vm_cleanup_all();
+        return;
+    }
+    vm = vm_start(&o);
+    for (int oob = 0; oob < 2; oob++) {
+        g_autoptr(GString) cmds = g_string_new(NULL);
+        g_autofree char *greeting = NULL;
+        int fd = vm_unix_connect(vm->pid, path, 10000), i;
+
+        g_assert_cmpint(fd, >=, 0);
+        greeting = fd_read_line(fd, 10000);
+        g_assert_nonnull(strstr(greeting, "\"QMP\""));
+        fd_write_all(fd, oob ? "{\"execute\": \"qmp_capabilities\", "
+                     "\"arguments\": {\"enable\": [\"oob\"]}}\n"
+                     : "{\"execute\": \"qmp_capabilities\"}\n");
+        r = raw_qmp_reply(fd, parser, 10000);
+        g_assert_true(r && json_object_has_member(r, "return"));
+        for (i = 0; i < 300; i++) {
+            g_string_append_printf(cmds, "{\"execute\": \"%s\", \"id\": %d}\n",
+                                   i % 3 ? "query-status" : "query-name", i);
+        }
+        g_string_append(cmds, "{\"execute\": \"query-status\", \"id\": 30");
+        fd_write_all(fd, cmds->str);
+        fd_write_all(fd, "0}\n");
+        for (i = 0; i <= 300; i++) {
+            r = raw_qmp_reply(fd, parser, 10000);
+            g_assert_nonnull(r);
+            g_assert_true(json_object_has_member(r, "return"));
+            g_assert_cmpint(json_object_get_int_member(r, "id"), ==, i);
+        }
+        g_test_message("%s: 301 commands in one write answered in order",
+                       oob ? "out-of-band enabled" : "no out-of-band");
+        if (oob) {
+            g_autofree char *state = NULL;
+            JsonArray *a;
+            Vm *child;
+
+            fd_write_all(fd, "{\"execute\": \"vmfork\", \"id\": \"f\"}\n"
+                         "{\"execute\": \"stop\", \"id\": \"s\"}\n");
+            r = raw_qmp_reply(fd, parser, 30000);
+            g_assert_nonnull(r);
+            g_assert_cmpstr(json_object_get_string_member(r, "id"), ==, "f");
+            a = json_object_get_array_member(
+                json_object_get_object_member(r, "return"), "children");
+            g_assert_cmpuint(json_array_get_length(a), ==, 1);
+            child = vm_attach_child(vm, json_array_get_object_element(a, 0));
+            r = raw_qmp_reply(fd, parser, 10000);
+            g_assert_nonnull(r);
+            g_assert_cmpstr(json_object_get_string_member(r, "id"), ==, "s");
+            /* The parent stopped; the child did not run its parent's stop */
+            g_assert_null(raw_qmp_reply(fd, parser, 500));
+            state = vm_runstate(vm);
+            g_assert_cmpstr(state, ==, "paused");
+            g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+            g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+            vm_quit(child);
+        }
+        close(fd);
+    }
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* Bad arguments: a clear error, and the parent runs on untouched */
 static void fork_bad_arguments_leave_parent_running(void)
 {
@@ -2396,6 +2514,7 @@ int main(int argc, char **argv)
     g_test_add_data_func("/vmfork/tiny/tcg-single-thread/2cpu/"
                          "counter-and-memory", "tcg,thread=single,2",
                          tiny_fork_counter_and_memory);
+    g_test_add_func("/vmfork/tiny/tcg/qmp-pipelined", qmp_pipelined_commands);
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
