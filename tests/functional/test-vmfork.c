@@ -587,7 +587,7 @@ static JsonObject *raw_qmp_reply(int fd, JsonParser *parser, int timeout_ms)
 }
 
 /*
- * A QMP client may write many commands at once (patch 0021 reads QMP
+ * A QMP client may write many commands at once (patch 0020 reads QMP
  * input in chunks, not a byte at a time).  Each is answered, in order,
  * with and without out-of-band execution negotiated: the monitor parses
  * what it read only while it is not suspended, and the rest waits.  300
