@@ -488,27 +488,6 @@ static void tiny_fork_counter_and_memory(gconstpointer data)
     vm_cleanup_all();
 }
 
-/* The next tick line: its sequence number, and its TSC in *tsc */
-static gint64 tiny_next_tick(Vm *vm, int timeout_ms, guint64 *tsc)
-{
-    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
-
-    for (;;) {
-        int left = (deadline - g_get_monotonic_time()) / 1000;
-        g_autofree char *line = vm_read_line(vm, MAX(left, 0));
-        gint64 seq;
-
-        if (!line) {
-            return -1;
-        }
-        if (g_str_has_prefix(line, "C ") &&
-            sscanf(line, "C %" G_GINT64_FORMAT " %" G_GINT64_MODIFIER "x",
-                   &seq, tsc) == 2) {
-            return seq;
-        }
-    }
-}
-
 /*
  * The guest's TSC goes on from where it was, in a child of a parent
  * forked as soon as its guest is up.  A child's vCPUs are new ones given
@@ -532,9 +511,9 @@ static void tiny_fork_young_parent_clock(gconstpointer data)
     }
     parent = vm_start(&o);
     child = fork_one(parent, NULL);
-    seq_parent = tiny_next_tick(parent, 30000, &tsc_parent);
+    seq_parent = vm_tiny_next_tick(parent, 30000, &tsc_parent);
     /* A tick is 2^24 cycles: it ticks on at once */
-    seq_child = tiny_next_tick(child, 2000, &tsc_child);
+    seq_child = vm_tiny_next_tick(child, 2000, &tsc_child);
     g_test_message("%s: parent tick %" G_GINT64_FORMAT " at TSC %"
                    G_GINT64_MODIFIER "x, child tick %" G_GINT64_FORMAT
                    " at %" G_GINT64_MODIFIER "x", vm_describe(&o),
