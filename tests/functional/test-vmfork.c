@@ -652,6 +652,70 @@ static void qmp_pipelined_commands(void)
     vm_cleanup_all();
 }
 
+/*
+ * A QMP client on a pipe writes its commands and closes it: each is run,
+ * the last a quit.  A monitor that reads ahead must not read the end of
+ * the input while commands it read wait for it (it used to, now and then:
+ * the end of the input dropped them, and QEMU never quit).  Ten QEMUs
+ * with -qmp stdio, each given 40 commands and then the end of its input.
+ */
+static void subprocess_exited(GObject *p, GAsyncResult *res, gpointer done)
+{
+    g_subprocess_wait_finish(G_SUBPROCESS(p), res, NULL);
+    *(bool *)done = true;
+}
+
+static void qmp_stdio_commands_then_eof(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GString) cmds = g_string_new(
+        "{\"execute\": \"qmp_capabilities\"}\n");
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    for (int i = 0; i < 40; i++) {
+        g_string_append_printf(cmds, "{\"execute\": \"%s\"}\n",
+                               i % 2 ? "cont" : "stop");
+    }
+    g_string_append(cmds, "{\"execute\": \"quit\"}\n");
+    for (int run = 0; run < 10; run++) {
+        const char *argv[] = {
+            vm_qemu_binary(), "-accel", "tcg", "-M", "pc", "-m", "64",
+            "-nodefaults", "-display", "none", "-S", "-qmp", "stdio",
+            "-kernel", g_getenv("VMFORK_TINY"), NULL
+        };
+        gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+        g_autoptr(GSubprocess) p = NULL;
+        g_autoptr(GError) err = NULL;
+        GOutputStream *in;
+        bool done = false;
+
+        p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDIN_PIPE |
+                              G_SUBPROCESS_FLAGS_STDOUT_SILENCE, &err);
+        g_assert_no_error(err);
+        in = g_subprocess_get_stdin_pipe(p);
+        g_assert_true(g_output_stream_write_all(in, cmds->str, cmds->len,
+                                                NULL, NULL, &err));
+        g_assert_true(g_output_stream_close(in, NULL, &err));
+        g_subprocess_wait_async(p, NULL, subprocess_exited, &done);
+        while (!done && g_get_monotonic_time() < deadline) {
+            if (!g_main_context_iteration(NULL, false)) {
+                g_usleep(1000);
+            }
+        }
+        if (!done) {
+            g_subprocess_force_exit(p);
+            g_subprocess_wait(p, NULL, NULL);
+            g_error("run %d: QEMU did not quit within 20 s of the end of "
+                    "its input", run);
+        }
+        /* quit: exit status 0 */
+        g_assert_true(g_subprocess_get_if_exited(p));
+        g_assert_cmpint(g_subprocess_get_exit_status(p), ==, 0);
+    }
+}
+
 /* Bad arguments: a clear error, and the parent runs on untouched */
 static void fork_bad_arguments_leave_parent_running(void)
 {
@@ -2494,6 +2558,8 @@ int main(int argc, char **argv)
                          "counter-and-memory", "tcg,thread=single,2",
                          tiny_fork_counter_and_memory);
     g_test_add_func("/vmfork/tiny/tcg/qmp-pipelined", qmp_pipelined_commands);
+    g_test_add_func("/vmfork/tiny/tcg/qmp-stdio-commands-then-eof",
+                    qmp_stdio_commands_then_eof);
     g_test_add_func("/vmfork/tiny/tcg/bad-arguments",
                     fork_bad_arguments_leave_parent_running);
     g_test_add_func("/vmfork/tiny/tcg/blockers", fork_blockers_refused);
