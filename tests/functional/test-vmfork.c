@@ -534,19 +534,6 @@ static void tiny_fork_young_parent_clock(gconstpointer data)
     vm_cleanup_all();
 }
 
-static void fd_write_all(int fd, const char *text)
-{
-    size_t len = strlen(text);
-
-    while (len) {
-        ssize_t n = write(fd, text, len);
-
-        g_assert_cmpint(n, >, 0);
-        text += n;
-        len -= n;
-    }
-}
-
 /* The next reply on a raw QMP connection (events skipped), as an object */
 static JsonObject *raw_qmp_reply(int fd, JsonParser *parser, int timeout_ms)
 {
@@ -652,6 +639,12 @@ static void qmp_pipelined_commands(void)
     vm_cleanup_all();
 }
 
+static void subprocess_exited(GObject *p, GAsyncResult *res, gpointer done)
+{
+    g_subprocess_wait_finish(G_SUBPROCESS(p), res, NULL);
+    *(bool *)done = true;
+}
+
 /*
  * A QMP client on a pipe writes its commands and closes it: each is run,
  * the last a quit.  A monitor that reads ahead must not read the end of
@@ -659,12 +652,6 @@ static void qmp_pipelined_commands(void)
  * the end of the input dropped them, and QEMU never quit).  Ten QEMUs
  * with -qmp stdio, each given 40 commands and then the end of its input.
  */
-static void subprocess_exited(GObject *p, GAsyncResult *res, gpointer done)
-{
-    g_subprocess_wait_finish(G_SUBPROCESS(p), res, NULL);
-    *(bool *)done = true;
-}
-
 static void qmp_stdio_commands_then_eof(void)
 {
     VmOptions o = { .guest = GUEST_TINY };

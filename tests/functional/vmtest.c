@@ -781,15 +781,15 @@ char *vm_read_line(Vm *vm, int timeout_ms)
     }
 }
 
-static void serial_write(Vm *vm, const char *text)
+void fd_write_all(int fd, const char *text)
 {
     size_t len = strlen(text);
 
     while (len) {
-        ssize_t n = write(vm->serial_fd, text, len);
+        ssize_t n = write(fd, text, len);
 
         if (n < 0 && errno == EAGAIN) {
-            struct pollfd pfd = { .fd = vm->serial_fd, .events = POLLOUT };
+            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
 
             poll(&pfd, 1, 1000);
             continue;
@@ -798,6 +798,11 @@ static void serial_write(Vm *vm, const char *text)
         text += n;
         len -= n;
     }
+}
+
+static void serial_write(Vm *vm, const char *text)
+{
+    fd_write_all(vm->serial_fd, text);
 }
 
 void vm_agent_send(Vm *vm, const char *fmt, ...)

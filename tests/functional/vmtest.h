@@ -176,6 +176,8 @@ char *file_sha256(const char *path);
 
 /* Read one line from a non-blocking fd (NULL on timeout) */
 char *fd_read_line(int fd, int timeout_ms);
+/* Write all of @text to @fd (waiting while a non-blocking one is full) */
+void fd_write_all(int fd, const char *text);
 
 /* How many entries /proc/PID/@what has ("fd", "task") */
 guint proc_count(pid_t pid, const char *what);
