@@ -9,10 +9,25 @@
 #ifndef VMFORK_INTERNAL_H
 #define VMFORK_INTERNAL_H
 
+#include <sched.h>
 #include "qapi/qapi-types-vmfork.h"
 #include "handler.h"
 
 typedef struct VmforkTapPlan VmforkTapPlan;
+
+/* placement.c: the CPUs a new child first runs on */
+typedef struct VmforkPlacement {
+    bool steer;                 /* false: where the kernel queues it */
+    cpu_set_t all;              /* the forking thread's */
+    cpu_set_t first;            /* ... less those busy when children start */
+} VmforkPlacement;
+
+/* In the parent, paused; @parent_runs: its guest resumes after the fork */
+void vmfork_placement_prepare(VmforkPlacement *pl, bool parent_runs);
+/* ... and right after each fork() */
+void vmfork_placement_forked(const VmforkPlacement *pl, pid_t child);
+/* In the child, before its guest starts: all its threads get @all back */
+void vmfork_placement_release(const VmforkPlacement *pl);
 
 /* One vmfork command, as validated in the parent before anything happens */
 struct VmforkRequest {
@@ -26,6 +41,7 @@ struct VmforkRequest {
     int64_t hostfwd_offset;     /* 0: children get no host forwards */
     GPtrArray *taps;            /* of VmforkTapPlan: tap.c */
     GHashTable *chardev_tmpls;  /* chardev id -> child path template */
+    VmforkPlacement placement;
 };
 
 /* tap.c: the command's 'taps' argument */

@@ -787,6 +787,7 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
         /* until the parent's end is closed */
     }
     close(gate);
+    vmfork_placement_release(&req->placement);
     bdrv_drain_all_end();
     if (req->start) {
         vm_start();
@@ -917,6 +918,8 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     if (!vmfork_handlers_paused(&req, errp)) {
         goto resume;
     }
+    vmfork_placement_prepare(&req.placement,
+                             req.was_running && !req.parent_stays_paused);
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
 
     /*
@@ -958,6 +961,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
             vmfork_request_free(&req);
             return result;
         }
+        vmfork_placement_forked(&req.placement, pid);
         close(status[1]);
         vc = g_new0(VmforkChild, 1);
         vc->pid = pid;

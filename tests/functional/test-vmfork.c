@@ -1160,6 +1160,99 @@ static void tiny_fork_daemonized(void)
     vm_cleanup_all();
 }
 
+/* ---- Where a child first runs ---------------------------------------- */
+
+/* The CPU list every thread of @pid may run on, if they all agree */
+static char *threads_cpus_allowed(pid_t pid)
+{
+    g_autofree char *task = g_strdup_printf("/proc/%d/task", pid);
+    g_autoptr(GDir) dir = g_dir_open(task, 0, NULL);
+    g_autofree char *common = NULL;
+    const char *tid;
+
+    g_assert_nonnull(dir);
+    while ((tid = g_dir_read_name(dir))) {
+        g_autofree char *path = g_strdup_printf("%s/%s/status", task, tid);
+        g_autofree char *status = NULL;
+        const char *line;
+        g_autofree char *cpus = NULL;
+
+        g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
+        line = strstr(status, "\nCpus_allowed_list:");
+        g_assert_nonnull(line);
+        line += strlen("\nCpus_allowed_list:");
+        cpus = g_strstrip(g_strndup(line, strcspn(line, "\n")));
+        if (!common) {
+            common = g_steal_pointer(&cpus);
+        } else if (strcmp(common, cpus) != 0) {
+            g_test_message("pid %d: thread %s may run on %s, another on %s",
+                           pid, tid, cpus, common);
+            return g_strdup("(threads differ)");
+        }
+    }
+    return g_steal_pointer(&common);
+}
+
+/*
+ * A new child starts on a CPU other than the forking thread's (Linux
+ * queues it there, behind the parent), then every thread of the child,
+ * the vCPU and IOThreads it made meanwhile among them, may run on every
+ * CPU its parent may: started children and a pre-forked one alike.
+ */
+static void tiny_fork_child_cpu_affinity(void)
+{
+    static const char *const extra[] = {
+        "-object", "iothread,id=io0", "-trace", "vmfork_placement", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *parent_cpus = NULL, *log = NULL, *text = NULL;
+    g_autoptr(JsonArray) started = NULL;
+    cpu_set_t mine;
+    Vm *vm, *child[3];
+
+    if (sched_getaffinity(0, sizeof(mine), &mine) < 0 ||
+        CPU_COUNT(&mine) < 2) {
+        g_test_skip("needs 2 CPUs: with one, there is no other to start on");
+        return;
+    }
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    parent_cpus = threads_cpus_allowed(vm->pid);
+    g_test_message("parent's threads may run on CPUs %s", parent_cpus);
+    /* A paused parent leaves every CPU but its own to the children */
+    started = vm_fork(vm, "{\"count\": 2, \"parent\": \"paused\"}");
+    child[0] = vm_attach_child(vm, nth_child(started, 0));
+    child[1] = vm_attach_child(vm, nth_child(started, 1));
+    child[2] = fork_one(vm, "{\"start\": false, \"parent\": \"paused\"}");
+    for (int i = 0; i < 3; i++) {
+        g_autofree char *cpus = NULL;
+
+        if (i < 2) {
+            g_assert_cmpint(vm_tiny_next_seq(child[i], 30000), >, 0);
+        }
+        cpus = threads_cpus_allowed(child[i]->pid);
+        g_test_message("child %d (pid %d): its threads may run on CPUs %s",
+                       i, child[i]->pid, cpus);
+        g_assert_cmpstr(cpus, ==, parent_cpus);
+    }
+    json_node_unref(vm_qmp(child[2], "cont", NULL));
+    g_assert_cmpint(vm_tiny_next_seq(child[2], 30000), >, 0);
+
+    /* Each fork did move its children (else this test proved nothing) */
+    log = g_build_filename(vm->dir, "qemu.log", NULL);
+    g_assert_true(g_file_get_contents(log, &text, NULL, NULL));
+    g_assert_true(g_regex_match_simple("children first run on [1-9]",
+                                       text, 0, 0));
+    g_assert_null(strstr(text, "children first run on 0 other(s)"));
+    for (int i = 0; i < 3; i++) {
+        vm_quit(child[i]);
+    }
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /* ---- VNC ------------------------------------------------------------- */
 
 /* Read exactly @len bytes (5 s at most) */
@@ -2559,6 +2652,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/chardev-template",
                     tiny_fork_chardev_template);
     g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);
+    g_test_add_func("/vmfork/tiny/tcg/child-cpu-affinity",
+                    tiny_fork_child_cpu_affinity);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
