@@ -22,8 +22,12 @@ typedef struct VmforkPlacement {
     cpu_set_t first;            /* ... less those busy when children start */
 } VmforkPlacement;
 
-/* In the parent, paused; @parent_runs: its guest resumes after the fork */
-void vmfork_placement_prepare(VmforkPlacement *pl, bool parent_runs);
+/*
+ * In the parent, paused; @parent_runs: its guest resumes after the fork,
+ * @children: how many this command makes
+ */
+void vmfork_placement_prepare(VmforkPlacement *pl, bool parent_runs,
+                              int children);
 /* ... and right after each fork() */
 void vmfork_placement_forked(const VmforkPlacement *pl, pid_t child);
 /* In the child, before its guest starts: all its threads get @all back */

@@ -919,7 +919,8 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         goto resume;
     }
     vmfork_placement_prepare(&req.placement,
-                             req.was_running && !req.parent_stays_paused);
+                             req.was_running && !req.parent_stays_paused,
+                             req.count);
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
 
     /*

@@ -1193,11 +1193,30 @@ static char *threads_cpus_allowed(pid_t pid)
     return g_steal_pointer(&common);
 }
 
+/* How many lines of @vm's QEMU log match @pattern */
+static guint qemu_log_count(Vm *vm, const char *pattern)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    g_autofree char *text = NULL;
+    g_autoptr(GRegex) re = g_regex_new(pattern, G_REGEX_MULTILINE, 0, NULL);
+    g_autoptr(GMatchInfo) m = NULL;
+    guint n = 0;
+
+    g_assert_true(g_file_get_contents(log, &text, NULL, NULL));
+    for (g_regex_match(re, text, 0, &m); g_match_info_matches(m);
+         g_match_info_next(m, NULL)) {
+        n++;
+    }
+    return n;
+}
+
 /*
  * A new child starts on a CPU other than the forking thread's (Linux
  * queues it there, behind the parent), then every thread of the child,
  * the vCPU and IOThreads it made meanwhile among them, may run on every
- * CPU its parent may: started children and a pre-forked one alike.
+ * CPU its parent may: started children and a pre-forked one alike.  A
+ * command that makes more children than there are other CPUs leaves
+ * them where Linux puts them.
  */
 static void tiny_fork_child_cpu_affinity(void)
 {
@@ -1205,8 +1224,8 @@ static void tiny_fork_child_cpu_affinity(void)
         "-object", "iothread,id=io0", "-trace", "vmfork_placement", NULL
     };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
-    g_autofree char *parent_cpus = NULL, *log = NULL, *text = NULL;
-    g_autoptr(JsonArray) started = NULL;
+    g_autofree char *parent_cpus = NULL, *many = NULL;
+    g_autoptr(JsonArray) crowd = NULL;
     cpu_set_t mine;
     Vm *vm, *child[3];
 
@@ -1221,10 +1240,9 @@ static void tiny_fork_child_cpu_affinity(void)
     vm = vm_start(&o);
     parent_cpus = threads_cpus_allowed(vm->pid);
     g_test_message("parent's threads may run on CPUs %s", parent_cpus);
-    /* A paused parent leaves every CPU but its own to the children */
-    started = vm_fork(vm, "{\"count\": 2, \"parent\": \"paused\"}");
-    child[0] = vm_attach_child(vm, nth_child(started, 0));
-    child[1] = vm_attach_child(vm, nth_child(started, 1));
+    /* A paused parent leaves every CPU but its own to a child */
+    child[0] = fork_one(vm, "{\"parent\": \"paused\"}");
+    child[1] = fork_one(vm, "{\"parent\": \"paused\"}");
     child[2] = fork_one(vm, "{\"start\": false, \"parent\": \"paused\"}");
     for (int i = 0; i < 3; i++) {
         g_autofree char *cpus = NULL;
@@ -1239,15 +1257,25 @@ static void tiny_fork_child_cpu_affinity(void)
     }
     json_node_unref(vm_qmp(child[2], "cont", NULL));
     g_assert_cmpint(vm_tiny_next_seq(child[2], 30000), >, 0);
-
-    /* Each fork did move its children (else this test proved nothing) */
-    log = g_build_filename(vm->dir, "qemu.log", NULL);
-    g_assert_true(g_file_get_contents(log, &text, NULL, NULL));
-    g_assert_true(g_regex_match_simple("children first run on [1-9]",
-                                       text, 0, 0));
-    g_assert_null(strstr(text, "children first run on 0 other(s)"));
+    /* Each fork did move its child (else this test proved nothing) */
+    g_assert_cmpuint(qemu_log_count(vm, "they first run on [1-9]"), ==, 3);
+    g_assert_cmpuint(qemu_log_count(vm, "they first run on 0 "), ==, 0);
     for (int i = 0; i < 3; i++) {
         vm_quit(child[i]);
+    }
+
+    /* As many children as CPUs: one would have none left to start on */
+    if (CPU_COUNT(&mine) <= 8) {
+        many = g_strdup_printf("{\"count\": %d, \"parent\": \"paused\"}",
+                               CPU_COUNT(&mine));
+        crowd = vm_fork(vm, many);
+        g_assert_cmpuint(qemu_log_count(vm, "they first run on 0 "), ==, 1);
+        for (guint i = 0; i < json_array_get_length(crowd); i++) {
+            Vm *c = vm_attach_child(vm, nth_child(crowd, i));
+
+            g_assert_cmpint(vm_tiny_next_seq(c, 30000), >, 0);
+            vm_quit(c);
+        }
     }
     vm_quit(vm);
     vm_cleanup_all();
