@@ -1216,7 +1216,8 @@ static guint qemu_log_count(Vm *vm, const char *pattern)
  * the vCPU and IOThreads it made meanwhile among them, may run on every
  * CPU its parent may: started children and a pre-forked one alike.  A
  * command that makes more children than there are other CPUs leaves
- * them where Linux puts them.
+ * them where Linux puts them, and a running vCPU that does not halt
+ * counts as busy.
  */
 static void tiny_fork_child_cpu_affinity(void)
 {
@@ -1224,7 +1225,7 @@ static void tiny_fork_child_cpu_affinity(void)
         "-object", "iothread,id=io0", "-trace", "vmfork_placement", NULL
     };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
-    g_autofree char *parent_cpus = NULL, *many = NULL;
+    g_autofree char *parent_cpus = NULL, *many = NULL, *running = NULL;
     g_autoptr(JsonArray) crowd = NULL;
     cpu_set_t mine;
     Vm *vm, *child[3];
@@ -1277,6 +1278,19 @@ static void tiny_fork_child_cpu_affinity(void)
             vm_quit(c);
         }
     }
+
+    /*
+     * The tiny guest's vCPU never halts: a running parent counts it busy
+     * (on 2 CPUs that leaves none for a child, which then stays put)
+     */
+    json_node_unref(vm_qmp(vm, "cont", NULL));
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    child[0] = fork_one(vm, NULL);
+    g_assert_cmpint(vm_tiny_next_seq(child[0], 30000), >, 0);
+    g_assert_cmpuint(qemu_log_count(vm, "1 vCPU\\(s\\) busy"), ==, 1);
+    running = threads_cpus_allowed(child[0]->pid);
+    g_assert_cmpstr(running, ==, parent_cpus);
+    vm_quit(child[0]);
     vm_quit(vm);
     vm_cleanup_all();
 }
