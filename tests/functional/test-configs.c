@@ -27,6 +27,7 @@ enum {
     HAS_DISK = 1 << 0,          /* a writable qcow2 disk, @DEV@ in the guest */
     HAS_CHANNEL = 1 << 1,       /* a virtio-serial port on a unix socket */
     HAS_CDROM = 1 << 2,         /* a read-only cd.iso */
+    HAS_SANDBOX = 1 << 3,       /* a seccomp filter, in the child too */
 };
 
 typedef struct ConfigRow {
@@ -159,6 +160,22 @@ static const char *const sandbox_spawn_deny[] = {
     NULL
 };
 
+/*
+ * The same sandbox with spawn=allow (what docs/libvirt.md suggests for a
+ * domain that keeps a filter), on a VM with a disk on an IOThread: fork()
+ * is allowed, sched_setaffinity() is not (the children stay where Linux
+ * puts them) and the child inherits the filter
+ */
+static const char *const sandbox_spawn_allow[] = {
+    "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=allow,"
+                "resourcecontrol=deny",
+    "-object", "iothread,id=iothread1",
+    BLOCKDEV_QCOW2,
+    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
+               "id=virtio-disk0",
+    NULL
+};
+
 /* a writable disk the guest cannot fork with: Linux AIO */
 static const char *const aio_native[] = {
     "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
@@ -232,6 +249,8 @@ static const ConfigRow rows[] = {
     { .name = "rng-egd-unix-server", .extra = rng_egd_unix_server },
     { .name = "sandbox-spawn-deny", .extra = sandbox_spawn_deny,
       .refused = "the seccomp sandbox denies fork()" },
+    { .name = "sandbox-spawn-allow", .extra = sandbox_spawn_allow,
+      .has = HAS_DISK | HAS_SANDBOX, .dev = "vda" },
     { .name = "aio-native", .extra = aio_native,
       .refused = "node 'libvirt-1-storage' uses aio=native" },
     { .name = "tpm-crb-swtpm", .extra = tpm_crb_swtpm,
@@ -253,6 +272,19 @@ static void qemu_img_create(const char *path, const char *fmt, int mib)
 
     g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
     g_assert_cmpint(status, ==, 0);
+}
+
+/* A number field of /proc/PID/status */
+static gint64 proc_status_field(pid_t pid, const char *field)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
+    g_autofree char *status = NULL, *key = g_strdup_printf("\n%s:", field);
+    const char *line;
+
+    g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
+    line = strstr(status, key);
+    g_assert_nonnull(line);
+    return g_ascii_strtoll(line + strlen(key), NULL, 10);
 }
 
 /* The guest's /dev node of the channel port */
@@ -425,6 +457,11 @@ static void config_row(gconstpointer data)
     g_free(vm_sh(parent, "true"));
     g_free(vm_sh(child, "true"));
     audit_vm_pair(parent, child);
+    if (row->has & HAS_SANDBOX) {
+        /* 2: a seccomp filter (a child keeps its parent's) */
+        g_assert_cmpint(proc_status_field(parent->pid, "Seccomp"), ==, 2);
+        g_assert_cmpint(proc_status_field(child->pid, "Seccomp"), ==, 2);
+    }
 
     if (row->has & HAS_DISK) {
         g_autofree char *b_p = NULL, *b_c = NULL, *w_p = NULL, *w_c = NULL;
