@@ -278,13 +278,11 @@ static void qemu_img_create(const char *path, const char *fmt, int mib)
 static gint64 proc_status_field(pid_t pid, const char *field)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
-    g_autofree char *status = NULL, *key = g_strdup_printf("\n%s:", field);
-    const char *line;
+    g_autofree char *status = NULL, *value = NULL;
 
     g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
-    line = strstr(status, key);
-    g_assert_nonnull(line);
-    return g_ascii_strtoll(line + strlen(key), NULL, 10);
+    value = proc_status_value(status, field);
+    return g_ascii_strtoll(value, NULL, 10);
 }
 
 /* The guest's /dev node of the channel port */

@@ -143,21 +143,10 @@ static bool qemu_has_device(const char *type)
 /* The pids of a process's children, all its threads' ("": none) */
 static char *process_children(pid_t pid)
 {
-    g_autofree char *task = g_strdup_printf("/proc/%d/task", pid);
-    g_autoptr(GDir) d = g_dir_open(task, 0, NULL);
-    g_autoptr(GString) all = g_string_new(NULL);
-    const char *tid;
+    g_autoptr(GPtrArray) lists = proc_threads_read(pid, "children");
 
-    g_assert_nonnull(d);
-    while ((tid = g_dir_read_name(d))) {
-        g_autofree char *path = g_build_filename(task, tid, "children", NULL);
-        g_autofree char *text = NULL;
-
-        if (g_file_get_contents(path, &text, NULL, NULL)) {
-            g_string_append(all, text);
-        }
-    }
-    return g_strstrip(g_string_free(g_steal_pointer(&all), false));
+    g_ptr_array_add(lists, NULL);
+    return g_strstrip(g_strjoinv("", (char **)lists->pdata));
 }
 
 static guint vmfork_children(Vm *vm)

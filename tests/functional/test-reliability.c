@@ -33,24 +33,15 @@
  */
 static guint count_threads(pid_t pid, guint *workers)
 {
-    g_autofree char *path = g_strdup_printf("/proc/%d/task", pid);
-    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
-    const char *tid;
-    guint n = 0;
+    g_autoptr(GPtrArray) comms = proc_threads_read(pid, "comm");
 
-    g_assert_nonnull(d);
     *workers = 0;
-    while ((tid = g_dir_read_name(d))) {
-        g_autofree char *comm_path = g_strdup_printf("%s/%s/comm", path, tid);
-        g_autofree char *comm = NULL;
-
-        n++;
-        if (g_file_get_contents(comm_path, &comm, NULL, NULL) &&
-            g_str_equal(g_strchomp(comm), "worker")) {
+    for (guint i = 0; i < comms->len; i++) {
+        if (g_str_equal(g_strchomp(comms->pdata[i]), "worker")) {
             (*workers)++;
         }
     }
-    return n;
+    return comms->len;
 }
 
 /*

@@ -137,6 +137,40 @@ guint proc_count(pid_t pid, const char *what)
     return n;
 }
 
+GPtrArray *proc_threads_read(pid_t pid, const char *file)
+{
+    g_autofree char *task = g_strdup_printf("/proc/%d/task", pid);
+    g_autoptr(GDir) d = g_dir_open(task, 0, NULL);
+    GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
+    const char *tid;
+
+    g_assert_nonnull(d);
+    while ((tid = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(task, tid, file, NULL);
+        char *text;
+
+        if (g_file_get_contents(path, &text, NULL, NULL)) {
+            g_ptr_array_add(texts, text);
+        }
+    }
+    return texts;
+}
+
+char *proc_status_value(const char *status, const char *field)
+{
+    g_autofree char *key = g_strdup_printf("%s:", field);
+    const char *line = status;
+
+    /* At the start of a line */
+    while (line && !g_str_has_prefix(line, key)) {
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    g_assert_nonnull(line);
+    line += strlen(key);
+    return g_strstrip(g_strndup(line, strcspn(line, "\n")));
+}
+
 bool pid_gone(pid_t pid)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);

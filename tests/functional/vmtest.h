@@ -181,6 +181,13 @@ void fd_write_all(int fd, const char *text);
 
 /* How many entries /proc/PID/@what has ("fd", "task") */
 guint proc_count(pid_t pid, const char *what);
+/*
+ * /proc/PID/task/TID/@file of every thread of @pid, one string each
+ * (a thread that ended meanwhile is left out)
+ */
+GPtrArray *proc_threads_read(pid_t pid, const char *file);
+/* The value of @field in the text of a /proc status file, stripped */
+char *proc_status_value(const char *status, const char *field);
 
 /* Is the process gone (exited and reaped, not a zombie)? */
 bool pid_gone(pid_t pid);
