@@ -1286,6 +1286,27 @@ static void tiny_fork_child_cpu_affinity(void)
     vm_cleanup_all();
 }
 
+/* The size of @vm's QEMU log, and the text it got after @from bytes */
+static gsize qemu_log_size(Vm *vm)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    GStatBuf st;
+
+    g_assert_cmpint(g_stat(log, &st), ==, 0);
+    return st.st_size;
+}
+
+static char *qemu_log_since(Vm *vm, gsize from)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    g_autofree char *text = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(log, &text, &len, NULL));
+    g_assert_cmpuint(len, >=, from);
+    return g_strdup(text + from);
+}
+
 /*
  * A KVM child sets its memory slots before it creates the irqchip and
  * the PIT.  Creating those replaces the VM's I/O bus, and the kernel
@@ -1298,9 +1319,10 @@ static void tiny_fork_child_cpu_affinity(void)
 static void tiny_fork_kvm_memslots_first(gconstpointer data)
 {
     VmOptions o = { .guest = GUEST_TINY, .accel = data };
-    g_autofree char *log = NULL, *before = NULL, *after = NULL;
+    g_autofree char *log = NULL;
     const char *events[] = { "kvm_set_user_memory", "kvm_vm_ioctl" };
     const char *slot, *irqchip, *pit;
+    gsize from;
     Vm *vm, *child;
 
     if (vm_skip_if_missing(&o)) {
@@ -1315,27 +1337,78 @@ static void tiny_fork_kvm_memslots_first(gconstpointer data)
 
         json_node_unref(vm_qmp(vm, "trace-event-set-state", args));
     }
-    log = g_build_filename(vm->dir, "qemu.log", NULL);
-    g_assert_true(g_file_get_contents(log, &before, NULL, NULL));
+    from = qemu_log_size(vm);
     child = fork_one(vm, "{\"parent\": \"paused\"}");
     g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
-    g_assert_true(g_file_get_contents(log, &after, NULL, NULL));
-    g_assert_true(g_str_has_prefix(after, before));
+    log = qemu_log_since(vm, from);
 
     /* KVM_CREATE_IRQCHIP is 0xae60, KVM_CREATE_PIT2 0x4040ae77 */
-    slot = strstr(after + strlen(before), "kvm_set_user_memory ");
-    irqchip = strstr(after + strlen(before), "kvm_vm_ioctl type 0xae60,");
-    pit = strstr(after + strlen(before), "kvm_vm_ioctl type 0x4040ae77,");
+    slot = strstr(log, "kvm_set_user_memory ");
+    irqchip = strstr(log, "kvm_vm_ioctl type 0xae60,");
+    pit = strstr(log, "kvm_vm_ioctl type 0x4040ae77,");
     g_test_message("%s: child's first memslot at byte %td, irqchip at %td, "
                    "PIT at %td of its trace", vm_describe(&o),
-                   slot ? slot - after : -1, irqchip ? irqchip - after : -1,
-                   pit ? pit - after : -1);
+                   slot ? slot - log : -1, irqchip ? irqchip - log : -1,
+                   pit ? pit - log : -1);
     g_assert_nonnull(slot);
     g_assert_nonnull(irqchip);
     g_assert_nonnull(pit);
     g_assert_true(slot < irqchip);
     g_assert_true(slot < pit);
     vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/*
+ * When a VM starts, kvmclock tells each vCPU that its guest was stopped
+ * (KVM_KVMCLOCK_CTRL, 0xaead), so that the guest's watchdog does not take
+ * the pause for a lockup.  Patch 0021 queues that for the vCPU thread
+ * instead of waiting for it; the thread must still make the ioctl before
+ * it enters the guest again (KVM_RUN, 0xae80).  A child's first start and
+ * its parent's resume, under KVM, in the trace of the vCPU ioctls.
+ */
+static void tiny_fork_kvm_clock_ctrl_before_run(gconstpointer data)
+{
+    VmOptions o = { .guest = GUEST_TINY, .accel = data };
+    const char *who[] = { "child", "parent" };
+    gsize from;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    json_node_unref(vm_qmp(vm, "stop", NULL));
+    json_node_unref(vm_qmp(vm, "trace-event-set-state",
+                           "{\"name\": \"kvm_vcpu_ioctl\", "
+                           "\"enable\": true}"));
+    /* The parent stays paused: the vCPU ioctls traced first are the child's */
+    from = qemu_log_size(vm);
+    child = fork_one(vm, "{\"parent\": \"paused\"}");
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    for (int i = 0; i < 2; i++) {
+        g_autofree char *log = NULL;
+        const char *ctrl, *run;
+
+        if (i == 1) {
+            /* The child is gone: now the parent's resume */
+            vm_quit(child);
+            from = qemu_log_size(vm);
+            json_node_unref(vm_qmp(vm, "cont", NULL));
+            g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+        }
+        log = qemu_log_since(vm, from);
+        ctrl = strstr(log, "kvm_vcpu_ioctl cpu_index 0, type 0xaead,");
+        run = strstr(log, "kvm_vcpu_ioctl cpu_index 0, type 0xae80,");
+        g_test_message("%s: %s's first KVM_KVMCLOCK_CTRL at byte %td, first "
+                       "KVM_RUN at %td of its trace", vm_describe(&o),
+                       who[i], ctrl ? ctrl - log : -1, run ? run - log : -1);
+        g_assert_nonnull(ctrl);
+        g_assert_nonnull(run);
+        g_assert_true(ctrl < run);
+    }
     vm_quit(vm);
     vm_cleanup_all();
 }
@@ -2723,6 +2796,8 @@ int main(int argc, char **argv)
                          tiny_fork_young_parent_clock);
     g_test_add_data_func("/vmfork/tiny/kvm/memslots-before-irqchip", "kvm",
                          tiny_fork_kvm_memslots_first);
+    g_test_add_data_func("/vmfork/tiny/kvm/clock-ctrl-before-run", "kvm",
+                         tiny_fork_kvm_clock_ctrl_before_run);
     g_test_add_data_func("/vmfork/tiny/tcg-single-thread/2cpu/"
                          "counter-and-memory", "tcg,thread=single,2",
                          tiny_fork_counter_and_memory);
