@@ -1184,21 +1184,49 @@ static char *threads_cpus_allowed(pid_t pid)
     return g_steal_pointer(&common);
 }
 
-/* How many lines of @vm's QEMU log match @pattern */
-static guint qemu_log_count(Vm *vm, const char *pattern)
+/* The size of @vm's QEMU log, and the text it got after @from bytes */
+static gsize qemu_log_size(Vm *vm)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    GStatBuf st;
+
+    g_assert_cmpint(g_stat(log, &st), ==, 0);
+    return st.st_size;
+}
+
+static char *qemu_log_since(Vm *vm, gsize from)
 {
     g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
     g_autofree char *text = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(log, &text, &len, NULL));
+    g_assert_cmpuint(len, >=, from);
+    return g_strdup(text + from);
+}
+
+/* How many lines of @vm's QEMU log match @pattern */
+static guint qemu_log_count(Vm *vm, const char *pattern)
+{
+    g_autofree char *text = qemu_log_since(vm, 0);
     g_autoptr(GRegex) re = g_regex_new(pattern, G_REGEX_MULTILINE, 0, NULL);
     g_autoptr(GMatchInfo) m = NULL;
     guint n = 0;
 
-    g_assert_true(g_file_get_contents(log, &text, NULL, NULL));
     for (g_regex_match(re, text, 0, &m); g_match_info_matches(m);
          g_match_info_next(m, NULL)) {
         n++;
     }
     return n;
+}
+
+/* Switch trace event @name on in @vm (its lines go to the QEMU log) */
+static void qemu_trace_enable(Vm *vm, const char *name)
+{
+    g_autofree char *args = g_strdup_printf(
+        "{\"name\": \"%s\", \"enable\": true}", name);
+
+    json_node_unref(vm_qmp(vm, "trace-event-set-state", args));
 }
 
 /*
@@ -1286,27 +1314,6 @@ static void tiny_fork_child_cpu_affinity(void)
     vm_cleanup_all();
 }
 
-/* The size of @vm's QEMU log, and the text it got after @from bytes */
-static gsize qemu_log_size(Vm *vm)
-{
-    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
-    GStatBuf st;
-
-    g_assert_cmpint(g_stat(log, &st), ==, 0);
-    return st.st_size;
-}
-
-static char *qemu_log_since(Vm *vm, gsize from)
-{
-    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
-    g_autofree char *text = NULL;
-    gsize len;
-
-    g_assert_true(g_file_get_contents(log, &text, &len, NULL));
-    g_assert_cmpuint(len, >=, from);
-    return g_strdup(text + from);
-}
-
 /*
  * A KVM child sets its memory slots before it creates the irqchip and
  * the PIT.  Creating those replaces the VM's I/O bus, and the kernel
@@ -1332,10 +1339,7 @@ static void tiny_fork_kvm_memslots_first(gconstpointer data)
     /* Paused, the parent makes no VM ioctl: those traced are the child's */
     json_node_unref(vm_qmp(vm, "stop", NULL));
     for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
-        g_autofree char *args = g_strdup_printf(
-            "{\"name\": \"%s\", \"enable\": true}", events[i]);
-
-        json_node_unref(vm_qmp(vm, "trace-event-set-state", args));
+        qemu_trace_enable(vm, events[i]);
     }
     from = qemu_log_size(vm);
     child = fork_one(vm, "{\"parent\": \"paused\"}");
@@ -1381,9 +1385,7 @@ static void tiny_fork_kvm_clock_ctrl_before_run(gconstpointer data)
     vm = vm_start(&o);
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     json_node_unref(vm_qmp(vm, "stop", NULL));
-    json_node_unref(vm_qmp(vm, "trace-event-set-state",
-                           "{\"name\": \"kvm_vcpu_ioctl\", "
-                           "\"enable\": true}"));
+    qemu_trace_enable(vm, "kvm_vcpu_ioctl");
     /* The parent stays paused: the vCPU ioctls traced first are the child's */
     from = qemu_log_size(vm);
     child = fork_one(vm, "{\"parent\": \"paused\"}");
