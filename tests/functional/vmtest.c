@@ -1128,26 +1128,83 @@ int vm_free_ports(int offset, int n)
 }
 
 
-char *vm_ssh(Vm *vm, int *status, const char *cmd)
+/* ssh's command line for CMD on VM; free with g_strfreev() */
+static char **ssh_argv(Vm *vm, bool with_stdin, const char *cmd)
 {
     g_autofree char *key = g_build_filename(g_getenv("VMFORK_DEBIAN_DIR"),
                                             "id_ed25519", NULL);
     g_autofree char *portstr = g_strdup_printf("%d", vm->ssh_port);
     const char *argv[] = {
-        "ssh", "-n", "-q", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
+        "ssh", "-q", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
         "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
         "root@127.0.0.1", cmd, NULL };
+    GStrvBuilder *b = g_strv_builder_new();
+    char **v;
+
+    g_assert(vm->ssh_port);
+    g_strv_builder_add(b, argv[0]);
+    if (!with_stdin) {
+        g_strv_builder_add(b, "-n");
+    }
+    g_strv_builder_addv(b, argv + 1);
+    v = g_strv_builder_end(b);
+    g_strv_builder_unref(b);
+    return v;
+}
+
+char *vm_ssh(Vm *vm, int *status, const char *cmd)
+{
+    g_auto(GStrv) argv = ssh_argv(vm, false, cmd);
     g_autoptr(GError) err = NULL;
     char *out = NULL;
 
-    g_assert(vm->ssh_port);
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH |
+    if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH |
                       G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
                       status, &err)) {
         g_error("ssh: %s", err->message);
     }
     return out;
+}
+
+double vm_ssh_clock_offset(Vm *vm, double *err)
+{
+    g_auto(GStrv) argv = ssh_argv(vm, true, "echo ready; while read x; do "
+                                  "date +%s.%N; done");
+    g_autoptr(GError) gerr = NULL;
+    double best = 0, best_err = G_MAXDOUBLE;
+    int in_fd, out_fd, status;
+    g_autofree char *ready = NULL;
+    GPid pid;
+
+    if (!g_spawn_async_with_pipes(NULL, argv, NULL, G_SPAWN_SEARCH_PATH |
+                                  G_SPAWN_STDERR_TO_DEV_NULL |
+                                  G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid,
+                                  &in_fd, &out_fd, NULL, &gerr)) {
+        g_error("ssh: %s", gerr->message);
+    }
+    ready = fd_read_line(out_fd, 30000);
+    g_assert_cmpstr(ready, ==, "ready");
+    /* Five reads; the one with the shortest round trip */
+    for (int i = 0; i < 5; i++) {
+        gint64 before = g_get_real_time(), after;
+        g_autofree char *now = NULL;
+
+        fd_write_all(in_fd, "\n");
+        now = fd_read_line(out_fd, 10000);
+        after = g_get_real_time();
+        g_assert_nonnull(now);
+        if ((after - before) / 2e6 < best_err) {
+            best_err = (after - before) / 2e6;
+            best = g_ascii_strtod(now, NULL) - (before + after) / 2e6;
+        }
+    }
+    close(in_fd);
+    g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
+    g_spawn_close_pid(pid);
+    close(out_fd);
+    *err = best_err;
+    return best;
 }
 
 void vm_wait_ssh(Vm *vm, int timeout_s)

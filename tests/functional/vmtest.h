@@ -140,6 +140,9 @@ JsonNode *vm_guest_request_event(Vm *vm, const char *action, int timeout_ms);
 /* Debian guest: ssh root@127.0.0.1 -p vm->ssh_port CMD (the image's key):
  * its stdout; *status its wait status */
 char *vm_ssh(Vm *vm, int *status, const char *cmd);
+/* Debian guest: its wall clock minus the host's, read over one ssh
+ * connection (the login is not timed); *err: half the round trip */
+double vm_ssh_clock_offset(Vm *vm, double *err);
 /* A port p such that p + k * offset, k = 0 .. n - 1, are free on
  * 127.0.0.1: for a parent's ssh forward and its children's */
 int vm_free_ports(int offset, int n);
