@@ -42,6 +42,8 @@ typedef struct VmOptions {
     const char *const *wrapper; /* a command that execs QEMU, NULL-ended */
     int ssh_port;               /* Debian: the hostfwd port to the guest's
                                  * port 22 (default: a free one) */
+    const char *kernel_args;    /* Debian: appended to the kernel command
+                                 * line */
 } VmOptions;
 
 typedef struct Vm {
@@ -52,6 +54,8 @@ typedef struct Vm {
     char *qmp_path;
     QmpClient *qmp;
     int serial_fd;              /* the guest's first serial port */
+    char *console_path;         /* Debian: the file that port writes to,
+                                 * the guest's console (serial_fd -1) */
     GString *serial_buf;        /* bytes read but not yet returned */
     bool partial_line;          /* the last line read was cut by a fork */
     int ssh_port;               /* Debian: host port forwarded to its sshd */
