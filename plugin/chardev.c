@@ -300,10 +300,10 @@ static void chardev_abort(VmforkRequest *req)
     g_clear_pointer(&plans, g_ptr_array_unref);
 }
 
-static bool chardev_parent(VmforkRequest *req, Error **errp)
+/* Once the reply has each child's chardevs (chardev_child_info) */
+static void chardev_done(VmforkRequest *req)
 {
     chardev_abort(req);
-    return true;
 }
 
 /* Where child number @index, @pid, has the chardev of @plan */
@@ -407,10 +407,10 @@ static const VmforkHandler chardev_handler = {
     .priority = VMFORK_PRIO_CHARDEV,
     .check = chardev_check,
     .prepare = chardev_prepare,
-    .parent = chardev_parent,
     .child = chardev_child,
     .abort = chardev_abort,
     .child_info = chardev_child_info,
+    .done = chardev_done,
 };
 
 static void chardev_register(void)

@@ -187,3 +187,14 @@ void vmfork_handlers_child_info(VmforkRequest *req, int index,
         }
     }
 }
+
+void vmfork_handlers_done(VmforkRequest *req)
+{
+    for (GSList *l = handlers; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->done) {
+            h->done(req);
+        }
+    }
+}

@@ -41,6 +41,11 @@
  *   fork(), in reverse priority order (IOThreads stop last); parent runs
  *   in the parent after the last fork(), before its guest resumes; child
  *   runs in each child before its guest starts.
+ * - child_info runs in the parent once its guest runs again, for each
+ *   child: what the reply says of it.  Then done runs, in the parent of
+ *   a fork that succeeded, to free what the command needed.  They come
+ *   after the pause because each page that the parent writes after
+ *   fork() is a copy-on-write fault.
  * - abort runs in reverse order after a failure in any phase of the
  *   parent, for every handler (whether its own phases ran or not).
  *
@@ -83,6 +88,7 @@ typedef struct VmforkHandler {
     void (*abort)(VmforkRequest *req);
     /* in the parent: what the reply says of child @index (@info->pid) */
     void (*child_info)(VmforkRequest *req, int index, VmforkChild *info);
+    void (*done)(VmforkRequest *req);
 } VmforkHandler;
 
 void vmfork_register_handler(const VmforkHandler *handler);
@@ -109,6 +115,7 @@ bool vmfork_handlers_child(VmforkRequest *req, int index, Error **errp);
 void vmfork_handlers_abort(VmforkRequest *req);
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
                                 VmforkChild *info);
+void vmfork_handlers_done(VmforkRequest *req);
 
 /* fdclaim.c: the safety net, after every handler's check */
 void vmfork_fd_safety_net(VmforkCheck *chk);

@@ -157,6 +157,12 @@ char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,
 
 /* ---- Children of this VM ---------------------------------------------- */
 
+/* A child just forked, until its record is made */
+typedef struct VmforkForked {
+    pid_t pid;
+    int status_fd;              /* the read end of its status pipe */
+} VmforkForked;
+
 /*
  * What a child writes on its status pipe: STATUS_SET_UP once it has
  * re-created what it cannot share (the command waits for that), then
@@ -762,11 +768,15 @@ static void vmfork_child_tell(char what)
  * reply goes to the parent's client connection, detached.
  */
 static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
-                                int status)
+                                int status, const VmforkForked *siblings)
 {
     Error *err = NULL;
     char byte;
 
+    /* The status pipes of the children forked before this one */
+    for (int i = 0; i < index; i++) {
+        close(siblings[i].status_fd);
+    }
     child_status_fd = status;
     vmfork_state.in_child = true;
     vmfork_state.generation++;
@@ -880,6 +890,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     VmforkResult *result = g_new0(VmforkResult, 1);
     VmforkChildList **tail = &result->children;
     g_autoptr(GPtrArray) records = g_ptr_array_new();  /* of this command */
+    g_autofree VmforkForked *forked = NULL;
     int64_t t0 = g_get_monotonic_time(), t_stop;
     int gate[2] = { -1, -1 };
     bool prepared = false, ok = false;
@@ -900,6 +911,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     trace_vmfork_start(req.count, req.start, req.parent_stays_paused);
 
     /* 1. Guest RAM must be inherited; nothing buffered may be written twice */
+    forked = g_new(VmforkForked, req.count);
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
     vmfork_trim_heap_once();
@@ -935,7 +947,6 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
 
     for (i = 0; i < req.count; i++) {
-        VmforkChild *vc;
         int status[2];
         pid_t pid;
 
@@ -958,20 +969,13 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         if (pid == 0) {
             close(gate[1]);
             close(status[0]);
-            vmfork_in_new_child(&req, i, gate[0], status[1]);
+            vmfork_in_new_child(&req, i, gate[0], status[1], forked);
             vmfork_request_free(&req);
             return result;
         }
         vmfork_placement_forked(&req.placement, pid);
         close(status[1]);
-        vc = g_new0(VmforkChild, 1);
-        vc->pid = pid;
-        vc->monitor = vmfork_expand_template(req.monitor_tmpl, i, pid,
-                                             &error_abort);
-        vc->clone_id = pid;
-        vmfork_handlers_child_info(&req, i, vc);
-        QAPI_LIST_APPEND(tail, vc);
-        g_ptr_array_add(records, vmfork_child_record_new(vc, status[0]));
+        forked[i] = (VmforkForked) { .pid = pid, .status_fd = status[0] };
         trace_vmfork_parent_forked(i, pid, g_get_monotonic_time() - t0);
     }
 
@@ -994,6 +998,27 @@ resume:
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
+
+    /*
+     * What the command answers and the records of the children, made once
+     * the guest runs: each page that the parent writes after fork() is a
+     * copy-on-write fault (handler.h)
+     */
+    for (int j = 0; j < i; j++) {
+        VmforkChild *vc = g_new0(VmforkChild, 1);
+
+        vc->pid = forked[j].pid;
+        vc->monitor = vmfork_expand_template(req.monitor_tmpl, j, vc->pid,
+                                             &error_abort);
+        vc->clone_id = vc->pid;
+        vmfork_handlers_child_info(&req, j, vc);
+        QAPI_LIST_APPEND(tail, vc);
+        g_ptr_array_add(records, vmfork_child_record_new(vc,
+                                                         forked[j].status_fd));
+    }
+    if (ok) {
+        vmfork_handlers_done(&req);
+    }
 
     ok = ok && vmfork_wait_set_up(records, errp);
     for (guint j = 0; j < records->len; j++) {
