@@ -107,6 +107,7 @@ struct Pool {
     int hostfwd_step;           /* 0: children have no host forwards */
     int take_wait_ms;           /* default "wait-ms" of a take */
     int settle_ms;              /* how long a new child's guest runs */
+    int warm_ms;                /* --warm: how long a paused template runs */
     JsonObject *fork_args;      /* vmfork's arguments but hostfwd-offset */
 
     GHashTable *children;       /* pid -> Child */
@@ -116,6 +117,7 @@ struct Pool {
     GHashTable *early_exited;   /* pid -> status, EXITED before the reply */
     GArray *slots;              /* gboolean, slot i in use (0 unused) */
     int forking;                /* vmfork commands outstanding */
+    gboolean warming;           /* --warm: the template runs for it */
     guint retry_source;
     GList *conns;               /* Conn */
     GSocketService *service;
@@ -635,7 +637,7 @@ static void pool_refill(Pool *pool)
 {
     guint in_pool, live;
 
-    if (pool->stopping || pool->retry_source ||
+    if (pool->stopping || pool->retry_source || pool->warming ||
         !qmp_async_client_is_connected(pool->tmpl)) {
         return;
     }
@@ -1437,8 +1439,8 @@ static void pool_maybe_finish_stop(Pool *pool)
     GHashTableIter it;
     gpointer value;
 
-    if (!pool->stopping || pool->forking) {
-        return;
+    if (!pool->stopping || pool->forking || pool->warming) {
+        return;     /* a warming template is paused again first */
     }
     if (qmp_async_client_is_connected(pool->tmpl)) {
         g_hash_table_iter_init(&it, pool->children);
@@ -1494,11 +1496,131 @@ static gboolean on_signal(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/*
+ * --warm: under TCG a child runs on the code its template translated, and
+ * a clone's guest first handles its new VM generation ID, code that a
+ * template paused since boot never ran (each child would translate it).
+ * A VM that runs on after a fork handles one unchanged notification
+ * (identity.c), so a paused template is let run: "cont", one fork whose
+ * child is killed at once, warm_ms of guest time, "stop".  A running
+ * template warms at the pool's first fork.
+ */
+static void warm_done(Pool *pool, const char *step, const GError *error)
+{
+    if (error) {
+        pool_set_error(pool, "--warm: %s failed: %s", step, error->message);
+        g_printerr("vmfork pool: %s\n", pool->last_error);
+    }
+    pool->warming = FALSE;
+    pool_refill(pool);
+    pool_maybe_finish_stop(pool);
+}
+
+static void on_warm_stopped(QmpAsyncClient *qmp G_GNUC_UNUSED,
+                            JsonNode *result G_GNUC_UNUSED,
+                            const GError *error, gpointer data)
+{
+    warm_done(data, "stop", error);
+}
+
+static gboolean warm_stop(gpointer data)
+{
+    Pool *pool = data;
+    g_autoptr(GError) err = NULL;
+
+    if (!qmp_async_client_execute(pool->tmpl, "stop", NULL, -1,
+                                  on_warm_stopped, pool, &err)) {
+        warm_done(pool, "stop", err);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static void on_warm_forked(QmpAsyncClient *qmp G_GNUC_UNUSED,
+                           JsonNode *result, const GError *error,
+                           gpointer data)
+{
+    Pool *pool = data;
+    JsonArray *children = NULL;
+    gint64 pid;
+
+    if (result && JSON_NODE_HOLDS_OBJECT(result) &&
+        json_object_has_member(json_node_get_object(result), "children")) {
+        children = json_object_get_array_member(json_node_get_object(result),
+                                                "children");
+    }
+    /* The template reaps it; its events concern no child of the pool */
+    for (guint i = 0; children && i < json_array_get_length(children); i++) {
+        if (tool_json_get_int(json_array_get_object_element(children, i),
+                              "pid", &pid)) {
+            kill(pid, SIGKILL);
+        }
+    }
+    if (error) {
+        pool_set_error(pool, "--warm: vmfork failed: %s", error->message);
+        g_printerr("vmfork pool: %s\n", pool->last_error);
+    }
+    g_timeout_add(pool->warm_ms, warm_stop, pool);
+}
+
+static void on_warm_running(QmpAsyncClient *qmp G_GNUC_UNUSED,
+                            JsonNode *result G_GNUC_UNUSED,
+                            const GError *error, gpointer data)
+{
+    Pool *pool = data;
+    g_autoptr(JsonObject) args = json_object_new();
+    g_autoptr(GError) err = NULL;
+    GList *members = json_object_get_members(pool->fork_args);
+
+    if (error) {
+        g_list_free(members);
+        warm_done(pool, "cont", error);
+        return;
+    }
+    if (pool->stopping) {
+        g_list_free(members);
+        warm_stop(pool);
+        return;
+    }
+    /* As the pool's own forks (overlays, templates), but paused */
+    for (GList *m = members; m; m = m->next) {
+        json_object_set_member(args, m->data, json_node_copy(
+            json_object_get_member(pool->fork_args, m->data)));
+    }
+    g_list_free(members);
+    json_object_set_boolean_member(args, "start", FALSE);
+    if (!qmp_async_client_execute(pool->tmpl, "vmfork", args, -1,
+                                  on_warm_forked, pool, &err)) {
+        warm_done(pool, "vmfork", err);
+    }
+}
+
+static void on_warm_status(QmpAsyncClient *qmp G_GNUC_UNUSED,
+                           JsonNode *result, const GError *error,
+                           gpointer data)
+{
+    Pool *pool = data;
+    const char *status = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (result && JSON_NODE_HOLDS_OBJECT(result)) {
+        tool_json_get_string(json_node_get_object(result), "status", &status);
+    }
+    if (error || g_strcmp0(status, "paused") || pool->stopping) {
+        warm_done(pool, "query-status", error);
+        return;
+    }
+    if (!qmp_async_client_execute(pool->tmpl, "cont", NULL, -1,
+                                  on_warm_running, pool, &err)) {
+        warm_done(pool, "cont", err);
+    }
+}
+
 static void on_template_connected(QmpAsyncClient *qmp G_GNUC_UNUSED,
                                   const GError *error,
                                   gpointer data)
 {
     Pool *pool = data;
+    g_autoptr(GError) err = NULL;
 
     if (error) {
         pool_set_error(pool, "cannot connect to the template's monitor %s: "
@@ -1506,7 +1628,15 @@ static void on_template_connected(QmpAsyncClient *qmp G_GNUC_UNUSED,
         pool_stop(pool, TOOL_EXIT_IO);
         return;
     }
-    pool_refill(pool);
+    if (!pool->warm_ms) {
+        pool_refill(pool);
+        return;
+    }
+    pool->warming = TRUE;
+    if (!qmp_async_client_execute(pool->tmpl, "query-status", NULL, -1,
+                                  on_warm_status, pool, &err)) {
+        pool->warming = FALSE;  /* the template's disconnect callback follows */
+    }
 }
 
 /* ---- vmfork pool -------------------------------------------------------- */
@@ -1517,6 +1647,7 @@ static int pool_max_live;
 static int pool_wait_ms = 10000;
 static int pool_hostfwd_step;
 static int pool_settle_ms;
+static int pool_warm_ms;
 static char *pool_monitor;
 static char *pool_serial;
 static char *pool_overlay_dir;
@@ -1542,6 +1673,12 @@ static const GOptionEntry pool_entries[] = {
       "taken in that it is a clone (its new VM generation ID): a take then "
       "resumes a guest with nothing left to do (default 0: forked paused)",
       "MS" },
+    { "warm", 0, 0, G_OPTION_ARG_INT, &pool_warm_ms,
+      "If the template is paused, let it run once before its first child: "
+      "one fork (its child killed at once), then MS of guest time, then "
+      "stop.  Under TCG its guest then has handled a new VM generation ID, "
+      "and every child finds that code translated (default 0: the "
+      "template is left as it is)", "MS" },
     { "monitor", 'm', 0, G_OPTION_ARG_FILENAME, &pool_monitor,
       "Path template of each child's QMP socket; must contain %p (default: "
       "SOCKET.fork-%p)", "TEMPLATE" },
@@ -1594,9 +1731,10 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     if (pool_max_live < 0 || (pool_max_live && pool_max_live < pool_size)) {
         return tool_usage_error(tool, "--max-live must be at least --size");
     }
-    if (pool_wait_ms < 0 || pool_hostfwd_step < 0 || pool_settle_ms < 0) {
-        return tool_usage_error(tool, "--wait, --hostfwd-step and --settle "
-                                "must not be negative");
+    if (pool_wait_ms < 0 || pool_hostfwd_step < 0 || pool_settle_ms < 0 ||
+        pool_warm_ms < 0) {
+        return tool_usage_error(tool, "--wait, --hostfwd-step, --settle and "
+                                "--warm must not be negative");
     }
     if (!template_has_pid(pool_monitor) || !template_has_pid(pool_serial)) {
         return tool_usage_error(tool, "--monitor and --serial must contain "
@@ -1618,6 +1756,7 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     pool.take_wait_ms = pool_wait_ms;
     pool.hostfwd_step = pool_hostfwd_step;
     pool.settle_ms = pool_settle_ms;
+    pool.warm_ms = pool_warm_ms;
     pool.fork_args = json_object_new();
     json_object_set_int_member(pool.fork_args, "count", 1);
     json_object_set_boolean_member(pool.fork_args, "start",

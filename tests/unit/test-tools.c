@@ -921,6 +921,7 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "pool", sock, "--monitor", "/tmp/child-%i", NULL },
         { "vmfork", "pool", sock, "--chardev", "qga=/tmp/qga", NULL },
         { "vmfork", "pool", sock, "--hostfwd-step", "-1", NULL },
+        { "vmfork", "pool", sock, "--warm", "-1", NULL },
         { "vmfork", "take", NULL },
         { "vmfork", "release", sock, "abc", NULL },
         { "vmfork", "pool-status", sock, "extra", NULL },
