@@ -632,6 +632,20 @@ static void on_forked(QmpAsyncClient *qmp G_GNUC_UNUSED, JsonNode *result,
     }
 }
 
+/* A new copy of the arguments of the pool's vmfork commands */
+static JsonObject *fork_args_new(Pool *pool)
+{
+    JsonObject *args = json_object_new();
+    GList *members = json_object_get_members(pool->fork_args);
+
+    for (GList *m = members; m; m = m->next) {
+        json_object_set_member(args, m->data, json_node_copy(
+            json_object_get_member(pool->fork_args, m->data)));
+    }
+    g_list_free(members);
+    return args;
+}
+
 /* Forks children until the pool is full (one vmfork command each). */
 static void pool_refill(Pool *pool)
 {
@@ -645,16 +659,10 @@ static void pool_refill(Pool *pool)
     live = pool_live(pool);
     while (in_pool < (guint)pool->size &&
            (!pool->max_live || live < (guint)pool->max_live)) {
-        g_autoptr(JsonObject) args = json_object_new();
+        g_autoptr(JsonObject) args = fork_args_new(pool);
         g_autoptr(GError) err = NULL;
         ForkCall *call = g_new0(ForkCall, 1);
-        GList *members = json_object_get_members(pool->fork_args);
 
-        for (GList *m = members; m; m = m->next) {
-            json_object_set_member(args, m->data, json_node_copy(
-                json_object_get_member(pool->fork_args, m->data)));
-        }
-        g_list_free(members);
         call->pool = pool;
         if (pool->hostfwd_step) {
             call->slot = slot_get(pool);
@@ -1567,26 +1575,19 @@ static void on_warm_running(QmpAsyncClient *qmp G_GNUC_UNUSED,
                             const GError *error, gpointer data)
 {
     Pool *pool = data;
-    g_autoptr(JsonObject) args = json_object_new();
+    g_autoptr(JsonObject) args = NULL;
     g_autoptr(GError) err = NULL;
-    GList *members = json_object_get_members(pool->fork_args);
 
     if (error) {
-        g_list_free(members);
         warm_done(pool, "cont", error);
         return;
     }
     if (pool->stopping) {
-        g_list_free(members);
         warm_stop(pool);
         return;
     }
     /* As the pool's own forks (overlays, templates), but paused */
-    for (GList *m = members; m; m = m->next) {
-        json_object_set_member(args, m->data, json_node_copy(
-            json_object_get_member(pool->fork_args, m->data)));
-    }
-    g_list_free(members);
+    args = fork_args_new(pool);
     json_object_set_boolean_member(args, "start", FALSE);
     if (!qmp_async_client_execute(pool->tmpl, "vmfork", args, -1,
                                   on_warm_forked, pool, &err)) {
