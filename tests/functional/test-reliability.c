@@ -105,10 +105,10 @@ static guint64 rss_slack_kib(guint64 kib)
  * fork creates (opens, then closes) its children's images.  Measured
  * here: -11 to +30 KiB per fork over three runs of 50 forks (2026-12-04),
  * then 16 to 90 KiB over six (2026-12-05, three of them with the IOThread
- * restart of before, so not a change of QEMU), then 46 to 135 KiB over
- * eight (2026-12-06: two fresh-clone runs, 67 and 135, and three each of
- * two builds of vmfork alternately, 46 to 81 and 83 to 127, the forks
- * themselves adding 6.5 to 7.0 MiB in all six): the layers' own cost,
+ * restart of before, so not a change of QEMU), then 46 to 140 KiB over
+ * nine (2026-12-06: three fresh-clone runs, 67, 135 and 140, and three
+ * each of two builds of vmfork alternately, 46 to 81 and 83 to 127, the
+ * forks themselves adding 6.5 to 7.0 MiB in all six): the layers' own cost,
  * measured once after the forks, varies from 3 to 12 MiB for 25 of them.
  * A leak that this bound misses is caught by the tiny storm's 2 KiB.
  */
