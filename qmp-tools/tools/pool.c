@@ -1517,7 +1517,6 @@ static void warm_done(Pool *pool, const char *step, const GError *error)
 {
     if (error) {
         pool_set_error(pool, "--warm: %s failed: %s", step, error->message);
-        g_printerr("vmfork pool: %s\n", pool->last_error);
     }
     pool->warming = FALSE;
     pool_refill(pool);
@@ -1565,7 +1564,6 @@ static void on_warm_forked(QmpAsyncClient *qmp G_GNUC_UNUSED,
     }
     if (error) {
         pool_set_error(pool, "--warm: vmfork failed: %s", error->message);
-        g_printerr("vmfork pool: %s\n", pool->last_error);
     }
     g_timeout_add(pool->warm_ms, warm_stop, pool);
 }
