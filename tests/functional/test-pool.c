@@ -523,15 +523,7 @@ static void test_settle(void)
     vm_cleanup_all();
 }
 
-/* TCG's count of translated blocks in "info jit" output */
-static gint64 tb_count_of(const char *jit)
-{
-    const char *s = strstr(jit, "TB count");
-
-    g_assert_nonnull(s);
-    return g_ascii_strtoll(s + strlen("TB count"), NULL, 10);
-}
-
+/* TCG's count of translated blocks in @qmp's VM ("info jit") */
 static gint64 tb_count(QmpClient *qmp)
 {
     g_autoptr(GError) err = NULL;
@@ -539,30 +531,23 @@ static gint64 tb_count(QmpClient *qmp)
                                              "{\"command-line\": "
                                              "\"info jit\"}", TIMEOUT_MS,
                                              &err);
+    const char *s;
 
     g_assert_no_error(err);
-    return tb_count_of(json_node_get_string(r));
-}
-
-static gint64 vm_tb_count(Vm *vm)
-{
-    JsonNode *r = vm_qmp(vm, "human-monitor-command",
-                         "{\"command-line\": \"info jit\"}");
-    gint64 n = tb_count_of(json_node_get_string(r));
-
-    json_node_unref(r);
-    return n;
+    s = strstr(json_node_get_string(r), "TB count");
+    g_assert_nonnull(s);
+    return g_ascii_strtoll(s + strlen("TB count"), NULL, 10);
 }
 
 /* Until a booted guest translates less than 10 blocks in half a second */
 static void wait_translation_settles(Vm *vm)
 {
     gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    gint64 prev = vm_tb_count(vm), cur;
+    gint64 prev = tb_count(vm->qmp), cur;
 
     for (;;) {
         g_usleep(G_USEC_PER_SEC / 2);
-        cur = vm_tb_count(vm);
+        cur = tb_count(vm->qmp);
         if (cur - prev < 10) {
             return;
         }
