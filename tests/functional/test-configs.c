@@ -263,17 +263,6 @@ static const ConfigRow rows[] = {
 
 /* ---- Helpers ------------------------------------------------------------ */
 
-static void qemu_img_create(const char *path, const char *fmt, int mib)
-{
-    g_autofree char *cmd = g_strdup_printf("%s create -q -f %s %s %dM",
-                                           g_getenv("VMFORK_QEMU_IMG"), fmt,
-                                           path, mib);
-    int status;
-
-    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
-    g_assert_cmpint(status, ==, 0);
-}
-
 /* A number field of /proc/PID/status */
 static gint64 proc_status_field(pid_t pid, const char *field)
 {
@@ -404,8 +393,8 @@ static void config_row(gconstpointer data)
     vm_register_dir(dir);
     disk = g_build_filename(dir, "disk.qcow2", NULL);
     cd = g_build_filename(dir, "cd.iso", NULL);
-    qemu_img_create(disk, "qcow2", 64);
-    qemu_img_create(cd, "raw", 1);
+    vm_qemu_img_create(disk, "qcow2", 64);
+    vm_qemu_img_create(cd, "raw", 1);
     if (row->host_setup) {
         const char *missing = row->host_setup(dir);
 
@@ -512,7 +501,7 @@ static Vm *start_with_image(VmOptions *o, char **dir, char **disk)
     *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
     vm_register_dir(*dir);
     *disk = g_build_filename(*dir, "disk.qcow2", NULL);
-    qemu_img_create(*disk, "qcow2", 64);
+    vm_qemu_img_create(*disk, "qcow2", 64);
     o->dir = *dir;
     return vm_start(o);
 }

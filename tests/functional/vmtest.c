@@ -963,6 +963,49 @@ char *file_sha256(const char *path)
                                        len);
 }
 
+void vm_qemu_img_create(const char *path, const char *fmt, int mib)
+{
+    g_autofree char *cmd = g_strdup_printf("%s create -q -f %s %s %dM",
+                                           g_getenv("VMFORK_QEMU_IMG"), fmt,
+                                           path, mib);
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+}
+
+guint vm_disk_chain_length(Vm *vm)
+{
+    g_autoptr(JsonNode) r = vm_qmp(vm, "query-block", NULL);
+    JsonObject *b = json_array_get_object_element(json_node_get_array(r), 0);
+    JsonObject *image = json_object_get_object_member(
+        json_object_get_object_member(b, "inserted"), "image");
+    guint n = 0;
+
+    for (; image; n++) {
+        image = json_object_has_member(image, "backing-image") ?
+            json_object_get_object_member(image, "backing-image") : NULL;
+    }
+    return n;
+}
+
+guint fds_ending(pid_t pid, const char *suffix)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", pid);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    guint n = 0;
+
+    g_assert_nonnull(d);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *link = g_build_filename(dir, name, NULL);
+        g_autofree char *target = g_file_read_link(link, NULL);
+
+        n += target && g_str_has_suffix(target, suffix);
+    }
+    return n;
+}
+
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak)
 {
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);

@@ -159,6 +159,13 @@ void vm_wait_ssh(Vm *vm, int timeout_s);
  * leaves: qcow2 counts a cluster before it references it, so a kill
  * loses space, never data); returns how many there were */
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak);
+/* qemu-img create a @mib MiB image of format @fmt at @path */
+void vm_qemu_img_create(const char *path, const char *fmt, int mib);
+/* How many images the first disk of @vm has: its active one and its
+ * backing chain (query-block) */
+guint vm_disk_chain_length(Vm *vm);
+/* How many fds of process @pid link to a file whose name ends in @suffix */
+guint fds_ending(pid_t pid, const char *suffix);
 
 /* Linux guest agent: run a shell command, assert it exits 0 and return
  * its standard output */
