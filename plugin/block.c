@@ -23,6 +23,13 @@
  * The files under the base get read-only open file descriptions of the
  * child's own (a write would fail in the kernel).
  *
+ * A paused parent whose active layer is one that vmfork gave it, and
+ * that nothing has written since, keeps it: that layer is empty, so the
+ * new children are backed by the image under it, as the children of the
+ * fork that made it are (reuse_layer()).  A template forked again and
+ * again (a pool) would otherwise grow its chain by an empty layer, and an
+ * open file, with each fork.
+ *
  * Refused, by name: a writable node that no disk uses (nobody could say
  * who writes it), drivers other than qcow2 and raw over a file or host
  * device, temporary images (snapshot=on), and Linux AIO or io_uring,
@@ -36,6 +43,7 @@
 #include "block/block.h"
 #include "block/block_int-common.h"
 #include "block/block-global-state.h"
+#include "block/block_int-io.h"
 #include "qemu/module.h"
 #include "hw/qdev-core.h"
 #include "system/block-backend.h"
@@ -46,13 +54,70 @@ typedef struct VmforkDisk {
     char *name;                 /* for messages: "disk 'virtio-disk0'" ... */
     char *file_name;            /* for overlay file names: the node name */
     BlockDriverState *base;
+    /* the parent's unwritten layer on top of base, which it keeps */
+    BlockDriverState *kept;
+    unsigned kept_write_gen;
     char *parent_path;
     BlockDriverState *parent_overlay;   /* opened before the pause */
     GPtrArray *child_paths;
 } VmforkDisk;
 
+/*
+ * A layer that vmfork put on top of a disk of this process, and its
+ * BlockDriverState.write_gen then, which each write through it moves on.
+ * Unlike the rest, these outlive the command: the next fork may keep
+ * them.  Node names are never reused in a process.
+ */
+typedef struct VmforkLayer {
+    char *node_name;
+    unsigned write_gen;
+} VmforkLayer;
+
 static GPtrArray *disks;        /* of VmforkDisk, during one vmfork */
+static GPtrArray *layers;       /* of VmforkLayer: this process's tops */
 static unsigned vmfork_seq;     /* names the overlays of one command */
+
+static void layer_free(gpointer p)
+{
+    VmforkLayer *l = p;
+
+    g_free(l->node_name);
+    g_free(l);
+}
+
+static void layer_add(GPtrArray *list, BlockDriverState *bs,
+                      unsigned write_gen)
+{
+    VmforkLayer *l = g_new(VmforkLayer, 1);
+
+    l->node_name = g_strdup(bdrv_get_node_name(bs));
+    l->write_gen = write_gen;
+    g_ptr_array_add(list, l);
+}
+
+/*
+ * @root's backing node, if @root is a layer that vmfork gave this
+ * process and nothing has written it since: then @root is empty, and
+ * what it shows is what the node under it shows.
+ */
+static BlockDriverState *reuse_layer(BlockDriverState *root,
+                                     unsigned *write_gen)
+{
+    GLOBAL_STATE_CODE();
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    for (guint i = 0; layers && i < layers->len; i++) {
+        VmforkLayer *l = layers->pdata[i];
+
+        if (!strcmp(l->node_name, bdrv_get_node_name(root)) &&
+            qatomic_read(&root->write_gen) == l->write_gen &&
+            bdrv_cow_bs(root)) {
+            *write_gen = l->write_gen;
+            return bdrv_cow_bs(root);
+        }
+    }
+    return NULL;
+}
 
 /* "disk 'virtio-disk0' (node 'libvirt-1-format')", or what there is */
 static char *disk_describe(BlockBackend *blk)
@@ -303,17 +368,29 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
         g_ptr_array_add(disks, d);
         d->name = g_strdup(names->pdata[r]);
         d->base = roots->pdata[r];
+        /* A paused guest cannot write it before the fork */
+        if (!req->was_running) {
+            BlockDriverState *below = reuse_layer(d->base,
+                                                  &d->kept_write_gen);
+
+            if (below) {
+                d->kept = d->base;
+                d->base = below;
+            }
+        }
         d->file_name = g_strdup(bdrv_get_node_name(d->base));
         g_strdelimit(d->file_name, "/", '_');
         bdrv_refresh_filename(d->base);
         d->child_paths = g_ptr_array_new_with_free_func(g_free);
 
-        d->parent_path = g_strdup_printf("%s/%s-%d-%u-parent.qcow2",
-                                         req->overlay_dir, d->file_name,
-                                         (int)getpid(), seq);
-        if (!create_overlay(d, d->parent_path, errp)) {
-            g_clear_pointer(&d->parent_path, g_free);
-            goto fail;
+        if (!d->kept) {
+            d->parent_path = g_strdup_printf("%s/%s-%d-%u-parent.qcow2",
+                                             req->overlay_dir, d->file_name,
+                                             (int)getpid(), seq);
+            if (!create_overlay(d, d->parent_path, errp)) {
+                g_clear_pointer(&d->parent_path, g_free);
+                goto fail;
+            }
         }
         for (int i = 0; i < req->count; i++) {
             char *path = g_strdup_printf("%s/%s-%d-%u-child%d.qcow2",
@@ -326,11 +403,14 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
             }
             g_ptr_array_add(d->child_paths, path);
         }
-        d->parent_overlay = open_overlay(d, d->parent_path, errp);
-        if (!d->parent_overlay) {
-            goto fail;
+        if (!d->kept) {
+            d->parent_overlay = open_overlay(d, d->parent_path, errp);
+            if (!d->parent_overlay) {
+                goto fail;
+            }
         }
-        trace_vmfork_disk_overlays(d->name, d->parent_path, req->count);
+        trace_vmfork_disk_overlays(d->name, d->parent_path ?: "(kept)",
+                                   req->count);
     }
     return true;
 
@@ -349,8 +429,19 @@ static bool block_paused(VmforkRequest *req, Error **errp)
 {
     for (guint i = 0; !req->was_running && disks && i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
-        int ret = bdrv_flush(d->base);
+        int ret;
 
+        /*
+         * Nothing writes a paused guest's disk here (block jobs are
+         * refused), but if something had, the children would miss it
+         */
+        if (d->kept &&
+            qatomic_read(&d->kept->write_gen) != d->kept_write_gen) {
+            error_setg(errp, "vmfork: %s was written while the fork was "
+                       "prepared; try again", d->name);
+            return false;
+        }
+        ret = bdrv_flush(d->base);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "vmfork: %s: flush failed",
                              d->name);
@@ -385,6 +476,7 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
 /* In the parent after fork(), before its guest runs again */
 static bool block_parent(VmforkRequest *req, Error **errp)
 {
+    GPtrArray *tops = g_ptr_array_new_with_free_func(layer_free);
     bool ok = true;
 
     for (guint i = 0; disks && i < disks->len; i++) {
@@ -392,14 +484,61 @@ static bool block_parent(VmforkRequest *req, Error **errp)
         BlockDriverState *overlay = d->parent_overlay;
 
         d->parent_overlay = NULL;
-        if (ok) {
+        if (d->kept) {
+            layer_add(tops, d->kept, d->kept_write_gen);
+        } else if (ok) {
+            layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
             ok = switch_to(d, overlay, errp);
         } else {
             bdrv_unref(overlay);
         }
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
+    /* After a failure, no layer is known to be one of ours */
+    if (!ok) {
+        g_ptr_array_set_size(tops, 0);
+    }
+    g_clear_pointer(&layers, g_ptr_array_unref);
+    layers = tops;
     return ok;
+}
+
+/*
+ * In a child: its overlay in place of the parent's layer that the parent
+ * keeps, backed by the base as the parent's layer is.  That layer, which
+ * the parent writes once its guest runs, is then dropped without a write.
+ */
+static bool replace_kept(VmforkDisk *d, BlockDriverState *overlay,
+                         Error **errp)
+{
+    BlockDriverState *kept = d->kept;
+    int ret;
+
+    bdrv_ref(kept);
+    bdrv_drained_begin(kept);
+    /* A disk on an IOThread: the overlay joins its AioContext */
+    ret = bdrv_try_change_aio_context(overlay, bdrv_get_aio_context(kept),
+                                      NULL, errp);
+    if (ret == 0) {
+        bdrv_drained_begin(overlay);
+        bdrv_graph_wrlock();
+        ret = bdrv_set_backing_hd_drained(overlay, d->base, errp);
+        if (ret == 0) {
+            ret = bdrv_replace_node(kept, overlay, errp);
+        }
+        bdrv_graph_wrunlock();
+        bdrv_drained_end(overlay);
+    }
+    bdrv_drained_end(kept);
+    bdrv_unref(overlay);        /* the graph holds it now */
+    /* The layer, its file and the base below it are the parent's */
+    bdrv_forget_writes_after_fork(kept);
+    bdrv_unref(kept);
+    if (ret < 0) {
+        error_prepend(errp, "vmfork: %s: ", d->name);
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -438,16 +577,26 @@ static bool block_child(VmforkRequest *req, int index, Error **errp)
     /* The locks are the parent's, through the shared open files */
     bdrv_file_forget_locks_after_fork();
 
+    /* The parent's layers; this child's are its own overlays */
+    g_clear_pointer(&layers, g_ptr_array_unref);
+    layers = g_ptr_array_new_with_free_func(layer_free);
     for (guint i = 0; disks && i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay;
 
         /* The parent's overlay is the parent's: close our copy unwritten */
-        bdrv_forget_writes_after_fork(d->parent_overlay);
-        bdrv_unref(d->parent_overlay);
-        d->parent_overlay = NULL;
+        if (d->parent_overlay) {
+            bdrv_forget_writes_after_fork(d->parent_overlay);
+            bdrv_unref(d->parent_overlay);
+            d->parent_overlay = NULL;
+        }
         overlay = open_overlay(d, d->child_paths->pdata[index], errp);
-        if (!overlay || !switch_to(d, overlay, errp)) {
+        if (!overlay) {
+            return false;
+        }
+        layer_add(layers, overlay, qatomic_read(&overlay->write_gen));
+        if (!(d->kept ? replace_kept(d, overlay, errp) :
+              switch_to(d, overlay, errp))) {
             return false;
         }
         /* The base is the parent's too: read it, never write it */

@@ -751,6 +751,96 @@ static void child_stops_and_migrates(void)
     vm_cleanup_all();
 }
 
+/*
+ * A template, paused and forked again and again (a pool's), keeps the
+ * layer that its first fork gave it: nothing wrote it, so its children
+ * are backed by the image under it, as the first fork's are.  Its chain
+ * and its open files stay as they are, where each fork added a layer
+ * before.  Each child has its own data only: not its siblings', and not
+ * what the template writes into that layer once it runs again (which a
+ * child backed by that layer would see).  Once the template has written
+ * it, its next fork gives it a new layer.  With the disk on an IOThread
+ * too, where each child's overlay joins the IOThread's AioContext.
+ */
+static void template_keeps_its_layer(gconstpointer extra)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL;
+    g_autofree char *layer = NULL, *info = NULL;
+    Vm *parent, *child[3];
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = start_with_image(&o, &dir, &disk);
+    vm_disk_write(parent, "vda", 100, "before-the-forks");
+    json_node_unref(vm_qmp(parent, "stop", NULL));
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    for (int i = 0; i < 3; i++) {
+        g_autoptr(JsonArray) c = vm_fork(parent, args);
+        g_autofree char *now = NULL;
+
+        child[i] = vm_attach_child(parent,
+                                   json_array_get_object_element(c, 0));
+        now = overlay_of(parent, disk);
+        g_test_message("TCG, Linux guest, paused template, fork %d: %u "
+                       "images in its chain, active %s", i + 1,
+                       vm_disk_chain_length(parent), now);
+        g_assert_cmpuint(vm_disk_chain_length(parent), ==, 2);
+        g_assert_cmpuint(fds_ending(parent->pid, "-parent.qcow2"), ==, 1);
+        if (layer) {
+            g_assert_cmpstr(now, ==, layer);
+        } else {
+            layer = g_steal_pointer(&now);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        g_autofree char *mine = g_strdup_printf("written-by-child-%d", i);
+
+        vm_disk_write(child[i], "vda", 200, mine);
+    }
+
+    /* The template runs and writes its layer, which no child reads */
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    vm_disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_disk_write(parent, "vda", 300, "later-by-the-parent");
+    for (int i = 0; i < 3; i++) {
+        g_autofree char *mine = g_strdup_printf("written-by-child-%d", i);
+        g_autofree char *before = vm_disk_read(child[i], "vda", 100);
+        g_autofree char *own = vm_disk_read(child[i], "vda", 200);
+        g_autofree char *later = vm_disk_read(child[i], "vda", 300);
+
+        g_assert_cmpstr(before, ==, "before-the-forks");
+        g_assert_cmpstr(own, ==, mine);
+        g_assert_cmpstr(later, ==, "");
+    }
+    /* A child that quits leaves the template's layer locked, as it was */
+    vm_quit(child[0]);
+    info = g_strdup_printf("info %s", layer);
+    g_assert_true(qemu_img_locked(info));
+
+    /* Written now: the next fork gives the template a new layer */
+    json_node_unref(vm_qmp(parent, "stop", NULL));
+    {
+        g_autoptr(JsonArray) c = vm_fork(parent, args);
+
+        vm_quit(vm_attach_child(parent, json_array_get_object_element(c, 0)));
+    }
+    g_assert_cmpuint(vm_disk_chain_length(parent), ==, 3);
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    {
+        g_autofree char *w = vm_disk_read(parent, "vda", 200);
+
+        g_assert_cmpstr(w, ==, "written-by-the-parent");
+    }
+    vm_quit(child[1]);
+    vm_quit(child[2]);
+    vm_quit(parent);
+    /* the base, the template's two layers and the four children's */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 7);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -767,5 +857,10 @@ int main(int argc, char **argv)
                     image_locks_stay_the_parents);
     g_test_add_func("/configs/linux/tcg/child-stops-and-migrates",
                     child_stops_and_migrates);
+    g_test_add_data_func("/configs/linux/tcg/template-keeps-its-layer",
+                         blockdev_virtio, template_keeps_its_layer);
+    g_test_add_data_func("/configs/linux/tcg/template-keeps-its-layer-"
+                         "iothread", blockdev_virtio_iothread,
+                         template_keeps_its_layer);
     return g_test_run();
 }

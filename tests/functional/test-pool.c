@@ -627,6 +627,90 @@ static void test_warm(void)
 }
 
 /*
+ * A pool on a template the way libvirt writes it: its disk on -blockdev
+ * (qcow2 over a file node), the overlays in --overlay-dir, the template
+ * warmed up (--warm) and then forked paused, once for each child the
+ * pool makes.  The template keeps one layer however many children it
+ * forks: its chain and its open overlays stay as they were after the
+ * pool's first fork (each fork added a layer and an open file before).
+ * Each taken child reads what the template wrote before the pool
+ * started and keeps its own writes; no sibling sees them.
+ */
+static void test_disk(void)
+{
+    const char *extra[] = {
+        "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
+                     "\"node-name\":\"libvirt-1-storage\","
+                     "\"auto-read-only\":true,\"discard\":\"unmap\"}",
+        "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false,"
+                     "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}",
+        "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+        "-qmp", "unix:@DIR@/pool-qmp.sock,server=on,wait=off", NULL
+    };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *disk = g_build_filename(dir, "disk.qcow2", NULL);
+    const char *options[] = { "--size", "2", "--overlay-dir", dir, "--warm",
+                              "100", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra, .dir = dir };
+    Vm *tmpl, *child[4];
+    guint chain = 0, layers = 0;
+    Pool *pool;
+
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    if (!vmfork_tool()) {
+        g_test_skip("the vmfork tool is not built (VMFORK_TOOL)");
+        return;
+    }
+    vm_qemu_img_create(disk, "qcow2", 64);
+    tmpl = vm_start(&o);
+    vm_disk_write(tmpl, "vda", 100, "written-by-the-template");
+    json_node_unref(vm_qmp(tmpl, "stop", NULL));
+    pool = pool_start(tmpl, options);
+    for (int i = 0; i < 4; i++) {
+        g_autoptr(JsonObject) reply = NULL;
+        g_autofree char *mine = g_strdup_printf("written-by-child-%d", i);
+        g_autofree char *before = NULL, *own = NULL;
+
+        wait_status(pool, "ready", 2);
+        if (!chain) {
+            chain = vm_disk_chain_length(tmpl);
+            layers = fds_ending(tmpl->pid, "-parent.qcow2");
+        }
+        g_test_message("TCG, Linux guest, take %d: the template's chain has "
+                       "%u images, %u open overlays of its own", i,
+                       vm_disk_chain_length(tmpl),
+                       fds_ending(tmpl->pid, "-parent.qcow2"));
+        g_assert_cmpuint(vm_disk_chain_length(tmpl), ==, chain);
+        g_assert_cmpuint(fds_ending(tmpl->pid, "-parent.qcow2"), ==, layers);
+        reply = pool_call(pool, "{\"execute\": \"take\"}");
+        child[i] = vm_attach_child(tmpl, reply_return(reply, "take"));
+        vm_disk_write(child[i], "vda", 200, mine);
+        before = vm_disk_read(child[i], "vda", 100);
+        own = vm_disk_read(child[i], "vda", 200);
+        g_assert_cmpstr(before, ==, "written-by-the-template");
+        g_assert_cmpstr(own, ==, mine);
+    }
+    /* base, the warm-up's layer (and one if the warm-up wrote) */
+    g_assert_cmpuint(chain, <=, 3);
+    g_assert_cmpuint(layers, ==, chain - 1);
+    for (int i = 0; i < 4; i++) {
+        g_autofree char *mine = g_strdup_printf("written-by-child-%d", i);
+        g_autofree char *own = vm_disk_read(child[i], "vda", 200);
+
+        g_assert_cmpstr(own, ==, mine);
+        vm_quit(child[i]);
+    }
+    pool_free(pool);
+    vm_quit(tmpl);
+    /* the pool's ready children are killed when it stops: leaks only */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, true), >=, 1 + chain - 1 + 4);
+    vm_cleanup_all();
+}
+
+/*
  * A client that sends its requests and shuts down its side (echo ... |
  * socat) gets every reply, then the pool closes; the child it took is
  * its own and runs.
@@ -1106,6 +1190,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
     g_test_add_func("/pool/tcg/tiny/settle", test_settle);
     g_test_add_func("/pool/tcg/linux/warm-template", test_warm);
+    g_test_add_func("/pool/tcg/linux/blockdev-disk", test_disk);
     g_test_add_func("/serve/tcg/linux/50-connections-50-clones",
                     test_serve_50);
     g_test_add_func("/serve/tcg/linux/max-clones-queue-and-timeout",
