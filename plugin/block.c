@@ -74,6 +74,8 @@ typedef struct VmforkLayer {
 } VmforkLayer;
 
 static GPtrArray *disks;        /* of VmforkDisk, during one vmfork */
+/* in the parent, from its fork to the reply: each disk's child_paths */
+static GPtrArray *child_overlays;
 static GPtrArray *layers;       /* of VmforkLayer: this process's tops */
 static unsigned vmfork_seq;     /* names the overlays of one command */
 
@@ -298,6 +300,8 @@ static void disk_free(gpointer p)
 /* Undo block_prepare(): nothing half-created is left behind */
 static void block_abort(VmforkRequest *req)
 {
+    /* Past block_parent(): the children's overlays are theirs */
+    g_clear_pointer(&child_overlays, g_ptr_array_unref);
     if (!disks) {
         return;
     }
@@ -493,6 +497,14 @@ static bool block_parent(VmforkRequest *req, Error **errp)
             bdrv_unref(overlay);
         }
     }
+    /* For the reply: where each child's disks are */
+    child_overlays = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)g_ptr_array_unref);
+    for (guint i = 0; ok && disks && i < disks->len; i++) {
+        VmforkDisk *d = disks->pdata[i];
+
+        g_ptr_array_add(child_overlays, g_steal_pointer(&d->child_paths));
+    }
     g_clear_pointer(&disks, g_ptr_array_unref);
     /* After a failure, no layer is known to be one of ours */
     if (!ok) {
@@ -501,6 +513,25 @@ static bool block_parent(VmforkRequest *req, Error **errp)
     g_clear_pointer(&layers, g_ptr_array_unref);
     layers = tops;
     return ok;
+}
+
+/* In the parent: child @index's overlays, one for each writable disk */
+static void block_child_info(VmforkRequest *req, int index,
+                             VmforkChild *info)
+{
+    strList **tail = &info->overlays;
+
+    for (guint i = 0; child_overlays && i < child_overlays->len; i++) {
+        GPtrArray *paths = child_overlays->pdata[i];
+
+        QAPI_LIST_APPEND(tail, g_strdup(paths->pdata[index]));
+    }
+    info->has_overlays = info->overlays != NULL;
+}
+
+static void block_done(VmforkRequest *req)
+{
+    g_clear_pointer(&child_overlays, g_ptr_array_unref);
 }
 
 /*
@@ -618,6 +649,8 @@ static const VmforkHandler block_handler = {
     .paused = block_paused,
     .parent = block_parent,
     .child = block_child,
+    .child_info = block_child_info,
+    .done = block_done,
     .abort = block_abort,
 };
 

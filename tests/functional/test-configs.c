@@ -464,6 +464,14 @@ static void config_row(gconstpointer data)
             g_assert_nonnull(strstr(img_p, cd));
             g_assert_nonnull(strstr(img_c, cd));
         }
+        /* The reply names the child's overlay: its one writable image */
+        {
+            JsonArray *ov = json_object_get_array_member(c0, "overlays");
+
+            g_assert_cmpuint(json_array_get_length(ov), ==, 1);
+            g_assert_nonnull(strstr(img_c, json_array_get_string_element(
+                ov, 0)));
+        }
 
         vm_disk_write(parent, row->dev, 200, "written-by-the-parent");
         vm_disk_write(child, row->dev, 200, "written-by-the-child");
