@@ -320,6 +320,27 @@ static void child_free(gpointer data)
 }
 
 /*
+ * Removes the qcow2 overlays that vmfork made for a child (its reply
+ * entry's "overlays"), once the child is one that the pool ended: nobody
+ * will read its disks again.
+ */
+static void remove_overlays(Pool *pool, JsonObject *entry)
+{
+    JsonNode *node = json_object_get_member(entry, "overlays");
+    JsonArray *paths = node && JSON_NODE_HOLDS_ARRAY(node) ?
+                       json_node_get_array(node) : NULL;
+
+    for (guint i = 0; paths && i < json_array_get_length(paths); i++) {
+        const char *path = json_array_get_string_element(paths, i);
+
+        if (path && unlink(path) < 0 && errno != ENOENT) {
+            pool_set_error(pool, "cannot remove %s: %s", path,
+                           g_strerror(errno));
+        }
+    }
+}
+
+/*
  * The child failed while the pool holds it (no READY in time, its monitor
  * gone, "cont" failed): kill it.  Its pid is still ours, since its EXITED
  * event has not come; that event drops it.
@@ -496,6 +517,8 @@ static void child_exited(Child *c, gint64 status)
 {
     Pool *pool = c->pool;
     Request *req = c->req;
+    /* A child handed out is its taker's, and so are its disks */
+    gboolean ours = c->state != CHILD_TAKEN;
 
     pool->exited++;
     switch (c->state) {
@@ -537,6 +560,9 @@ static void child_exited(Child *c, gint64 status)
     case CHILD_TAKEN:
     case CHILD_DEAD:
         break;
+    }
+    if (ours) {
+        remove_overlays(pool, json_node_get_object(c->info));
     }
     g_hash_table_remove(pool->children, &c->pid);
     pool_refill(pool);
@@ -1557,9 +1583,11 @@ static void on_warm_forked(QmpAsyncClient *qmp G_GNUC_UNUSED,
     }
     /* The template reaps it; its events concern no child of the pool */
     for (guint i = 0; children && i < json_array_get_length(children); i++) {
-        if (tool_json_get_int(json_array_get_object_element(children, i),
-                              "pid", &pid)) {
+        JsonObject *child = json_array_get_object_element(children, i);
+
+        if (child && tool_json_get_int(child, "pid", &pid)) {
             kill(pid, SIGKILL);
+            remove_overlays(pool, child);
         }
     }
     if (error) {

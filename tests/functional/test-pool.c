@@ -634,7 +634,10 @@ static void test_warm(void)
  * forks: its chain and its open overlays stay as they were after the
  * pool's first fork (each fork added a layer and an open file before).
  * Each taken child reads what the template wrote before the pool
- * started and keeps its own writes; no sibling sees them.
+ * started and keeps its own writes; no sibling sees them.  The take
+ * reply names the child's overlay; the pool removes the overlays of the
+ * children it ends (the --warm child, a released one, those still in
+ * the pool when it stops) and leaves those of children handed out.
  */
 static void test_disk(void)
 {
@@ -653,6 +656,7 @@ static void test_disk(void)
                               "100", NULL };
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra, .dir = dir };
     Vm *tmpl, *child[4];
+    char *taken[4];
     guint chain = 0, layers = 0;
     Pool *pool;
 
@@ -686,6 +690,10 @@ static void test_disk(void)
         g_assert_cmpuint(vm_disk_chain_length(tmpl), ==, chain);
         g_assert_cmpuint(fds_ending(tmpl->pid, "-parent.qcow2"), ==, layers);
         reply = pool_call(pool, "{\"execute\": \"take\"}");
+        taken[i] = g_strdup(json_array_get_string_element(
+            json_object_get_array_member(reply_return(reply, "take"),
+                                         "overlays"), 0));
+        g_assert_true(g_file_test(taken[i], G_FILE_TEST_EXISTS));
         child[i] = vm_attach_child(tmpl, reply_return(reply, "take"));
         vm_disk_write(child[i], "vda", 200, mine);
         before = vm_disk_read(child[i], "vda", 100);
@@ -703,10 +711,35 @@ static void test_disk(void)
         g_assert_cmpstr(own, ==, mine);
         vm_quit(child[i]);
     }
+
+    /* A released child's overlay goes with it */
+    {
+        g_autoptr(JsonObject) reply = pool_call(pool, "{\"execute\": "
+                                                "\"take\"}");
+        JsonObject *t = reply_return(reply, "take");
+        g_autofree char *release = g_strdup_printf(
+            "{\"execute\": \"release\", \"arguments\": {\"pid\": %"
+            G_GINT64_FORMAT "}}", json_object_get_int_member(t, "pid"));
+        g_autoptr(JsonObject) released = NULL;
+        const char *path = json_array_get_string_element(
+            json_object_get_array_member(t, "overlays"), 0);
+
+        g_assert_true(g_file_test(path, G_FILE_TEST_EXISTS));
+        released = pool_call(pool, release);
+        reply_return(released, "release");
+        g_assert_false(g_file_test(path, G_FILE_TEST_EXISTS));
+    }
     pool_free(pool);
     vm_quit(tmpl);
-    /* the pool's ready children are killed when it stops: leaks only */
-    g_assert_cmpuint(vm_qemu_img_check_dir(dir, true), >=, 1 + chain - 1 + 4);
+    /*
+     * Left: the base, the template's layers and the taken children's
+     * overlays, each image clean
+     */
+    for (int i = 0; i < 4; i++) {
+        g_assert_true(g_file_test(taken[i], G_FILE_TEST_EXISTS));
+        g_free(taken[i]);
+    }
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, chain + 4);
     vm_cleanup_all();
 }
 
