@@ -1136,6 +1136,7 @@ class LibvirtTest:
                 ch.close()
             self.qmp_child(kid['monitor'], 'quit')
             check(ecotest.pid_wait_gone(kid['pid'], 15), 'child not gone')
+            self.paused_template_forks(odir)
         finally:
             pa.close()
             if ca:
@@ -1146,9 +1147,55 @@ class LibvirtTest:
             p = run([qimg, 'check', '-q', img], check_rc=False)
             check(p.returncode == 0, 'qemu-img check %s: %s' %
                   (img, p.stdout + p.stderr))
-        check(len(os.listdir(odir)) == 2, 'overlays: %s' % os.listdir(odir))
+        # the domain's two layers, the first child's overlay
+        check(len(os.listdir(odir)) == 3, 'overlays: %s' % os.listdir(odir))
         self.tap.diag('overlays %s and the base pass qemu-img check' %
                       ', '.join(sorted(os.listdir(odir))))
+
+    def vi_qmp(self, cmd, args=None):
+        """QMP on the virt-install domain through virsh: the return value"""
+        msg = {'execute': cmd}
+        if args is not None:
+            msg['arguments'] = args
+        p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(msg))
+        reply = json.loads(p.stdout)
+        check('return' in reply, '%s via virsh: %s' % (cmd, reply))
+        return reply['return']
+
+    def paused_template_forks(self, odir):
+        """The virt-install domain paused with virsh suspend and forked
+        twice more, as a pool forks its template: the first of these forks
+        gives its disk a new layer (the domain wrote the one it had), the
+        second keeps it, and each reply names the child's overlay"""
+        def chain():
+            for b in self.vi_qmp('query-block'):
+                ins = b.get('inserted')
+                if ins and not ins['ro']:
+                    n, image = 0, ins['image']
+                    while image:
+                        n, image = n + 1, image.get('backing-image')
+                    return n
+            check(False, 'no writable disk in query-block')
+        self.virsh('suspend', self.vi_dom)
+        chains = []
+        for i in range(2):
+            kid = self.vi_qmp('vmfork', {
+                'monitor': os.path.join(self.sdir, 'vi-tmpl-%p.sock'),
+                'overlay-dir': odir, 'start': False})['children'][0]
+            self.children[kid['pid']] = kid
+            ov = kid.get('overlays', [])
+            check(len(ov) == 1 and os.path.dirname(ov[0]) == odir and
+                  os.path.exists(ov[0]), 'overlays of the child: %s' % ov)
+            chains.append(chain())
+            self.wait_monitor(kid)
+            self.qmp_child(kid['monitor'], 'quit')
+            check(ecotest.pid_wait_gone(kid['pid'], 15), 'child not gone')
+            os.unlink(ov[0])
+        self.tap.diag('paused with virsh suspend, forked twice more: %s '
+                      'images in its chain' % ' then '.join(map(str, chains)))
+        check(chains == [3, 3], 'the paused domain\'s chain: %s images after '
+              'its forks, not 3 and 3' % chains)
+        self.virsh('resume', self.vi_dom)
 
     def setup(self, need):
         if need:
@@ -1197,8 +1244,9 @@ class LibvirtTest:
                self.seccomp_spawn_deny)
         t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
                'an IOThread, SATA cdrom, qemu-ga channel, VNC, rng, balloon, '
-               'tablet, user net) forks: own disk data, own channel, clean '
-               'images', self.virt_install_domain)
+               'tablet, user net) forks: own disk data, own channel; paused '
+               '(virsh suspend) and forked twice more, its disk keeps one '
+               'layer; clean images', self.virt_install_domain)
 
 
 def have(cmd):
