@@ -517,10 +517,13 @@ static void child_exited(Child *c, gint64 status)
 {
     Pool *pool = c->pool;
     Request *req = c->req;
-    /* A child handed out is its taker's, and so are its disks */
-    gboolean ours = c->state != CHILD_TAKEN;
 
     pool->exited++;
+    /* A child handed out is its taker's, and so are its disks; the others'
+     * go before a release is answered */
+    if (c->state != CHILD_TAKEN) {
+        remove_overlays(pool, json_node_get_object(c->info));
+    }
     switch (c->state) {
     case CHILD_READY:
         g_queue_remove(&pool->ready, c);
@@ -560,9 +563,6 @@ static void child_exited(Child *c, gint64 status)
     case CHILD_TAKEN:
     case CHILD_DEAD:
         break;
-    }
-    if (ours) {
-        remove_overlays(pool, json_node_get_object(c->info));
     }
     g_hash_table_remove(pool->children, &c->pid);
     pool_refill(pool);
