@@ -450,12 +450,14 @@ class LibvirtTest:
 
     # --- helpers ---------------------------------------------------------
 
-    def qmp_virsh(self, cmd, args=None):
-        """QMP through `virsh qemu-monitor-command`: the return value"""
+    def qmp_virsh(self, cmd, args=None, dom=None):
+        """QMP through `virsh qemu-monitor-command` on @dom (default: the
+        first domain): the return value"""
         msg = {'execute': cmd}
         if args is not None:
             msg['arguments'] = args
-        p = self.virsh('qemu-monitor-command', self.dom, json.dumps(msg))
+        p = self.virsh('qemu-monitor-command', dom or self.dom,
+                       json.dumps(msg))
         reply = json.loads(p.stdout)
         check('return' in reply, '%s via virsh: %s' % (cmd, reply))
         return reply['return']
@@ -1152,23 +1154,13 @@ class LibvirtTest:
         self.tap.diag('overlays %s and the base pass qemu-img check' %
                       ', '.join(sorted(os.listdir(odir))))
 
-    def vi_qmp(self, cmd, args=None):
-        """QMP on the virt-install domain through virsh: the return value"""
-        msg = {'execute': cmd}
-        if args is not None:
-            msg['arguments'] = args
-        p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(msg))
-        reply = json.loads(p.stdout)
-        check('return' in reply, '%s via virsh: %s' % (cmd, reply))
-        return reply['return']
-
     def paused_template_forks(self, odir):
         """The virt-install domain paused with virsh suspend and forked
         twice more, as a pool forks its template: the first of these forks
         gives its disk a new layer (the domain wrote the one it had), the
         second keeps it, and each reply names the child's overlay"""
         def chain():
-            for b in self.vi_qmp('query-block'):
+            for b in self.qmp_virsh('query-block', dom=self.vi_dom):
                 ins = b.get('inserted')
                 if ins and not ins['ro']:
                     n, image = 0, ins['image']
@@ -1179,9 +1171,10 @@ class LibvirtTest:
         self.virsh('suspend', self.vi_dom)
         chains = []
         for i in range(2):
-            kid = self.vi_qmp('vmfork', {
+            kid = self.qmp_virsh('vmfork', {
                 'monitor': os.path.join(self.sdir, 'vi-tmpl-%p.sock'),
-                'overlay-dir': odir, 'start': False})['children'][0]
+                'overlay-dir': odir, 'start': False},
+                dom=self.vi_dom)['children'][0]
             self.children[kid['pid']] = kid
             ov = kid.get('overlays', [])
             check(len(ov) == 1 and os.path.dirname(ov[0]) == odir and
