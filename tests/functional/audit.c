@@ -45,6 +45,18 @@ void audit_free_fds(GArray *fds)
     g_array_free(fds, true);
 }
 
+guint audit_count_fds(pid_t pid, const char *suffix)
+{
+    GArray *fds = audit_list_fds(pid);
+    guint n = 0;
+
+    for (guint i = 0; i < fds->len; i++) {
+        n += g_str_has_suffix(g_array_index(fds, FdEntry, i).target, suffix);
+    }
+    audit_free_fds(fds);
+    return n;
+}
+
 static int kcmp_file(pid_t a, pid_t b, int fa, int fb)
 {
     return syscall(SYS_kcmp, a, b, KCMP_FILE, fa, fb);

@@ -21,6 +21,8 @@ typedef struct FdEntry {
 /* The open fds of a process, and how to free the list */
 GArray *audit_list_fds(pid_t pid);
 void audit_free_fds(GArray *fds);
+/* How many fds of process @pid link to a file whose name ends in @suffix */
+guint audit_count_fds(pid_t pid, const char *suffix);
 
 /*
  * Compare every fd of @child with every fd of @parent with kcmp(2).

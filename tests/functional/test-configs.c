@@ -795,7 +795,8 @@ static void template_keeps_its_layer(gconstpointer extra)
                        "images in its chain, active %s", i + 1,
                        vm_disk_chain_length(parent), now);
         g_assert_cmpuint(vm_disk_chain_length(parent), ==, 2);
-        g_assert_cmpuint(fds_ending(parent->pid, "-parent.qcow2"), ==, 1);
+        g_assert_cmpuint(audit_count_fds(parent->pid, "-parent.qcow2"), ==,
+                         1);
         if (layer) {
             g_assert_cmpstr(now, ==, layer);
         } else {

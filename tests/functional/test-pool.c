@@ -18,6 +18,7 @@
  */
 
 #include "vmtest.h"
+#include "audit.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -681,14 +682,15 @@ static void test_disk(void)
         wait_status(pool, "ready", 2);
         if (!chain) {
             chain = vm_disk_chain_length(tmpl);
-            layers = fds_ending(tmpl->pid, "-parent.qcow2");
+            layers = audit_count_fds(tmpl->pid, "-parent.qcow2");
         }
         g_test_message("TCG, Linux guest, take %d: the template's chain has "
                        "%u images, %u open overlays of its own", i,
                        vm_disk_chain_length(tmpl),
-                       fds_ending(tmpl->pid, "-parent.qcow2"));
+                       audit_count_fds(tmpl->pid, "-parent.qcow2"));
         g_assert_cmpuint(vm_disk_chain_length(tmpl), ==, chain);
-        g_assert_cmpuint(fds_ending(tmpl->pid, "-parent.qcow2"), ==, layers);
+        g_assert_cmpuint(audit_count_fds(tmpl->pid, "-parent.qcow2"), ==,
+                         layers);
         reply = pool_call(pool, "{\"execute\": \"take\"}");
         taken[i] = g_strdup(json_array_get_string_element(
             json_object_get_array_member(reply_return(reply, "take"),

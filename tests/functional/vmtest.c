@@ -989,23 +989,6 @@ guint vm_disk_chain_length(Vm *vm)
     return n;
 }
 
-guint fds_ending(pid_t pid, const char *suffix)
-{
-    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", pid);
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    guint n = 0;
-
-    g_assert_nonnull(d);
-    while ((name = g_dir_read_name(d))) {
-        g_autofree char *link = g_build_filename(dir, name, NULL);
-        g_autofree char *target = g_file_read_link(link, NULL);
-
-        n += target && g_str_has_suffix(target, suffix);
-    }
-    return n;
-}
-
 guint vm_qemu_img_check_dir(const char *dir, bool may_leak)
 {
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);

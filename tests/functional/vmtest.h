@@ -164,8 +164,6 @@ void vm_qemu_img_create(const char *path, const char *fmt, int mib);
 /* How many images the first disk of @vm has: its active one and its
  * backing chain (query-block) */
 guint vm_disk_chain_length(Vm *vm);
-/* How many fds of process @pid link to a file whose name ends in @suffix */
-guint fds_ending(pid_t pid, const char *suffix);
 
 /* Linux guest agent: run a shell command, assert it exits 0 and return
  * its standard output */
