@@ -105,17 +105,19 @@ static void layer_add(GPtrArray *list, BlockDriverState *bs,
 static BlockDriverState *reuse_layer(BlockDriverState *root,
                                      unsigned *write_gen)
 {
+    BlockDriverState *below;
+
     GLOBAL_STATE_CODE();
     GRAPH_RDLOCK_GUARD_MAINLOOP();
 
-    for (guint i = 0; layers && i < layers->len; i++) {
+    below = bdrv_cow_bs(root);
+    for (guint i = 0; below && layers && i < layers->len; i++) {
         VmforkLayer *l = layers->pdata[i];
 
         if (!strcmp(l->node_name, bdrv_get_node_name(root)) &&
-            qatomic_read(&root->write_gen) == l->write_gen &&
-            bdrv_cow_bs(root)) {
+            qatomic_read(&root->write_gen) == l->write_gen) {
             *write_gen = l->write_gen;
-            return bdrv_cow_bs(root);
+            return below;
         }
     }
     return NULL;
@@ -483,6 +485,9 @@ static bool block_parent(VmforkRequest *req, Error **errp)
     GPtrArray *tops = g_ptr_array_new_with_free_func(layer_free);
     bool ok = true;
 
+    /* For the reply: where each child's disks are (abort frees them) */
+    child_overlays = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)g_ptr_array_unref);
     for (guint i = 0; disks && i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay = d->parent_overlay;
@@ -496,13 +501,6 @@ static bool block_parent(VmforkRequest *req, Error **errp)
         } else {
             bdrv_unref(overlay);
         }
-    }
-    /* For the reply: where each child's disks are */
-    child_overlays = g_ptr_array_new_with_free_func(
-        (GDestroyNotify)g_ptr_array_unref);
-    for (guint i = 0; ok && disks && i < disks->len; i++) {
-        VmforkDisk *d = disks->pdata[i];
-
         g_ptr_array_add(child_overlays, g_steal_pointer(&d->child_paths));
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
