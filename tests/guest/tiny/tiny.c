@@ -2,11 +2,11 @@
  * vmfork tiny test guest: a freestanding 32-bit multiboot kernel.
  *
  * Single-threaded and polling only (interrupts stay off).  It talks on
- * COM1 (0x3f8) and does four things (protocol in ../README.md):
+ * COM1 (0x3f8) and does these things (protocol in ../README.md):
  *   - prints "TINY READY" once,
  *   - every TICK_TSC_DELTA TSC cycles prints "C <seq> <tsc>",
  *   - answers line commands "w <seed>" and "h" about a 1 MiB pattern
- *     region at guest-physical 4 MiB,
+ *     region at guest-physical 4 MiB, and "t" with its TSC,
  *   - watches the link of the first legacy virtio-net device on PCI bus 0
  *     at each tick, and prints "L <changes> <up>" when it changes,
  *   - asks the host to fork it through the vmfork-guest device at its
@@ -365,6 +365,13 @@ static void handle_line(const char *s)
         }
         put_str("H ");
         put_hex(pattern_hash(), 8);
+        line_end();
+    } else if (s[0] == 't' && s[1] == 0) {
+        u64 now = rdtsc();
+
+        put_str("T ");
+        put_hex((u32)(now >> 32), 8);
+        put_hex((u32)now, 8);
         line_end();
     } else if ((s[0] == 'f' || s[0] == 'b') && s[1] == 0) {
         if (s[0] == 'f') {
