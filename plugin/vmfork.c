@@ -800,7 +800,7 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
     vmfork_placement_release(&req->placement);
     bdrv_drain_all_end();
     if (req->start) {
-        vm_start();
+        vm_start_vcpus_first();
     }
     vmfork_fault_child_phase("started");
     if (!vmfork_child_start_monitor(req, index, &err) ||
@@ -994,7 +994,7 @@ resume:
     trace_vmfork_parent_phase("drain-end", g_get_monotonic_time() - t0);
     /* After an error the parent runs as before, template or not */
     if (req.was_running && (!req.parent_stays_paused || !ok)) {
-        vm_start();
+        vm_start_vcpus_first();
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);

@@ -550,6 +550,89 @@ static void tiny_fork_young_parent_clock(gconstpointer data)
 }
 
 /*
+ * The names of the STOP and RESUME events that @vm sent so far (its
+ * other events are dropped), space-separated; each one's time must not
+ * be before the one before it.
+ */
+static char *run_events(Vm *vm)
+{
+    GString *names = g_string_new(NULL);
+    gint64 last_us = 0;
+    JsonNode *ev;
+
+    while ((ev = qmp_next_event(vm->qmp, 0, NULL))) {
+        const char *name = qmp_event_name(ev);
+        JsonObject *ts = json_object_get_object_member(
+            json_node_get_object(ev), "timestamp");
+        gint64 us = json_object_get_int_member(ts, "seconds") * G_USEC_PER_SEC
+            + json_object_get_int_member(ts, "microseconds");
+
+        if (!strcmp(name, "STOP") || !strcmp(name, "RESUME")) {
+            g_string_append_printf(names, "%s%s", names->len ? " " : "",
+                                   name);
+            g_assert_cmpint(us, >=, last_us);
+            last_us = us;
+        }
+        json_node_unref(ev);
+    }
+    return g_string_free(names, FALSE);
+}
+
+/*
+ * A running parent sends STOP and RESUME for a fork, once each and in
+ * that order, before the command's reply; it sends RESUME once its vCPUs
+ * run again (vm_start_vcpus_first(), patch 0023), so that its guest does
+ * not wait for the event to be built.  A parent that stays paused sends
+ * STOP only, and RESUME at its 'cont'.  A parent whose fork() failed
+ * (VMFORK_FAULT=fail-fork:1) runs again, and says so.
+ */
+static void tiny_fork_stop_resume_events(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *e1 = NULL, *e2 = NULL, *e3 = NULL, *e4 = NULL;
+    Vm *parent, *child, *failing;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    g_free(run_events(parent));         /* its start's */
+
+    child = fork_one(parent, NULL);
+    e1 = run_events(parent);
+    g_assert_cmpstr(e1, ==, "STOP RESUME");
+    g_assert_cmpint(vm_tiny_next_seq(parent, 2000), >=, 1);
+    vm_quit(child);
+
+    child = fork_one(parent, "{\"parent\": \"paused\"}");
+    e2 = run_events(parent);
+    g_assert_cmpstr(e2, ==, "STOP");
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    e3 = run_events(parent);
+    g_assert_cmpstr(e3, ==, "RESUME");
+    vm_quit(child);
+
+    g_setenv("VMFORK_FAULT", "fail-fork:1", TRUE);
+    failing = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    g_free(run_events(failing));
+    err = vm_qmp_error(failing, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_assert_nonnull(strstr(qmp_error_desc(err), "fork() failed"));
+    e4 = run_events(failing);
+    g_assert_cmpstr(e4, ==, "STOP RESUME");
+    g_assert_cmpint(vm_tiny_next_seq(failing, 2000), >=, 1);
+    g_test_message("%s: events \"%s\", \"%s\" then \"%s\" at 'cont', "
+                   "\"%s\" for a failed fork", vm_describe(&o), e1, e2, e3,
+                   e4);
+
+    vm_quit(failing);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
  * Where the RTC's second begins, as a fraction of the host's second in
  * (-0.5, 0.5]: `qom-get /machine rtc-time` is read until its second
  * changes, and the change lies between the read before (which saw the old
@@ -2893,6 +2976,8 @@ int main(int argc, char **argv)
                          tiny_fork_young_parent_clock);
     g_test_add_data_func("/vmfork/tiny/kvm/young-parent-clock", "kvm",
                          tiny_fork_young_parent_clock);
+    g_test_add_func("/vmfork/tiny/tcg/stop-resume-events",
+                    tiny_fork_stop_resume_events);
     g_test_add_func("/vmfork/tiny/tcg/rtc-in-phase-with-host",
                     tiny_fork_rtc_in_phase);
     g_test_add_data_func("/vmfork/tiny/kvm/memslots-before-irqchip", "kvm",
