@@ -287,6 +287,11 @@ void trace_parse(BenchVm *vm, gint64 rt_off, TraceFork *tf)
                 if (c) {
                     c->forked_us = us;
                 }
+            } else if (!strcmp(name, "vmfork_parent_phase") &&
+                       sscanf(args, "%31s done", what) == 1 &&
+                       !strcmp(what, "drain-end")) {
+                /* The guest's clock restarts right after (vm_start) */
+                tf->restart_abs_ns = t;
             } else if (!strcmp(name, "vmfork_parent_resumed") &&
                        sscanf(args, "parent resumed, paused for %lld",
                               &us) == 1) {

@@ -24,9 +24,9 @@
  *     the host time the command was sent;
  *   - clone_resume_ms (TCG): the instant the child's guest clock started
  *     again, = freeze + (child offset - parent offset before the fork),
- *     where freeze is the parent's STOP event; it is the lower bound of
- *     "guest executing" as clone_ms is the upper one (clone_ms adds the
- *     wait for the guest's next tick);
+ *     where freeze is where the parent's clock stood still (fork_finish());
+ *     it is the lower bound of "guest executing" as clone_ms is the upper
+ *     one (clone_ms adds the wait for the guest's next tick);
  *   - parent_pause_ms: TCG: the parent's offset after the fork minus the one
  *     before; KVM (the guest TSC runs on while the VM is stopped): the
  *     largest gap between the parent's guest timestamps around the command
@@ -480,8 +480,8 @@ static void children_resumed(ForkRun *r, gint64 freeze_guest)
  * offset after the fork, measured on a quiet window (it stays constant from
  * the parent's resume on, and right after a fan-out the parent is starved
  * of CPU, which would bias it); from it the parent's pause, and (TCG) where
- * its guest clock had stopped: it restarted at that value right after the
- * RESUME event, so freeze = RESUME - offset after.
+ * its guest clock had stopped: it restarted at that value when the parent
+ * restarted its guest, so freeze = that instant - offset after.
  */
 static void fork_finish(ForkCtx *ctx, ForkRun *r)
 {
@@ -505,8 +505,16 @@ static void fork_finish(ForkCtx *ctx, ForkRun *r)
     if (!kvm && r->off_b.ok && r->off_a.ok) {
         r->pause_ms = MS(r->off_a.off_ns - r->off_b.off_ns);
         r->pause_method = "guest clock offset after - before";
-        if (r->t_resume) {
-            gint64 freeze = r->t_resume - r->off_a.off_ns;
+        /*
+         * Its clock restarted right after its last step before vm_start
+         * (the trace point).  The RESUME event comes later, once its
+         * vCPUs run (patch 0023): only a fallback.
+         */
+        gint64 restart = r->tf.restart_abs_ns ? r->tf.restart_abs_ns
+                                              : r->t_resume;
+
+        if (restart) {
+            gint64 freeze = restart - r->off_a.off_ns;
             g_autoptr(GArray) after = stream_lines_since(p->serial, r->t_send);
 
             children_resumed(r, freeze);
