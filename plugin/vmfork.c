@@ -73,6 +73,8 @@ typedef struct VmforkState {
     pid_t parent_pid;           /* 0: not a clone */
     bool in_child;
     QTAILQ_HEAD(, VmforkChildRecord) children;
+    /* In a clone: the first of each ancestor's records (forget_children) */
+    GSList *parents_children;
     GSList *blockers;           /* Error * reasons, see vmfork_add_blocker() */
     GArray *ancestors;          /* of pid_t: the QEMUs this one comes from */
 } VmforkState;
@@ -175,7 +177,8 @@ typedef struct VmforkForked {
 
 static int child_status_fd = -1;       /* in a child: to its parent */
 
-static void vmfork_child_record_free(VmforkChildRecord *c)
+/* Its fds and their handlers go; the record itself is not written */
+static void vmfork_child_record_close(const VmforkChildRecord *c)
 {
     if (c->status_fd >= 0) {
         qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
@@ -185,6 +188,11 @@ static void vmfork_child_record_free(VmforkChildRecord *c)
         qemu_set_fd_handler(c->pidfd, NULL, NULL, NULL);
         close(c->pidfd);
     }
+}
+
+static void vmfork_child_record_free(VmforkChildRecord *c)
+{
+    vmfork_child_record_close(c);
     qapi_free_VmforkChardevList(c->chardevs);
     g_free(c->monitor);
     g_free(c->reason);
@@ -345,16 +353,25 @@ static void vmfork_child_record_watch(VmforkChildRecord *c)
 }
 
 /*
- * In the child: the parent's children are not ours.  Forget them without
- * touching them (their fds only lose this process's reference).
+ * In the child: the parent's children are not ours.  Their fds go (which
+ * only drops this process's reference), their records stay as they are:
+ * freeing them would write to pages that the child shares with its
+ * parent, a copy-on-write fault each before the child's guest runs, for
+ * up to VMFORK_EXITED_KEPT records and the running ones.  Left linked
+ * as they are, they cost nothing.
  */
 static void vmfork_forget_children(void)
 {
-    VmforkChildRecord *c, *tmp;
+    VmforkChildRecord *c;
 
-    QTAILQ_FOREACH_SAFE(c, &vmfork_state.children, next, tmp) {
-        QTAILQ_REMOVE(&vmfork_state.children, c, next);
-        vmfork_child_record_free(c);
+    QTAILQ_FOREACH(c, &vmfork_state.children, next) {
+        vmfork_child_record_close(c);
+    }
+    if (!QTAILQ_EMPTY(&vmfork_state.children)) {
+        vmfork_state.parents_children =
+            g_slist_prepend(vmfork_state.parents_children,
+                            QTAILQ_FIRST(&vmfork_state.children));
+        QTAILQ_INIT(&vmfork_state.children);
     }
 }
 

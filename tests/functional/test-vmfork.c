@@ -419,6 +419,16 @@ static void linux_fork_of_fork(void)
                                                "generation"), ==, 2);
     g_assert_cmpint(json_object_get_int_member(json_node_get_object(q),
                                                "parent-pid"), ==, child->pid);
+    /* Each lists its own children, none of its ancestors' */
+    g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+        json_node_get_object(q), "children")), ==, 0);
+    json_node_unref(q);
+    q = vm_qmp(child, "query-vmfork", NULL);
+    g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+        json_node_get_object(q), "children")), ==, 1);
+    g_assert_cmpint(json_object_get_int_member(nth_child(
+        json_object_get_array_member(json_node_get_object(q), "children"), 0),
+        "pid"), ==, grandchild->pid);
     json_node_unref(q);
     g_free(vm_agent(grandchild, "fill 99"));
     hc = vm_agent(child, "hash");
