@@ -43,13 +43,6 @@ typedef struct ConfigRow {
     const char *(*host_setup)(const char *dir);
 } ConfigRow;
 
-#define BLOCKDEV_QCOW2 \
-    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
-                 "\"node-name\":\"libvirt-1-storage\"," \
-                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
-    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
-                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
-
 #define CHANNEL_ARGS \
     "-device", "virtio-serial-pci,id=virtio-serial0", \
     "-chardev", "socket,id=charchannel0,path=@DIR@/qga.sock,server=on," \
@@ -58,14 +51,14 @@ typedef struct ConfigRow {
                "chardev=charchannel0,id=channel0,name=" CHANNEL
 
 static const char *const blockdev_virtio[] = {
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
     NULL
 };
 
 static const char *const blockdev_virtio_iothread[] = {
     "-object", "iothread,id=iothread1",
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
                "id=virtio-disk0",
     NULL
@@ -73,7 +66,7 @@ static const char *const blockdev_virtio_iothread[] = {
 
 static const char *const blockdev_scsi_iothread[] = {
     "-object", "iothread,id=iothread1",
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "virtio-scsi-pci,iothread=iothread1,id=scsi0",
     "-device", "scsi-hd,bus=scsi0.0,drive=libvirt-1-format,id=scsi0-0-0-0",
     NULL
@@ -81,7 +74,7 @@ static const char *const blockdev_scsi_iothread[] = {
 
 /* libvirt's <disk ...><target dev='sda' bus='sata'/> on q35's AHCI */
 static const char *const blockdev_sata[] = {
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "ide-hd,bus=ide.0,drive=libvirt-1-format,id=sata0-0-0",
     NULL
 };
@@ -106,7 +99,7 @@ static const char *const q35_libvirt[] = {
     "-device", "qemu-xhci,p2=15,p3=15,id=usb,bus=pci.2,addr=0x0",
     "-object", "iothread,id=iothread1",
     "-device", "virtio-serial-pci,id=virtio-serial0,bus=pci.3,addr=0x0",
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "virtio-blk-pci,iothread=iothread1,bus=pci.4,addr=0x0,"
                "drive=libvirt-1-format,id=virtio-disk0,bootindex=1",
     "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/cd.iso\","
@@ -170,7 +163,7 @@ static const char *const sandbox_spawn_allow[] = {
     "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=allow,"
                 "resourcecontrol=deny",
     "-object", "iothread,id=iothread1",
-    BLOCKDEV_QCOW2,
+    VM_LIBVIRT_BLOCKDEV_QCOW2,
     "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
                "id=virtio-disk0",
     NULL

@@ -643,11 +643,7 @@ static void test_warm(void)
 static void test_disk(void)
 {
     const char *extra[] = {
-        "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
-                     "\"node-name\":\"libvirt-1-storage\","
-                     "\"auto-read-only\":true,\"discard\":\"unmap\"}",
-        "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false,"
-                     "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}",
+        VM_LIBVIRT_BLOCKDEV_QCOW2,
         "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
         "-qmp", "unix:@DIR@/pool-qmp.sock,server=on,wait=off", NULL
     };

@@ -46,6 +46,18 @@ typedef struct VmOptions {
                                  * line */
 } VmOptions;
 
+/*
+ * A qcow2 disk, @DIR@/disk.qcow2, as libvirt gives it to QEMU (its
+ * generated node names, a file node under a format node), for VmOptions
+ * .extra; the device goes on node "libvirt-1-format"
+ */
+#define VM_LIBVIRT_BLOCKDEV_QCOW2 \
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
+                 "\"node-name\":\"libvirt-1-storage\"," \
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
+                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
+
 typedef struct Vm {
     GuestKind guest;
     pid_t pid;
