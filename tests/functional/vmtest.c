@@ -1084,7 +1084,7 @@ char *vm_writer_check(Vm *vm, const char *dev, guint64 acked)
     return g_strdup(f[2]);
 }
 
-gint64 vm_tiny_next_tick(Vm *vm, int timeout_ms, guint64 *tsc)
+gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
 
@@ -1092,7 +1092,7 @@ gint64 vm_tiny_next_tick(Vm *vm, int timeout_ms, guint64 *tsc)
     for (;;) {
         int left = (deadline - g_get_monotonic_time()) / 1000;
         g_autofree char *line = vm_read_line(vm, MAX(left, 0));
-        guint64 line_tsc;
+        guint64 tsc;
         gint64 seq;
 
         if (!line) {
@@ -1100,18 +1100,10 @@ gint64 vm_tiny_next_tick(Vm *vm, int timeout_ms, guint64 *tsc)
         }
         if (g_str_has_prefix(line, "C ") &&
             sscanf(line, "C %" G_GINT64_FORMAT " %" G_GINT64_MODIFIER "x",
-                   &seq, &line_tsc) == 2) {
-            if (tsc) {
-                *tsc = line_tsc;
-            }
+                   &seq, &tsc) == 2) {
             return seq;
         }
     }
-}
-
-gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms)
-{
-    return vm_tiny_next_tick(vm, timeout_ms, NULL);
 }
 
 void vm_tiny_send(Vm *vm, const char *cmd)

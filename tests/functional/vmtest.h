@@ -140,8 +140,6 @@ char *vm_writer_check(Vm *vm, const char *dev, guint64 acked);
 
 /* Tiny guest: the next counter line's sequence number (-1: timeout) */
 gint64 vm_tiny_next_seq(Vm *vm, int timeout_ms);
-/* ... and the guest TSC it printed with it, in *@tsc unless NULL */
-gint64 vm_tiny_next_tick(Vm *vm, int timeout_ms, guint64 *tsc);
 /* Tiny guest: a command ("h", "w SEED") and its reply line */
 char *vm_tiny_cmd(Vm *vm, const char *cmd);
 /* Tiny guest: the same in two steps, for replies that wait on the host */

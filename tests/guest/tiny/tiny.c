@@ -123,6 +123,12 @@ static void put_hex(u32 v, int digits)
     }
 }
 
+static void put_hex64(u64 v)
+{
+    put_hex((u32)(v >> 32), 8);
+    put_hex((u32)v, 8);
+}
+
 static void put_dec(u32 v)
 {
     char buf[10];
@@ -367,11 +373,8 @@ static void handle_line(const char *s)
         put_hex(pattern_hash(), 8);
         line_end();
     } else if (s[0] == 't' && s[1] == 0) {
-        u64 now = rdtsc();
-
         put_str("T ");
-        put_hex((u32)(now >> 32), 8);
-        put_hex((u32)now, 8);
+        put_hex64(rdtsc());
         line_end();
     } else if ((s[0] == 'f' || s[0] == 'b') && s[1] == 0) {
         if (s[0] == 'f') {
@@ -439,8 +442,7 @@ void tiny_main(void)
             put_str("C ");
             put_dec(seq);
             put_char(' ');
-            put_hex((u32)(now >> 32), 8);
-            put_hex((u32)now, 8);
+            put_hex64(now);
             line_end();
             next += TICK_TSC_DELTA;
             if ((s64)(now - next) >= 0) {
