@@ -249,12 +249,42 @@ static void linux_fork_three_children(void)
     vm_cleanup_all();
 }
 
-/* parent: paused keeps a template; start: false keeps the child paused */
+/*
+ * The "TB hash entries" that x-query-jit reports for the TB hash table
+ * that a process inherited or built, and for a forked child's own (-1
+ * where it has none)
+ */
+static void jit_tb_entries(Vm *vm, gint64 *inherited, gint64 *own)
+{
+    g_autoptr(JsonNode) r = vm_qmp(vm, "x-query-jit", NULL);
+    const char *text = json_object_get_string_member(json_node_get_object(r),
+                                                     "human-readable-text");
+    const char *own_table = strstr(text, "Forked child's own TB hash table:");
+    const char *line = strstr(text, "TB hash entries");
+
+    g_assert_nonnull(line);
+    g_assert_true(!own_table || line < own_table);
+    *inherited = g_ascii_strtoll(line + strlen("TB hash entries"), NULL, 10);
+    *own = -1;
+    if (own_table) {
+        line = strstr(own_table, "TB hash entries");
+        g_assert_nonnull(line);
+        *own = g_ascii_strtoll(line + strlen("TB hash entries"), NULL, 10);
+    }
+}
+
+/*
+ * parent: paused keeps a template; start: false keeps the child paused.
+ * Under TCG the child adds what it translates to a TB hash table of its
+ * own: each insertion into the inherited one would write to a random page
+ * of it, shared with the parent until then.
+ */
 static void linux_fork_paused_template(void)
 {
     VmOptions o = { .guest = GUEST_LINUX };
     g_autofree char *s_parent = NULL, *s_child = NULL, *s_child2 = NULL;
     g_autofree char *s_parent2 = NULL, *pong = NULL, *h = NULL, *hc = NULL;
+    gint64 p_inherited, p_own, c_inherited, c_own;
     Vm *parent, *child;
 
     if (vm_skip_if_missing(&o)) {
@@ -275,6 +305,19 @@ static void linux_fork_paused_template(void)
     g_assert_cmpstr(hc, ==, h);
     s_parent2 = vm_runstate(parent);
     g_assert_cmpstr(s_parent2, ==, "paused");
+
+    /* The child ran code that the parent never did ("hash", its VM
+     * generation ID's notification): it can only have removed entries
+     * from the table it shares (guest writes to translated code) */
+    jit_tb_entries(parent, &p_inherited, &p_own);
+    jit_tb_entries(child, &c_inherited, &c_own);
+    g_test_message("TB hash entries: paused parent %" G_GINT64_FORMAT
+                   ", child %" G_GINT64_FORMAT " inherited and %"
+                   G_GINT64_FORMAT " its own", p_inherited, c_inherited,
+                   c_own);
+    g_assert_cmpint(p_own, ==, -1);
+    g_assert_cmpint(c_own, >, 0);
+    g_assert_cmpint(c_inherited, <=, p_inherited);
 
     json_node_unref(vm_qmp(parent, "cont", NULL));
     pong = vm_agent(parent, "ping");
