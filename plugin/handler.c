@@ -176,6 +176,17 @@ void vmfork_handlers_abort(VmforkRequest *req)
     }
 }
 
+void vmfork_handlers_resumed(VmforkRequest *req)
+{
+    for (GSList *l = handlers; l; l = l->next) {
+        const VmforkHandler *h = l->data;
+
+        if (h->resumed) {
+            h->resumed(req);
+        }
+    }
+}
+
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
                                 VmforkChild *info)
 {

@@ -41,6 +41,9 @@
  *   fork(), in reverse priority order (IOThreads stop last); parent runs
  *   in the parent after the last fork(), before its guest resumes; child
  *   runs in each child before its guest starts.
+ * - resumed runs in the parent once its pause is over (its guest runs
+ *   again, or stays paused as asked), whether the fork succeeded or not:
+ *   what can wait until the guest runs.
  * - child_info runs in the parent once its guest runs again, for each
  *   child: what the reply says of it.  Then done runs, in the parent of
  *   a fork that succeeded, to free what the command needed.  They come
@@ -86,6 +89,7 @@ typedef struct VmforkHandler {
     bool (*parent)(VmforkRequest *req, Error **errp);
     bool (*child)(VmforkRequest *req, int index, Error **errp);
     void (*abort)(VmforkRequest *req);
+    void (*resumed)(VmforkRequest *req);
     /* in the parent: what the reply says of child @index (@info->pid) */
     void (*child_info)(VmforkRequest *req, int index, VmforkChild *info);
     void (*done)(VmforkRequest *req);
@@ -113,6 +117,7 @@ bool vmfork_handlers_paused(VmforkRequest *req, Error **errp);
 bool vmfork_handlers_parent(VmforkRequest *req, Error **errp);
 bool vmfork_handlers_child(VmforkRequest *req, int index, Error **errp);
 void vmfork_handlers_abort(VmforkRequest *req);
+void vmfork_handlers_resumed(VmforkRequest *req);
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
                                 VmforkChild *info);
 void vmfork_handlers_done(VmforkRequest *req);

@@ -10,6 +10,11 @@
  * once the guest is paused and block I/O is drained (vm_stop() needs them
  * running: a disk on an IOThread is drained in it), and start again in
  * the parent and in each child.  The child's worker pools start empty.
+ *
+ * The parent starts the user-created ones before its drained section
+ * ends (a disk on an IOThread needs it for that), and the monitor's once
+ * its guest runs: creating a thread in the pause made the pause longer,
+ * and Linux lets a new thread take the CPU of the thread that created it.
  */
 
 #include "qemu/osdep.h"
@@ -32,15 +37,22 @@ static bool threads_paused(VmforkRequest *req, Error **errp)
 
 static bool threads_parent(VmforkRequest *req, Error **errp)
 {
-    iothread_restart_all();
-    iothreads_stopped = false;
+    iothread_restart_user();
     return true;
 }
 
 static void threads_abort(VmforkRequest *req)
 {
     if (iothreads_stopped) {
-        threads_parent(req, NULL);
+        iothread_restart_user();
+    }
+}
+
+static void threads_resumed(VmforkRequest *req)
+{
+    if (iothreads_stopped) {
+        iothread_restart_all();
+        iothreads_stopped = false;
     }
 }
 
@@ -82,6 +94,7 @@ static const VmforkHandler threads_handler = {
     .parent = threads_parent,
     .child = threads_child,
     .abort = threads_abort,
+    .resumed = threads_resumed,
 };
 
 static void threads_register(void)

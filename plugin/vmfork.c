@@ -1015,6 +1015,7 @@ resume:
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
+    vmfork_handlers_resumed(&req);
 
     /*
      * What the command answers and the records of the children, made once
