@@ -482,9 +482,20 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
 /* In the parent after fork(), before its guest runs again */
 static bool block_parent(VmforkRequest *req, Error **errp)
 {
-    GPtrArray *tops = g_ptr_array_new_with_free_func(layer_free);
+    GPtrArray *tops;
     bool ok = true;
 
+    /*
+     * No writable disk: leave the bookkeeping to block_done(), since each
+     * page written before the guest runs is a copy-on-write fault
+     * (handler.h), and the layers of a disk unplugged since the last fork
+     * to forget
+     */
+    if (!disks->len) {
+        g_clear_pointer(&layers, g_ptr_array_unref);
+        return true;
+    }
+    tops = g_ptr_array_new_with_free_func(layer_free);
     /* For the reply: where each child's disks are (abort frees them) */
     child_overlays = g_ptr_array_new_with_free_func(
         (GDestroyNotify)g_ptr_array_unref);
@@ -530,6 +541,7 @@ static void block_child_info(VmforkRequest *req, int index,
 static void block_done(VmforkRequest *req)
 {
     g_clear_pointer(&child_overlays, g_ptr_array_unref);
+    g_clear_pointer(&disks, g_ptr_array_unref);
 }
 
 /*
