@@ -41,9 +41,9 @@
  *   fork(), in reverse priority order (IOThreads stop last); parent runs
  *   in the parent after the last fork(), before its guest resumes; child
  *   runs in each child before its guest starts.
- * - resumed runs in the parent once its pause is over (its guest runs
- *   again, or stays paused as asked), whether the fork succeeded or not:
- *   what can wait until the guest runs.
+ * - resumed runs once the guest runs (or stays paused as asked): in the
+ *   parent once its pause is over, whether the fork succeeded or not, and
+ *   in each child before its monitor starts.  What can wait until then.
  * - child_info runs in the parent once its guest runs again, for each
  *   child: what the reply says of it.  Then done runs, in the parent of
  *   a fork that succeeded, to free what the command needed.  They come

@@ -11,10 +11,11 @@
  * running: a disk on an IOThread is drained in it), and start again in
  * the parent and in each child.  The child's worker pools start empty.
  *
- * The parent starts the user-created ones before its drained section
- * ends (a disk on an IOThread needs it for that), and the monitor's once
- * its guest runs: creating a thread in the pause made the pause longer,
- * and Linux lets a new thread take the CPU of the thread that created it.
+ * Parent and child start the user-created ones before their drained
+ * section ends (a disk on an IOThread needs it for that), and the
+ * monitor's once their guest runs: creating a thread before made the
+ * parent's pause and the child's start longer, and Linux lets a new
+ * thread take the CPU of the thread that created it.
  */
 
 #include "qemu/osdep.h"
@@ -74,8 +75,7 @@ static bool threads_child(VmforkRequest *req, int index, Error **errp)
         qemu_get_aio_context(), iohandler_get_aio_context()
     };
 
-    iothreads_stopped = false;
-    iothread_restart_all();
+    iothread_restart_user();
     for (size_t i = 0; i < ARRAY_SIZE(ctxs); i++) {
         if (ctxs[i]->thread_pool) {
             thread_pool_reset_after_fork_aio(ctxs[i]->thread_pool);

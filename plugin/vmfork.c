@@ -819,6 +819,7 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
     if (req->start) {
         vm_start_vcpus_first();
     }
+    vmfork_handlers_resumed(req);
     vmfork_fault_child_phase("started");
     if (!vmfork_child_start_monitor(req, index, &err) ||
         vmfork_fault_child_fails("monitor", &err)) {
