@@ -486,10 +486,10 @@ static bool block_parent(VmforkRequest *req, Error **errp)
     bool ok = true;
 
     /*
-     * No writable disk: leave the bookkeeping to block_done(), since each
-     * page written before the guest runs is a copy-on-write fault
-     * (handler.h), and the layers of a disk unplugged since the last fork
-     * to forget
+     * No writable disk: nothing to switch.  Only forget the layers of a
+     * disk unplugged since the last fork; block_done() frees the empty
+     * list, since each page written before the guest runs is a
+     * copy-on-write fault (handler.h).
      */
     if (!disks->len) {
         g_clear_pointer(&layers, g_ptr_array_unref);

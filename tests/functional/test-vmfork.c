@@ -249,6 +249,17 @@ static void linux_fork_three_children(void)
     vm_cleanup_all();
 }
 
+#define TB_HASH_ENTRIES "TB hash entries"
+
+/* The number on the first "TB hash entries" line of @text on */
+static gint64 tb_hash_entries(const char *text)
+{
+    const char *line = strstr(text, TB_HASH_ENTRIES);
+
+    g_assert_nonnull(line);
+    return g_ascii_strtoll(line + strlen(TB_HASH_ENTRIES), NULL, 10);
+}
+
 /*
  * The "TB hash entries" that x-query-jit reports for the TB hash table
  * that a process inherited or built, and for a forked child's own (-1
@@ -260,17 +271,10 @@ static void jit_tb_entries(Vm *vm, gint64 *inherited, gint64 *own)
     const char *text = json_object_get_string_member(json_node_get_object(r),
                                                      "human-readable-text");
     const char *own_table = strstr(text, "Forked child's own TB hash table:");
-    const char *line = strstr(text, "TB hash entries");
 
-    g_assert_nonnull(line);
-    g_assert_true(!own_table || line < own_table);
-    *inherited = g_ascii_strtoll(line + strlen("TB hash entries"), NULL, 10);
-    *own = -1;
-    if (own_table) {
-        line = strstr(own_table, "TB hash entries");
-        g_assert_nonnull(line);
-        *own = g_ascii_strtoll(line + strlen("TB hash entries"), NULL, 10);
-    }
+    g_assert_true(!own_table || strstr(text, TB_HASH_ENTRIES) < own_table);
+    *inherited = tb_hash_entries(text);
+    *own = own_table ? tb_hash_entries(own_table) : -1;
 }
 
 /*
@@ -306,9 +310,11 @@ static void linux_fork_paused_template(void)
     s_parent2 = vm_runstate(parent);
     g_assert_cmpstr(s_parent2, ==, "paused");
 
-    /* The child ran code that the parent never did ("hash", its VM
-     * generation ID's notification): it can only have removed entries
-     * from the table it shares (guest writes to translated code) */
+    /*
+     * The child ran code that the parent never did ("hash"): its new TBs
+     * are in its own table, and it can only have removed entries from
+     * the one it shares (guest writes to translated code)
+     */
     jit_tb_entries(parent, &p_inherited, &p_own);
     jit_tb_entries(child, &c_inherited, &c_own);
     g_test_message("TB hash entries: paused parent %" G_GINT64_FORMAT
