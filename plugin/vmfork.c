@@ -252,16 +252,26 @@ static void vmfork_child_status_read(void *opaque)
     }
 }
 
-/*
- * A child that was killed could not remove its monitor socket: the parent
- * that named the path removes it (a child that quits removes its own).
- */
-static void vmfork_child_remove_socket(VmforkChildRecord *c)
+static void remove_if_socket(const char *path)
 {
     struct stat st;
 
-    if (lstat(c->monitor, &st) == 0 && S_ISSOCK(st.st_mode)) {
-        unlink(c->monitor);
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        unlink(path);
+    }
+}
+
+/*
+ * A child that was killed could not remove its sockets, its monitor's
+ * and its chardevs': the parent that named the paths removes them (a
+ * child that quits removes its own).  A chardev's file is its output,
+ * and stays.
+ */
+static void vmfork_child_remove_sockets(VmforkChildRecord *c)
+{
+    remove_if_socket(c->monitor);
+    for (VmforkChardevList *l = c->chardevs; l; l = l->next) {
+        remove_if_socket(l->value->path);
     }
 }
 
@@ -318,7 +328,7 @@ static void vmfork_child_exit_read(void *opaque)
         c->exit_status = WEXITSTATUS(wstatus);
     }
     if (WIFSIGNALED(wstatus)) {
-        vmfork_child_remove_socket(c);
+        vmfork_child_remove_sockets(c);
     }
     trace_vmfork_child_exited(c->pid, c->exit_status);
     qapi_event_send_vmfork_child_exited(c->pid, c->clone_id, c->exit_status,

@@ -607,11 +607,11 @@ static void fork_with_iothread(void)
 /*
  * A child killed at each phase of its re-initialisation (VMFORK_FAULT,
  * plugin/fault.c): the parent reports each exit, reaps it, removes the
- * monitor socket it left, keeps no fd of it, and its guest runs on.  A
- * child that dies before it has set up fails the command (and its
- * sibling is killed: never half-forked); one that dies later exits on
- * its own.  The phases are the child's common steps and then one per
- * fork handler (plugin/handler.h), in their order.
+ * sockets it left (its monitor's, its serial port's), keeps no fd of it,
+ * and its guest runs on.  A child that dies before it has set up fails
+ * the command (and its sibling is killed: never half-forked); one that
+ * dies later exits on its own.  The phases are the child's common steps
+ * and then one per fork handler (plugin/handler.h), in their order.
  */
 static const struct {
     const char *name;
@@ -630,7 +630,7 @@ static void child_killed_at_each_phase(gconstpointer accel)
         VmOptions o = { .guest = GUEST_TINY, .accel = accel };
         g_autofree char *fault = g_strdup_printf("kill-child:%s",
                                                  child_phases[p].name);
-        g_autoptr(GPtrArray) monitors = g_ptr_array_new_with_free_func(
+        g_autoptr(GPtrArray) sockets = g_ptr_array_new_with_free_func(
             g_free);
         g_autoptr(JsonArray) children = NULL;
         g_autoptr(GError) none = NULL;
@@ -649,7 +649,7 @@ static void child_killed_at_each_phase(gconstpointer accel)
         if (child_phases[p].set_up) {
             children = vm_fork(vm, "{\"count\": 2}");
             for (guint i = 0; i < 2; i++) {
-                g_ptr_array_add(monitors, g_strdup(
+                g_ptr_array_add(sockets, g_strdup(
                     json_object_get_string_member(
                         json_array_get_object_element(children, i),
                         "monitor")));
@@ -679,16 +679,19 @@ static void child_killed_at_each_phase(gconstpointer accel)
                             128 + SIGKILL);
             g_assert_true(pid_wait_gone(pid, 5000));
             if (!child_phases[p].set_up) {
-                g_ptr_array_add(monitors, g_strdup_printf(
+                g_ptr_array_add(sockets, g_strdup_printf(
                     "%s.fork-%d", vm->qmp_path, pid));
             }
+            /* The chardev's socket of the child (chardev.c's rule) */
+            g_ptr_array_add(sockets, g_strdup_printf(
+                "%s/serial.sock.fork-%d", vm->dir, pid));
             json_node_unref(ev);
         }
         /* None got as far as telling the parent it runs */
         ready = qmp_wait_event(vm->qmp, "VMFORK_CHILD_READY", 100, &none);
         g_assert_null(ready);
-        for (guint i = 0; i < monitors->len; i++) {
-            g_assert_false(g_file_test(monitors->pdata[i],
+        for (guint i = 0; i < sockets->len; i++) {
+            g_assert_false(g_file_test(sockets->pdata[i],
                                        G_FILE_TEST_EXISTS));
         }
         q = vm_qmp(vm, "query-vmfork", NULL);
