@@ -13,13 +13,17 @@
  * before the pause, the parent creates a qcow2 overlay backed by it for
  * itself and one for each child, and opens its own.  After fork() each
  * process puts its overlay on top of the base (what blockdev-snapshot
- * does) before its guest runs again.  The child first stops touching the
- * image locks, which it shares with the parent through the inherited
- * open file descriptions (see bdrv_file_forget_locks_after_fork()), drops
- * its copy of the parent's overlay, and makes the base and every node
- * below it read-only and inactive, without any I/O
- * (bdrv_forget_writes_after_fork()): it never flushes them or writes
- * their headers, refcounts or bitmaps, not even when it closes them.
+ * does).  A child does it before its guest runs.  The parent does it
+ * once its guest runs again, out of its pause: until then it keeps the
+ * base drained, so that no request of its guest reaches the base that
+ * the children read (block_parent(), block_resumed()).  The child first
+ * stops touching the image locks, which it shares with the parent
+ * through the inherited open file descriptions (see
+ * bdrv_file_forget_locks_after_fork()), drops its copy of the parent's
+ * overlay, and makes the base and every node below it read-only and
+ * inactive, without any I/O (bdrv_forget_writes_after_fork()): it never
+ * flushes them or writes their headers, refcounts or bitmaps, not even
+ * when it closes them.
  * The files under the base get read-only open file descriptions of the
  * child's own (a write would fail in the kernel).
  *
@@ -60,6 +64,7 @@ typedef struct VmforkDisk {
     char *parent_path;
     BlockDriverState *parent_overlay;   /* opened before the pause */
     GPtrArray *child_paths;
+    bool held;                  /* the parent keeps base drained */
 } VmforkDisk;
 
 /*
@@ -310,6 +315,9 @@ static void block_abort(VmforkRequest *req)
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
 
+        if (d->held) {
+            bdrv_drained_end(d->base);
+        }
         if (d->parent_overlay) {
             bdrv_unref(d->parent_overlay);
         }
@@ -479,46 +487,91 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
     return true;
 }
 
-/* In the parent after fork(), before its guest runs again */
+/*
+ * In the parent after fork(), before its guest runs again: each disk that
+ * gets a new layer stays drained (its guest's requests wait) until
+ * block_resumed() has put the layer on.  Block I/O is drained here
+ * already, so this only counts one more drained section: taking it costs
+ * next to nothing in the parent's pause, where the switch itself, a
+ * change of the block graph, would cost its time and many copy-on-write
+ * faults (handler.h).
+ */
 static bool block_parent(VmforkRequest *req, Error **errp)
 {
-    GPtrArray *tops;
-    bool ok = true;
+    for (guint i = 0; i < disks->len; i++) {
+        VmforkDisk *d = disks->pdata[i];
 
+        if (d->parent_overlay) {
+            bdrv_drained_begin(d->base);
+            d->held = true;
+        }
+    }
+    return true;
+}
+
+/*
+ * In the parent once its guest runs (or stays paused as asked): the new
+ * layers on its disks, then their requests go on, to the layers.  After
+ * an error the command fails and its children go: their overlays, and
+ * the parent's that were not put on, are removed.
+ */
+static bool block_resumed(VmforkRequest *req, Error **errp)
+{
+    GPtrArray *tops;
+    bool ok;
+
+    if (!disks) {
+        return true;    /* the fork failed: block_abort() undid it all */
+    }
     /*
      * No writable disk: nothing to switch.  Only forget the layers of a
      * disk unplugged since the last fork; block_done() frees the empty
-     * list, since each page written before the guest runs is a
-     * copy-on-write fault (handler.h).
+     * list.
      */
     if (!disks->len) {
         g_clear_pointer(&layers, g_ptr_array_unref);
         return true;
     }
+    ok = !vmfork_fault_parent_fails("block", errp);
     tops = g_ptr_array_new_with_free_func(layer_free);
-    /* For the reply: where each child's disks are (abort frees them) */
+    /* For the reply: where each child's disks are */
     child_overlays = g_ptr_array_new_with_free_func(
         (GDestroyNotify)g_ptr_array_unref);
-    for (guint i = 0; disks && i < disks->len; i++) {
+    for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay = d->parent_overlay;
+        bool switched = false;
 
         d->parent_overlay = NULL;
         if (d->kept) {
             layer_add(tops, d->kept, d->kept_write_gen);
         } else if (ok) {
             layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
-            ok = switch_to(d, overlay, errp);
+            ok = switched = switch_to(d, overlay, errp);
         } else {
             bdrv_unref(overlay);
         }
+        if (d->held) {
+            bdrv_drained_end(d->base);
+            d->held = false;
+        }
+        if (!ok && !d->kept && !switched) {
+            unlink(d->parent_path);
+        }
         g_ptr_array_add(child_overlays, g_steal_pointer(&d->child_paths));
     }
-    g_clear_pointer(&disks, g_ptr_array_unref);
     /* After a failure, no layer is known to be one of ours */
     if (!ok) {
         g_ptr_array_set_size(tops, 0);
+        for (guint i = 0; i < child_overlays->len; i++) {
+            GPtrArray *paths = child_overlays->pdata[i];
+
+            for (guint j = 0; j < paths->len; j++) {
+                unlink(paths->pdata[j]);
+            }
+        }
     }
+    g_clear_pointer(&disks, g_ptr_array_unref);
     g_clear_pointer(&layers, g_ptr_array_unref);
     layers = tops;
     return ok;
@@ -659,6 +712,7 @@ static const VmforkHandler block_handler = {
     .paused = block_paused,
     .parent = block_parent,
     .child = block_child,
+    .resumed = block_resumed,
     .child_info = block_child_info,
     .done = block_done,
     .abort = block_abort,

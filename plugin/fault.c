@@ -20,6 +20,10 @@
  *                                   as a handler that cannot do its job
  *   VMFORK_FAULT=fail-fork:N        the Nth fork() of each command (from
  *                                   1) fails with EAGAIN
+ *   VMFORK_FAULT=fail-parent:NAME   the parent's handler NAME fails where
+ *                                   its part ends, once the guest runs
+ *                                   ("block": instead of putting the new
+ *                                   layers on the parent's disks)
  *
  * Read at each use, never cached: a debugging aid with no cost when unset.
  */
@@ -70,6 +74,18 @@ bool vmfork_fault_fork_fails(int index)
     if (n && !qemu_strtoi(n, NULL, 10, &nth) && nth == index + 1) {
         trace_vmfork_fault_fail_fork(index);
         errno = EAGAIN;
+        return true;
+    }
+    return false;
+}
+
+bool vmfork_fault_parent_fails(const char *handler, Error **errp)
+{
+    const char *at = fault_arg("fail-parent");
+
+    if (at && !strcmp(at, handler)) {
+        error_setg(errp, "vmfork: VMFORK_FAULT: the parent's '%s' fails",
+                   handler);
         return true;
     }
     return false;

@@ -176,15 +176,29 @@ void vmfork_handlers_abort(VmforkRequest *req)
     }
 }
 
-void vmfork_handlers_resumed(VmforkRequest *req)
+/* Every handler's, even after an error: the first one is reported */
+bool vmfork_handlers_resumed(VmforkRequest *req, Error **errp)
 {
+    Error *first = NULL;
+
     for (GSList *l = handlers; l; l = l->next) {
         const VmforkHandler *h = l->data;
+        Error *err = NULL;
 
-        if (h->resumed) {
-            h->resumed(req);
+        if (h->resumed && !h->resumed(req, &err)) {
+            trace_vmfork_handler_failed(h->name, "resumed");
+            if (first) {
+                error_free(err);
+            } else {
+                first = err;
+            }
         }
     }
+    if (first) {
+        error_propagate(errp, first);
+        return false;
+    }
+    return true;
 }
 
 void vmfork_handlers_child_info(VmforkRequest *req, int index,

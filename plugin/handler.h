@@ -43,7 +43,13 @@
  *   runs in each child before its guest starts.
  * - resumed runs once the guest runs (or stays paused as asked): in the
  *   parent once its pause is over, whether the fork succeeded or not, and
- *   in each child before its monitor starts.  What can wait until then.
+ *   in each child before its monitor starts.  What can wait until then:
+ *   the guest's vCPUs run meanwhile, but nothing that needs the BQL (the
+ *   command holds it), so no device of the parent's is used before the
+ *   phase ends.  An error there fails the command as a child that cannot
+ *   set up does: the children go, and the handler undoes its own part
+ *   (abort does not run: the other handlers' parts are done).  In a child
+ *   it ends the child.
  * - child_info runs in the parent once its guest runs again, for each
  *   child: what the reply says of it.  Then done runs, in the parent of
  *   a fork that succeeded, to free what the command needed.  They come
@@ -89,7 +95,7 @@ typedef struct VmforkHandler {
     bool (*parent)(VmforkRequest *req, Error **errp);
     bool (*child)(VmforkRequest *req, int index, Error **errp);
     void (*abort)(VmforkRequest *req);
-    void (*resumed)(VmforkRequest *req);
+    bool (*resumed)(VmforkRequest *req, Error **errp);
     /* in the parent: what the reply says of child @index (@info->pid) */
     void (*child_info)(VmforkRequest *req, int index, VmforkChild *info);
     void (*done)(VmforkRequest *req);
@@ -117,7 +123,7 @@ bool vmfork_handlers_paused(VmforkRequest *req, Error **errp);
 bool vmfork_handlers_parent(VmforkRequest *req, Error **errp);
 bool vmfork_handlers_child(VmforkRequest *req, int index, Error **errp);
 void vmfork_handlers_abort(VmforkRequest *req);
-void vmfork_handlers_resumed(VmforkRequest *req);
+bool vmfork_handlers_resumed(VmforkRequest *req, Error **errp);
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
                                 VmforkChild *info);
 void vmfork_handlers_done(VmforkRequest *req);

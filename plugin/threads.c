@@ -49,12 +49,13 @@ static void threads_abort(VmforkRequest *req)
     }
 }
 
-static void threads_resumed(VmforkRequest *req)
+static bool threads_resumed(VmforkRequest *req, Error **errp)
 {
     if (iothreads_stopped) {
         iothread_restart_all();
         iothreads_stopped = false;
     }
+    return true;
 }
 
 /* The thread pool of the child's AioContexts: main loop's and IOThreads' */

@@ -136,5 +136,6 @@ void vmfork_identity_migrated(int64_t clone_id, int64_t generation);
 void vmfork_fault_child_phase(const char *phase);
 bool vmfork_fault_fork_fails(int index);
 bool vmfork_fault_child_fails(const char *phase, Error **errp);
+bool vmfork_fault_parent_fails(const char *handler, Error **errp);
 
 #endif

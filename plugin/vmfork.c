@@ -829,7 +829,9 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
     if (req->start) {
         vm_start_vcpus_first();
     }
-    vmfork_handlers_resumed(req);
+    if (!vmfork_handlers_resumed(req, &err)) {
+        vmfork_child_failed(err);
+    }
     vmfork_fault_child_phase("started");
     if (!vmfork_child_start_monitor(req, index, &err) ||
         vmfork_fault_child_fails("monitor", &err)) {
@@ -921,7 +923,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     g_autofree VmforkForked *forked = NULL;
     int64_t t0 = g_get_monotonic_time(), t_stop;
     int gate[2] = { -1, -1 };
-    bool prepared = false, ok = false;
+    bool prepared = false, ok = false, resumed_ok;
     int i = 0;
 
     req.was_running = runstate_is_running();
@@ -1008,7 +1010,11 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
     }
 
 resume:
-    /* 3. The children start; the parent goes on: disks, guest, the rest */
+    /*
+     * 3. The children start; the parent goes on: the handlers' parent
+     * phases, its guest, then what can wait until the guest runs (the
+     * resumed phases: its disks' new layers among them)
+     */
     if (gate[0] >= 0) {
         close(gate[1]);
         close(gate[0]);
@@ -1026,7 +1032,10 @@ resume:
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
-    vmfork_handlers_resumed(&req);
+    resumed_ok = vmfork_handlers_resumed(&req, ok ? errp : NULL);
+    if (ok && !resumed_ok && req.was_running && req.parent_stays_paused) {
+        vm_start();     /* as after any error: the parent runs as before */
+    }
 
     /*
      * What the command answers and the records of the children, made once
@@ -1049,7 +1058,7 @@ resume:
         vmfork_handlers_done(&req);
     }
 
-    ok = ok && vmfork_wait_set_up(records, errp);
+    ok = ok && resumed_ok && vmfork_wait_set_up(records, errp);
     for (guint j = 0; j < records->len; j++) {
         VmforkChildRecord *c = records->pdata[j];
 

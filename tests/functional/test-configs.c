@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #define CHANNEL "org.qemu.guest_agent.0"
+/* How long a test waits for a QMP event that must come */
+#define EVENT_TIMEOUT_MS 30000
 
 /* What a row has, and so what is checked in parent and child */
 enum {
@@ -843,6 +845,71 @@ static void template_keeps_its_layer(gconstpointer extra)
     vm_cleanup_all();
 }
 
+/*
+ * The parent puts the new layer on its disk once its guest runs again,
+ * and until then holds the guest's requests.  When that fails (here
+ * VMFORK_FAULT fail-parent:block), the command fails as it does for a
+ * child that cannot set up: the child goes, every overlay goes, and so
+ * do the child's sockets (the parent removes them).  The parent runs on
+ * with the image it had, its requests no longer held: a write and a read
+ * in the guest complete.  With the disk on the main loop, and on an
+ * IOThread, where the guest's requests need no BQL.
+ */
+static void parent_switch_fails(gconstpointer extra)
+{
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL;
+    g_autofree char *images = NULL, *back = NULL;
+    g_autoptr(GError) err = NULL, qerr = NULL;
+    g_autoptr(GDir) d = NULL;
+    const char *name;
+    JsonNode *ev;
+    pid_t pid;
+    Vm *parent;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_setenv("VMFORK_FAULT", "fail-parent:block", TRUE);
+    parent = start_with_image(&o, &dir, &disk);
+    g_unsetenv("VMFORK_FAULT");
+    vm_disk_write(parent, "vda", 100, "before-the-fork");
+
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    err = vm_qmp_error(parent, "vmfork", args);
+    g_assert_nonnull(err);
+    g_test_message("TCG, Linux guest: %s", err->message);
+    g_assert_cmpstr(qmp_error_class(err), ==, "GenericError");
+    g_assert_nonnull(strstr(qmp_error_desc(err),
+                            "the parent's 'block' fails"));
+    ev = qmp_wait_event(parent->qmp, "VMFORK_CHILD_EXITED",
+                        EVENT_TIMEOUT_MS, &qerr);
+    g_assert_no_error(qerr);
+    pid = json_object_get_int_member(qmp_event_data(ev), "pid");
+    json_node_unref(ev);
+    g_assert_true(pid_wait_gone(pid, 10000));
+
+    images = active_images(parent);
+    g_assert_cmpstr(images, ==, disk);
+    /* No overlay, and no socket of the killed child's (serial.sock.fork-) */
+    d = g_dir_open(dir, 0, NULL);
+    while ((name = g_dir_read_name(d))) {
+        g_test_message("in the overlay dir: %s", name);
+        g_assert_true(!g_str_has_suffix(name, ".qcow2") ||
+                      !strcmp(name, "disk.qcow2"));
+        g_assert_null(strstr(name, ".fork-"));
+    }
+    vm_disk_write(parent, "vda", 200, "after-the-failure");
+    back = vm_disk_read(parent, "vda", 200);
+    g_assert_cmpstr(back, ==, "after-the-failure");
+    g_free(back);
+    back = vm_disk_read(parent, "vda", 100);
+    g_assert_cmpstr(back, ==, "before-the-fork");
+    vm_quit(parent);
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 1);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -864,5 +931,9 @@ int main(int argc, char **argv)
     g_test_add_data_func("/configs/linux/tcg/template-keeps-its-layer-"
                          "iothread", blockdev_virtio_iothread,
                          template_keeps_its_layer);
+    g_test_add_data_func("/configs/linux/tcg/parent-switch-fails",
+                         blockdev_virtio, parent_switch_fails);
+    g_test_add_data_func("/configs/linux/tcg/parent-switch-fails-iothread",
+                         blockdev_virtio_iothread, parent_switch_fails);
     return g_test_run();
 }
