@@ -14,9 +14,9 @@
  * itself and one for each child, and opens its own.  After fork() each
  * process puts its overlay on top of the base (what blockdev-snapshot
  * does).  A child does it before its guest runs.  The parent does it
- * once its guest runs again, out of its pause: until then it keeps the
- * base drained, so that no request of its guest reaches the base that
- * the children read (block_parent(), block_resumed()).  The child first
+ * once its guest runs again, out of its pause (block_resumed()): block
+ * I/O stays drained until then (handler.h), so no request of its guest
+ * reaches the base that the children read.  The child first
  * stops touching the image locks, which it shares with the parent
  * through the inherited open file descriptions (see
  * bdrv_file_forget_locks_after_fork()), drops its copy of the parent's
@@ -64,7 +64,6 @@ typedef struct VmforkDisk {
     char *parent_path;
     BlockDriverState *parent_overlay;   /* opened before the pause */
     GPtrArray *child_paths;
-    bool held;                  /* the parent keeps base drained */
 } VmforkDisk;
 
 /*
@@ -307,17 +306,12 @@ static void disk_free(gpointer p)
 /* Undo block_prepare(): nothing half-created is left behind */
 static void block_abort(VmforkRequest *req)
 {
-    /* Past block_parent(): the children's overlays are theirs */
-    g_clear_pointer(&child_overlays, g_ptr_array_unref);
     if (!disks) {
         return;
     }
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
 
-        if (d->held) {
-            bdrv_drained_end(d->base);
-        }
         if (d->parent_overlay) {
             bdrv_unref(d->parent_overlay);
         }
@@ -488,28 +482,6 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
 }
 
 /*
- * In the parent after fork(), before its guest runs again: each disk that
- * gets a new layer stays drained (its guest's requests wait) until
- * block_resumed() has put the layer on.  Block I/O is drained here
- * already, so this only counts one more drained section: taking it costs
- * next to nothing in the parent's pause, where the switch itself, a
- * change of the block graph, would cost its time and many copy-on-write
- * faults (handler.h).
- */
-static bool block_parent(VmforkRequest *req, Error **errp)
-{
-    for (guint i = 0; i < disks->len; i++) {
-        VmforkDisk *d = disks->pdata[i];
-
-        if (d->parent_overlay) {
-            bdrv_drained_begin(d->base);
-            d->held = true;
-        }
-    }
-    return true;
-}
-
-/*
  * In the parent once its guest runs (or stays paused as asked): the new
  * layers on its disks, then their requests go on, to the layers.  After
  * an error the command fails and its children go: their overlays, and
@@ -550,10 +522,6 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
             ok = switched = switch_to(d, overlay, errp);
         } else {
             bdrv_unref(overlay);
-        }
-        if (d->held) {
-            bdrv_drained_end(d->base);
-            d->held = false;
         }
         if (!ok && !d->kept && !switched) {
             unlink(d->parent_path);
@@ -710,7 +678,6 @@ static const VmforkHandler block_handler = {
     .check = block_check,
     .prepare = block_prepare,
     .paused = block_paused,
-    .parent = block_parent,
     .child = block_child,
     .resumed = block_resumed,
     .child_info = block_child_info,

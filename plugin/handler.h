@@ -40,13 +40,15 @@
  * - paused runs with the guest paused and block I/O drained, just before
  *   fork(), in reverse priority order (IOThreads stop last); parent runs
  *   in the parent after the last fork(), before its guest resumes; child
- *   runs in each child before its guest starts.
+ *   runs in each child before its guest starts.  Block I/O stays drained
+ *   until the resumed phases are over, in parent and child.
  * - resumed runs once the guest runs (or stays paused as asked): in the
  *   parent once its pause is over, whether the fork succeeded or not, and
  *   in each child before its monitor starts.  What can wait until then:
  *   the guest's vCPUs run meanwhile, but nothing that needs the BQL (the
- *   command holds it), so no device of the parent's is used before the
- *   phase ends.  An error there fails the command as a child that cannot
+ *   command holds it), and its block requests wait, even those that an
+ *   IOThread takes, so no device is used before the phase ends.  An
+ *   error there fails the command as a child that cannot
  *   set up does: the children go, and the handler undoes its own part
  *   (abort does not run: the other handlers' parts are done).  In a child
  *   it ends the child.

@@ -825,13 +825,14 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
     }
     close(gate);
     vmfork_placement_release(&req->placement);
-    bdrv_drain_all_end();
     if (req->start) {
         vm_start_vcpus_first();
     }
     if (!vmfork_handlers_resumed(req, &err)) {
         vmfork_child_failed(err);
     }
+    /* Until here the guest's block requests wait (handler.h) */
+    bdrv_drain_all_end();
     vmfork_fault_child_phase("started");
     if (!vmfork_child_start_monitor(req, index, &err) ||
         vmfork_fault_child_fails("monitor", &err)) {
@@ -1013,7 +1014,9 @@ resume:
     /*
      * 3. The children start; the parent goes on: the handlers' parent
      * phases, its guest, then what can wait until the guest runs (the
-     * resumed phases: its disks' new layers among them)
+     * resumed phases: its disks' new layers among them), and only then
+     * the end of the drained section, so that no request of its guest
+     * reaches a disk before that disk has its new layer
      */
     if (gate[0] >= 0) {
         close(gate[1]);
@@ -1024,8 +1027,6 @@ resume:
         vmfork_handlers_abort(&req);
     }
     trace_vmfork_parent_phase("handlers", g_get_monotonic_time() - t0);
-    bdrv_drain_all_end();
-    trace_vmfork_parent_phase("drain-end", g_get_monotonic_time() - t0);
     /* After an error the parent runs as before, template or not */
     if (req.was_running && (!req.parent_stays_paused || !ok)) {
         vm_start_vcpus_first();
@@ -1033,6 +1034,9 @@ resume:
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
     resumed_ok = vmfork_handlers_resumed(&req, ok ? errp : NULL);
+    /* Until here the guest's block requests wait (handler.h) */
+    bdrv_drain_all_end();
+    trace_vmfork_parent_phase("drain-end", g_get_monotonic_time() - t0);
     if (ok && !resumed_ok && req.was_running && req.parent_stays_paused) {
         vm_start();     /* as after any error: the parent runs as before */
     }
