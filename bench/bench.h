@@ -124,6 +124,9 @@ typedef struct VmConfig {
     int vcpus;
     int touch_mib;          /* Linux: MiB the parent's agent writes after
                              * boot (guest RAM in use), 0 for none */
+    bool disk;              /* a qcow2 disk as libvirt and virt-install
+                             * write it: -blockdev, virtio-blk on an
+                             * IOThread; forks give it overlays */
 } VmConfig;
 
 typedef struct BenchPaths {

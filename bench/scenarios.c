@@ -130,6 +130,10 @@ JsonObject *bench_base_object(const char *scenario, const char *kind,
     json_object_set_string_member(o, "guest", guest_name(c->guest));
     json_object_set_int_member(o, "mem_mib", c->mem_mib);
     json_object_set_int_member(o, "vcpus", c->vcpus);
+    if (c->disk) {
+        json_object_set_string_member(o, "disk", "qcow2, -blockdev, "
+                                      "virtio-blk on an IOThread");
+    }
     return o;
 }
 
@@ -290,12 +294,20 @@ static bool first_own_tick(ForkCtx *ctx, Stream *s, GArray *parent_lines,
     }
 }
 
+/* The vmfork argument that puts a disk's overlays in @dir, if any */
+static char *overlay_dir_arg(const BenchVm *p, const char *dir)
+{
+    return p->cfg.disk ? g_strdup_printf(", \"overlay-dir\": \"%s\"", dir)
+                       : g_strdup("");
+}
+
 static bool fork_once(ForkCtx *ctx, int count, bool paused_parent,
                       ForkRun *r, GError **errp)
 {
     BenchVm *p = ctx->parent;
     bool was_frozen = ctx->frozen;
     g_autofree char *mon_tmpl = NULL, *out_tmpl = NULL, *args = NULL;
+    g_autofree char *ovl = overlay_dir_arg(p, ctx->dir);
     g_autoptr(JsonNode) reply = NULL;
     g_autoptr(GArray) plines = NULL;
     JsonArray *children;
@@ -311,8 +323,9 @@ static bool fork_once(ForkCtx *ctx, int count, bool paused_parent,
     mon_tmpl = g_strdup_printf("%s/f%d-%%i.qmp", ctx->dir, seq);
     out_tmpl = g_strdup_printf("%s/f%d-%%i.out", ctx->dir, seq);
     args = g_strdup_printf("{\"count\": %d, \"monitor\": \"%s\", \"serial\": "
-                           "\"%s\", \"parent\": \"%s\"}", count, mon_tmpl,
-                           out_tmpl, paused_parent ? "paused" : "running");
+                           "\"%s\", \"parent\": \"%s\"%s}", count, mon_tmpl,
+                           out_tmpl, paused_parent ? "paused" : "running",
+                           ovl);
     for (int i = 0; i < count; i++) {
         r->c[i].index = i;
         r->c[i].clone_ms = r->c[i].arrival_ms = r->c[i].resume_ms = NAN;
@@ -967,10 +980,11 @@ static void report_tsc(JsonObject *o, ForkRun *r)
 static GArray *keep_alive(GroupRun *gr, int count, GError **errp)
 {
     BenchVm *p = gr->parent;
+    g_autofree char *ovl = overlay_dir_arg(p, gr->dir);
     g_autofree char *args = g_strdup_printf(
         "{\"count\": %d, \"start\": false, \"monitor\": "
-        "\"%s/alive-%%i.qmp\", \"serial\": \"%s/alive-%%i.out\"}", count,
-        gr->dir, gr->dir);
+        "\"%s/alive-%%i.qmp\", \"serial\": \"%s/alive-%%i.out\"%s}", count,
+        gr->dir, gr->dir, ovl);
     g_autoptr(JsonNode) reply = NULL;
     GArray *pids = g_array_new(false, false, sizeof(int));
     JsonArray *children;
@@ -1304,7 +1318,7 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
                               int settle_ms, PeerAgg *agg, GError **errp)
 {
     BenchVm *p = gr->parent;
-    g_autofree char *args = NULL;
+    g_autofree char *args = NULL, *ovl = NULL;
     g_autoptr(JsonNode) stop = NULL, reply = NULL;
     g_autoptr(GArray) ref = NULL;
     JsonArray *children;
@@ -1319,10 +1333,11 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
         return;
     }
     gr->ctx.frozen = true;
+    ovl = overlay_dir_arg(p, gr->dir);
     args = g_strdup_printf("{\"count\": %d, \"monitor\": \"%s/pre-%%i.qmp\", "
                            "\"serial\": \"%s/pre-%%i.out\", \"start\": %s, "
-                           "\"parent\": \"paused\"}", n, gr->dir, gr->dir,
-                           settle_ms ? "true" : "false");
+                           "\"parent\": \"paused\"%s}", n, gr->dir, gr->dir,
+                           settle_ms ? "true" : "false", ovl);
     reply = vm_qmp(p, "vmfork", args, QMP_MS, errp);
     children = reply ? json_object_get_array_member(
                    json_node_get_object(reply), "children") : NULL;

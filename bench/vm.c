@@ -41,9 +41,10 @@ const char *guest_name(GuestKind g)
 
 char *vm_config_label(const VmConfig *c)
 {
-    return g_strdup_printf("%s-%s-%dm-%dcpu%s", guest_name(c->guest),
+    return g_strdup_printf("%s-%s-%dm-%dcpu%s%s", guest_name(c->guest),
                            c->accel, c->mem_mib, c->vcpus,
-                           c->touch_mib ? "-touched" : "");
+                           c->touch_mib ? "-touched" : "",
+                           c->disk ? "-disk" : "");
 }
 
 static bool is_kvm_pvm(void)
@@ -57,6 +58,36 @@ const char *accel_detail(const char *accel)
         return is_kvm_pvm() ? "kvm (kvm_pvm, a software hypervisor)" : "kvm";
     }
     return "tcg";
+}
+
+/* qemu-img, which the build puts next to qemu-system-x86_64 */
+static char *qemu_img_path(void)
+{
+    g_autofree char *bin = g_path_get_dirname(bench_paths.qemu);
+
+    return g_build_filename(bin, "qemu-img", NULL);
+}
+
+/* A new 1 GiB qcow2 image at @path for a VM's disk */
+static bool create_disk(const char *path, GError **errp)
+{
+    g_autofree char *img = qemu_img_path();
+    const char *argv[] = {
+        img, "create", "-q", "-f", "qcow2", path, "1G", NULL
+    };
+    g_autofree char *err_out = NULL;
+    int status;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL,
+                      NULL, NULL, NULL, &err_out, &status, errp)) {
+        return false;
+    }
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "qemu-img create %s: %s", path, err_out);
+        return false;
+    }
+    return true;
 }
 
 const char *vm_missing(const VmConfig *c)
@@ -73,6 +104,13 @@ const char *vm_missing(const VmConfig *c)
     if (c->guest == GUEST_TINY &&
         !g_file_test(bench_paths.tiny, G_FILE_TEST_EXISTS)) {
         return "the tiny test guest is not built";
+    }
+    if (c->disk) {
+        g_autofree char *img = qemu_img_path();
+
+        if (!g_file_test(img, G_FILE_TEST_IS_EXECUTABLE)) {
+            return "qemu-img is not built next to the patched QEMU";
+        }
     }
     if (c->touch_mib) {
         /* the parent's touched RAM, and as much again for its children */
@@ -205,6 +243,27 @@ BenchVm *vm_spawn(const VmConfig *c, const char *dir, const char *name,
     ARG("-serial"); ARG("chardev:agent");
     ARG("-device"); ARG("vmgenid");
     ARG("-msg"); ARG("timestamp=on");
+    if (c->disk) {
+        g_autofree char *image = g_strdup_printf("%s/%s.qcow2", dir, name);
+
+        if (!create_disk(image, errp)) {
+            close(lfd);
+            vm_destroy(vm);
+            return NULL;
+        }
+        /* As virt-install writes it (test-configs' blockdev rows) */
+        ARG("-object"); ARG("iothread,id=iothread1");
+        ARG("-blockdev");
+        ARG("{\"driver\":\"file\",\"filename\":\"%s\","
+            "\"node-name\":\"libvirt-1-storage\",\"auto-read-only\":true,"
+            "\"discard\":\"unmap\"}", image);
+        ARG("-blockdev");
+        ARG("{\"node-name\":\"libvirt-1-format\",\"read-only\":false,"
+            "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}");
+        ARG("-device");
+        ARG("virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
+            "id=virtio-disk0");
+    }
     if (c->guest == GUEST_LINUX) {
         ARG("-kernel"); ARG("%s", bench_paths.linux_kernel);
         ARG("-initrd"); ARG("%s", bench_paths.linux_initrd);
