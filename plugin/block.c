@@ -11,21 +11,19 @@
  * every BlockBackend with write permission, named or anonymous.  The node
  * at its root (the base) becomes a backing file that nobody writes again:
  * before the pause, the parent creates a qcow2 overlay backed by it for
- * itself and one for each child, and opens its own.  After fork() each
- * process puts its overlay on top of the base (what blockdev-snapshot
- * does).  A child does it before its guest runs.  The parent does it
- * once its guest runs again, out of its pause (block_resumed()): block
- * I/O stays drained until then (handler.h), so no request of its guest
- * reaches the base that the children read.  The child first
- * stops touching the image locks, which it shares with the parent
- * through the inherited open file descriptions (see
- * bdrv_file_forget_locks_after_fork()), drops its copy of the parent's
- * overlay, and makes the base and every node below it read-only and
- * inactive, without any I/O (bdrv_forget_writes_after_fork()): it never
- * flushes them or writes their headers, refcounts or bitmaps, not even
- * when it closes them.
- * The files under the base get read-only open file descriptions of the
- * child's own (a write would fail in the kernel).
+ * itself and one for each child.  After fork() each process opens its
+ * overlay and puts it on top of the base (what blockdev-snapshot does).
+ * A child does it before its guest runs.  The parent does it once its
+ * guest runs again, out of its pause (block_resumed()): block I/O stays
+ * drained until then (handler.h), so no request of its guest reaches
+ * the base that the children read.  The child first stops touching the
+ * image locks, which it shares with the parent through the inherited
+ * open file descriptions (see bdrv_file_forget_locks_after_fork()), and
+ * makes the base and every node below it read-only and inactive, without
+ * any I/O (bdrv_forget_writes_after_fork()): it never flushes them or
+ * writes their headers, refcounts or bitmaps, not even when it closes
+ * them.  The files under the base get read-only open file descriptions
+ * of the child's own (a write would fail in the kernel).
  *
  * A paused parent whose active layer is one that vmfork gave it, and
  * that nothing has written since, keeps it: that layer is empty, so the
@@ -62,7 +60,6 @@ typedef struct VmforkDisk {
     BlockDriverState *kept;
     unsigned kept_write_gen;
     char *parent_path;
-    BlockDriverState *parent_overlay;   /* opened before the pause */
     GPtrArray *child_paths;
 } VmforkDisk;
 
@@ -312,9 +309,6 @@ static void block_abort(VmforkRequest *req)
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
 
-        if (d->parent_overlay) {
-            bdrv_unref(d->parent_overlay);
-        }
         if (d->parent_path) {
             unlink(d->parent_path);
         }
@@ -411,11 +405,20 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
             }
             g_ptr_array_add(d->child_paths, path);
         }
+        /*
+         * The parent opens its overlay for good once its guest runs again
+         * (block_resumed()), so that no child has a copy of it to close;
+         * here only what cannot be opened is refused, before anything
+         * else happens.
+         */
         if (!d->kept) {
-            d->parent_overlay = open_overlay(d, d->parent_path, errp);
-            if (!d->parent_overlay) {
+            BlockDriverState *overlay = open_overlay(d, d->parent_path,
+                                                     errp);
+
+            if (!overlay) {
                 goto fail;
             }
+            bdrv_unref(overlay);
         }
         trace_vmfork_disk_overlays(d->name, d->parent_path ?: "(kept)",
                                    req->count);
@@ -511,17 +514,20 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         (GDestroyNotify)g_ptr_array_unref);
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
-        BlockDriverState *overlay = d->parent_overlay;
+        BlockDriverState *overlay;
         bool switched = false;
 
-        d->parent_overlay = NULL;
         if (d->kept) {
             layer_add(tops, d->kept, d->kept_write_gen);
         } else if (ok) {
-            layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
-            ok = switched = switch_to(d, overlay, errp);
-        } else {
-            bdrv_unref(overlay);
+            overlay = open_overlay(d, d->parent_path, errp);
+            if (!overlay) {
+                error_prepend(errp, "vmfork: %s: ", d->name);
+            } else {
+                layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
+                switched = switch_to(d, overlay, errp);
+            }
+            ok = switched;
         }
         if (!ok && !d->kept && !switched) {
             unlink(d->parent_path);
@@ -646,12 +652,6 @@ static bool block_child(VmforkRequest *req, int index, Error **errp)
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay;
 
-        /* The parent's overlay is the parent's: close our copy unwritten */
-        if (d->parent_overlay) {
-            bdrv_forget_writes_after_fork(d->parent_overlay);
-            bdrv_unref(d->parent_overlay);
-            d->parent_overlay = NULL;
-        }
         overlay = open_overlay(d, d->child_paths->pdata[index], errp);
         if (!overlay) {
             return false;
