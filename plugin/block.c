@@ -319,10 +319,57 @@ static void block_abort(VmforkRequest *req)
     g_clear_pointer(&disks, g_ptr_array_unref);
 }
 
+/*
+ * The last overlay that bdrv_img_create() made: what it depends on, and
+ * its bytes.  Two qcow2 overlays created with the same backing file,
+ * backing format and size are the same bytes (the header names the
+ * backing file, the tables are empty; nothing in a qcow2 image is unique
+ * to it).  So every other overlay of a command, and those of the next
+ * commands over the same base (a template's), are copies of that file,
+ * written in microseconds, where creating an image through the block
+ * layer opens it and writes its tables, a few milliseconds each, all of
+ * them before the guest pauses and the children can start.
+ */
+static struct {
+    char *backing;
+    char *backing_fmt;
+    int64_t size;
+    GBytes *bytes;
+} overlay_image;
+
+static bool overlay_image_fits(VmforkDisk *d, int64_t size)
+{
+    return overlay_image.bytes && overlay_image.size == size &&
+           !strcmp(overlay_image.backing, d->base->filename) &&
+           !strcmp(overlay_image.backing_fmt, d->base->drv->format_name);
+}
+
+static void overlay_image_keep(VmforkDisk *d, int64_t size,
+                               const char *path)
+{
+    g_autofree char *contents = NULL;
+    gsize len;
+
+    g_clear_pointer(&overlay_image.bytes, g_bytes_unref);
+    g_clear_pointer(&overlay_image.backing, g_free);
+    g_clear_pointer(&overlay_image.backing_fmt, g_free);
+    /* Without the bytes, the next overlay is created again */
+    if (g_file_get_contents(path, &contents, &len, NULL)) {
+        overlay_image.bytes = g_bytes_new_take(g_steal_pointer(&contents),
+                                               len);
+        overlay_image.backing = g_strdup(d->base->filename);
+        overlay_image.backing_fmt = g_strdup(d->base->drv->format_name);
+        overlay_image.size = size;
+    }
+}
+
 static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
 {
     Error *local_err = NULL;
+    g_autoptr(GError) gerr = NULL;
     int64_t size = bdrv_getlength(d->base);
+    gsize len;
+    const char *data;
 
     if (size < 0) {
         error_setg_errno(errp, -size, "vmfork: %s: cannot get its size",
@@ -333,6 +380,18 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
         error_setg(errp, "vmfork: overlay '%s' exists already", path);
         return false;
     }
+    if (overlay_image_fits(d, size)) {
+        data = g_bytes_get_data(overlay_image.bytes, &len);
+        /* The mode that file-posix creates images with */
+        if (!g_file_set_contents_full(path, data, len,
+                                      G_FILE_SET_CONTENTS_NONE, 0644,
+                                      &gerr)) {
+            error_setg(errp, "vmfork: %s: %s", d->name, gerr->message);
+            unlink(path);
+            return false;
+        }
+        return true;
+    }
     bdrv_img_create(path, "qcow2", d->base->filename,
                     d->base->drv->format_name, NULL, size,
                     BDRV_O_RDWR | BDRV_O_NO_BACKING, true, &local_err);
@@ -341,6 +400,7 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
         unlink(path);
         return false;
     }
+    overlay_image_keep(d, size, path);
     return true;
 }
 
@@ -404,21 +464,6 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
                 goto fail;
             }
             g_ptr_array_add(d->child_paths, path);
-        }
-        /*
-         * The parent opens its overlay for good once its guest runs again
-         * (block_resumed()), so that no child has a copy of it to close;
-         * here only what cannot be opened is refused, before anything
-         * else happens.
-         */
-        if (!d->kept) {
-            BlockDriverState *overlay = open_overlay(d, d->parent_path,
-                                                     errp);
-
-            if (!overlay) {
-                goto fail;
-            }
-            bdrv_unref(overlay);
         }
         trace_vmfork_disk_overlays(d->name, d->parent_path ?: "(kept)",
                                    req->count);
