@@ -69,10 +69,15 @@ static void remove_dir(const char *dir)
 
 static void on_abort(int sig)
 {
+    /* VMTEST_KEEP_DIRS=1: the logs of a failed test, for a post-mortem */
+    bool keep = g_getenv("VMTEST_KEEP_DIRS") != NULL;
+
     kill_groups(SIGKILL);
     /* Sockets first: they are what a later run would trip over */
     for (int i = 0; i < MAX_DIRS; i++) {
-        if (dirs[i][0]) {
+        if (dirs[i][0] && keep) {
+            fprintf(stderr, "vmtest: kept %s\n", dirs[i]);
+        } else if (dirs[i][0]) {
             remove_dir(dirs[i]);
         }
     }
