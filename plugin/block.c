@@ -46,6 +46,7 @@
 #include "block/block_int-common.h"
 #include "block/block-global-state.h"
 #include "block/block_int-io.h"
+#include "qemu/main-loop.h"
 #include "qemu/module.h"
 #include "hw/qdev-core.h"
 #include "system/block-backend.h"
@@ -320,47 +321,51 @@ static void block_abort(VmforkRequest *req)
 }
 
 /*
- * The last overlay that bdrv_img_create() made: what it depends on, and
- * its bytes.  Two qcow2 overlays created with the same backing file,
- * backing format and size are the same bytes (the header names the
+ * The bytes of overlays that bdrv_img_create() made, by what they depend
+ * on: the backing file, its format and the size.  Two qcow2 overlays
+ * created with the same three are the same bytes (the header names the
  * backing file, the tables are empty; nothing in a qcow2 image is unique
  * to it).  So every other overlay of a command, and those of the next
- * commands over the same base (a template's), are copies of that file,
- * written in microseconds, where creating an image through the block
- * layer opens it and writes its tables, a few milliseconds each, all of
- * them before the guest pauses and the children can start.
+ * commands over the same base (a template's), are copies, written in
+ * microseconds, where creating an image through the block layer opens it
+ * and writes its tables, a few milliseconds each, all of them before the
+ * guest pauses and the children can start.  A parent that runs on gets a
+ * new base with each fork, its new layer: after a fork, an idle moment
+ * makes that layer's overlay bytes for the next one (overlays_prepare()).
  */
-static struct {
-    char *backing;
-    char *backing_fmt;
-    int64_t size;
-    GBytes *bytes;
-} overlay_image;
+static GHashTable *overlay_images;      /* key -> GBytes */
 
-static bool overlay_image_fits(VmforkDisk *d, int64_t size)
+static char *overlay_key(const char *backing, const char *fmt, int64_t size)
 {
-    return overlay_image.bytes && overlay_image.size == size &&
-           !strcmp(overlay_image.backing, d->base->filename) &&
-           !strcmp(overlay_image.backing_fmt, d->base->drv->format_name);
+    return g_strdup_printf("%s\n%s\n%" PRId64, fmt, backing, size);
 }
 
-static void overlay_image_keep(VmforkDisk *d, int64_t size,
-                               const char *path)
+/* Create an overlay at @path with the block layer, and keep its bytes */
+static bool overlay_image_create(const char *path, const char *backing,
+                                 const char *fmt, int64_t size,
+                                 Error **errp)
 {
     g_autofree char *contents = NULL;
     gsize len;
 
-    g_clear_pointer(&overlay_image.bytes, g_bytes_unref);
-    g_clear_pointer(&overlay_image.backing, g_free);
-    g_clear_pointer(&overlay_image.backing_fmt, g_free);
+    bdrv_img_create(path, "qcow2", backing, fmt, NULL, size,
+                    BDRV_O_RDWR | BDRV_O_NO_BACKING, true, errp);
+    if (*errp) {
+        return false;
+    }
     /* Without the bytes, the next overlay is created again */
     if (g_file_get_contents(path, &contents, &len, NULL)) {
-        overlay_image.bytes = g_bytes_new_take(g_steal_pointer(&contents),
-                                               len);
-        overlay_image.backing = g_strdup(d->base->filename);
-        overlay_image.backing_fmt = g_strdup(d->base->drv->format_name);
-        overlay_image.size = size;
+        if (!overlay_images) {
+            overlay_images = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                                   g_free, (GDestroyNotify)
+                                                   g_bytes_unref);
+        }
+        g_hash_table_insert(overlay_images,
+                            overlay_key(backing, fmt, size),
+                            g_bytes_new_take(g_steal_pointer(&contents),
+                                             len));
     }
+    return true;
 }
 
 static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
@@ -368,6 +373,8 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
     Error *local_err = NULL;
     g_autoptr(GError) gerr = NULL;
     int64_t size = bdrv_getlength(d->base);
+    g_autofree char *key = NULL;
+    GBytes *bytes;
     gsize len;
     const char *data;
 
@@ -380,8 +387,10 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
         error_setg(errp, "vmfork: overlay '%s' exists already", path);
         return false;
     }
-    if (overlay_image_fits(d, size)) {
-        data = g_bytes_get_data(overlay_image.bytes, &len);
+    key = overlay_key(d->base->filename, d->base->drv->format_name, size);
+    bytes = overlay_images ? g_hash_table_lookup(overlay_images, key) : NULL;
+    if (bytes) {
+        data = g_bytes_get_data(bytes, &len);
         /* The mode that file-posix creates images with */
         if (!g_file_set_contents_full(path, data, len,
                                       G_FILE_SET_CONTENTS_NONE, 0644,
@@ -392,15 +401,13 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
         }
         return true;
     }
-    bdrv_img_create(path, "qcow2", d->base->filename,
-                    d->base->drv->format_name, NULL, size,
-                    BDRV_O_RDWR | BDRV_O_NO_BACKING, true, &local_err);
-    if (local_err) {
+    if (!overlay_image_create(path, d->base->filename,
+                              d->base->drv->format_name, size,
+                              &local_err)) {
         error_propagate_prepend(errp, local_err, "vmfork: %s: ", d->name);
         unlink(path);
         return false;
     }
-    overlay_image_keep(d, size, path);
     return true;
 }
 
@@ -529,6 +536,81 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
     return true;
 }
 
+/* What overlays_prepare() makes, once the command is over */
+typedef struct OverlaysNext {
+    GPtrArray *bases;           /* of char *: the new layers' files */
+    GArray *sizes;              /* of int64_t: their sizes */
+    QEMUBH *bh;
+} OverlaysNext;
+
+static void overlays_next_free(OverlaysNext *next)
+{
+    if (next->bh) {
+        qemu_bh_delete(next->bh);
+    }
+    g_ptr_array_unref(next->bases);
+    g_array_unref(next->sizes);
+    g_free(next);
+}
+
+/* The image goes to a file of its own in $TMPDIR, removed at once */
+static void overlays_prepare(void *opaque)
+{
+    OverlaysNext *next = opaque;
+    g_autofree char *path = NULL;
+    int fd = g_file_open_tmp("vmfork-overlay-XXXXXX.qcow2", &path, NULL);
+
+    if (fd < 0) {
+        overlays_next_free(next);
+        return;
+    }
+    close(fd);
+    for (guint i = 0; i < next->bases->len; i++) {
+        const char *base = next->bases->pdata[i];
+        int64_t size = g_array_index(next->sizes, int64_t, i);
+        g_autofree char *key = overlay_key(base, "qcow2", size);
+        Error *err = NULL;
+
+        if (overlay_images && g_hash_table_contains(overlay_images, key)) {
+            continue;
+        }
+        /* Not an error: the next fork creates its overlays itself */
+        if (!overlay_image_create(path, base, "qcow2", size, &err)) {
+            error_free(err);
+        }
+    }
+    unlink(path);
+    overlays_next_free(next);
+}
+
+/*
+ * After a fork that succeeded: only the bytes for the bases of the next
+ * fork stay, and those for a parent that runs on, whose new layers are
+ * the next bases, are made once the command is over, in an idle bottom
+ * half: after the reply, and after what the main loop has to do then
+ */
+static void overlays_for_next_fork(GPtrArray *keep, OverlaysNext *next)
+{
+    GHashTableIter iter;
+    gpointer key;
+
+    if (overlay_images) {
+        g_hash_table_iter_init(&iter, overlay_images);
+        while (g_hash_table_iter_next(&iter, &key, NULL)) {
+            if (!g_ptr_array_find_with_equal_func(keep, key, g_str_equal,
+                                                  NULL)) {
+                g_hash_table_iter_remove(&iter);
+            }
+        }
+    }
+    if (next->bases->len) {
+        next->bh = qemu_bh_new(overlays_prepare, next);
+        qemu_bh_schedule_idle(next->bh);
+    } else {
+        overlays_next_free(next);
+    }
+}
+
 /*
  * In the parent once its guest runs (or stays paused as asked): the new
  * layers on its disks, then their requests go on, to the layers.  After
@@ -537,6 +619,10 @@ static bool switch_to(VmforkDisk *d, BlockDriverState *overlay,
  */
 static bool block_resumed(VmforkRequest *req, Error **errp)
 {
+    g_autoptr(GPtrArray) keep = NULL;     /* overlay_images keys */
+    /* A paused parent keeps an unwritten layer: its base is the next */
+    bool stays_paused = !req->was_running || req->parent_stays_paused;
+    OverlaysNext *next;
     GPtrArray *tops;
     bool ok;
 
@@ -553,17 +639,25 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         return true;
     }
     ok = !vmfork_fault_parent_fails("block", errp);
+    keep = g_ptr_array_new_with_free_func(g_free);
+    next = g_new0(OverlaysNext, 1);
+    next->bases = g_ptr_array_new_with_free_func(g_free);
+    next->sizes = g_array_new(false, false, sizeof(int64_t));
     tops = g_ptr_array_new_with_free_func(layer_free);
     /* For the reply: where each child's disks are */
     child_overlays = g_ptr_array_new_with_free_func(
         (GDestroyNotify)g_ptr_array_unref);
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
+        int64_t size = bdrv_getlength(d->base);
         BlockDriverState *overlay;
         bool switched = false;
 
         if (d->kept) {
             layer_add(tops, d->kept, d->kept_write_gen);
+            g_ptr_array_add(keep, overlay_key(d->base->filename,
+                                              d->base->drv->format_name,
+                                              size));
         } else if (ok) {
             overlay = open_overlay(d, d->parent_path, errp);
             if (!overlay) {
@@ -573,6 +667,16 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
                 switched = switch_to(d, overlay, errp);
             }
             ok = switched;
+            if (switched && stays_paused) {
+                g_ptr_array_add(keep, overlay_key(d->base->filename,
+                                                  d->base->drv->format_name,
+                                                  size));
+            } else if (switched && size >= 0) {
+                g_ptr_array_add(keep, overlay_key(d->parent_path, "qcow2",
+                                                  size));
+                g_ptr_array_add(next->bases, g_strdup(d->parent_path));
+                g_array_append_val(next->sizes, size);
+            }
         }
         if (!ok && !d->kept && !switched) {
             unlink(d->parent_path);
@@ -589,6 +693,11 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
                 unlink(paths->pdata[j]);
             }
         }
+    }
+    if (ok) {
+        overlays_for_next_fork(keep, next);
+    } else {
+        overlays_next_free(next);
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
     g_clear_pointer(&layers, g_ptr_array_unref);
