@@ -415,6 +415,8 @@ static void fork_from_two_monitors(void)
                                 vm->dir);
 
     g_assert_cmpint(kill(vm->pid, SIGSTOP), ==, 0);
+    /* kill() returns before the threads stop: one could still read */
+    g_assert_true(pid_wait_stopped(vm->pid, 30000));
     for (int i = 0; i < 2; i++) {
         t[i] = g_thread_new("monitor-fork", monitor_fork, &f[i]);
     }

@@ -193,6 +193,45 @@ bool pid_gone(pid_t pid)
     return false;
 }
 
+/* Is every thread of @pid stopped (a stop signal taken)? */
+static bool pid_stopped(pid_t pid)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/task", pid);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *tid;
+
+    if (!d) {
+        return false;
+    }
+    while ((tid = g_dir_read_name(d))) {
+        g_autofree char *path = g_strdup_printf("%s/%s/stat", dir, tid);
+        g_autofree char *stat = NULL;
+        const char *p;
+
+        if (!g_file_get_contents(path, &stat, NULL, NULL)) {
+            continue;           /* a thread that ended */
+        }
+        p = strrchr(stat, ')');
+        if (!p || p[1] != ' ' || (p[2] != 'T' && p[2] != 't')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool pid_wait_stopped(pid_t pid, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    while (!pid_stopped(pid)) {
+        if (g_get_monotonic_time() > deadline) {
+            return false;
+        }
+        g_usleep(1000);
+    }
+    return true;
+}
+
 bool pid_wait_gone(pid_t pid, int timeout_ms)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;

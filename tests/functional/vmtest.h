@@ -215,5 +215,7 @@ char *proc_status_value(const char *status, const char *field);
 bool pid_gone(pid_t pid);
 /* Wait up to timeout_ms for that */
 bool pid_wait_gone(pid_t pid, int timeout_ms);
+/* Until every thread of @pid is stopped (SIGSTOP), or the timeout */
+bool pid_wait_stopped(pid_t pid, int timeout_ms);
 
 #endif
