@@ -219,30 +219,29 @@ static bool pid_stopped(pid_t pid)
     return true;
 }
 
-bool pid_wait_stopped(pid_t pid, int timeout_ms)
+/* Poll @done(@pid) every @poll_us until it holds or @timeout_ms pass */
+static bool pid_wait(bool (*done)(pid_t pid), pid_t pid, int timeout_ms,
+                     gulong poll_us)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
 
-    while (!pid_stopped(pid)) {
+    while (!done(pid)) {
         if (g_get_monotonic_time() > deadline) {
             return false;
         }
-        g_usleep(1000);
+        g_usleep(poll_us);
     }
     return true;
 }
 
+bool pid_wait_stopped(pid_t pid, int timeout_ms)
+{
+    return pid_wait(pid_stopped, pid, timeout_ms, 1000);
+}
+
 bool pid_wait_gone(pid_t pid, int timeout_ms)
 {
-    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
-
-    while (!pid_gone(pid)) {
-        if (g_get_monotonic_time() > deadline) {
-            return false;
-        }
-        g_usleep(2000);
-    }
-    return true;
+    return pid_wait(pid_gone, pid, timeout_ms, 2000);
 }
 
 static const char *env_path(const char *var)
