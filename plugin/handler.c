@@ -176,10 +176,13 @@ void vmfork_handlers_abort(VmforkRequest *req)
     }
 }
 
-/* Every handler's, even after an error: the first one is reported */
+/*
+ * Every handler's, even after an error: the first one is reported
+ * (error_propagate() frees those that come after it)
+ */
 bool vmfork_handlers_resumed(VmforkRequest *req, Error **errp)
 {
-    Error *first = NULL;
+    bool ok = true;
 
     for (GSList *l = handlers; l; l = l->next) {
         const VmforkHandler *h = l->data;
@@ -187,18 +190,11 @@ bool vmfork_handlers_resumed(VmforkRequest *req, Error **errp)
 
         if (h->resumed && !h->resumed(req, &err)) {
             trace_vmfork_handler_failed(h->name, "resumed");
-            if (first) {
-                error_free(err);
-            } else {
-                first = err;
-            }
+            error_propagate(errp, err);
+            ok = false;
         }
     }
-    if (first) {
-        error_propagate(errp, first);
-        return false;
-    }
-    return true;
+    return ok;
 }
 
 void vmfork_handlers_child_info(VmforkRequest *req, int index,
