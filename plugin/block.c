@@ -62,6 +62,8 @@ typedef struct VmforkDisk {
     unsigned kept_write_gen;
     char *parent_path;
     GPtrArray *child_paths;
+    int64_t size;               /* of base, and so of every overlay */
+    char *base_key;             /* overlay_images' key for base's overlays */
 } VmforkDisk;
 
 /*
@@ -295,6 +297,7 @@ static void disk_free(gpointer p)
     g_free(d->name);
     g_free(d->file_name);
     g_free(d->parent_path);
+    g_free(d->base_key);
     if (d->child_paths) {
         g_ptr_array_free(d->child_paths, true);
     }
@@ -345,6 +348,7 @@ static bool overlay_image_create(const char *path, const char *backing,
                                  const char *fmt, int64_t size,
                                  Error **errp)
 {
+    ERRP_GUARD();
     g_autofree char *contents = NULL;
     gsize len;
 
@@ -372,23 +376,16 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
 {
     Error *local_err = NULL;
     g_autoptr(GError) gerr = NULL;
-    int64_t size = bdrv_getlength(d->base);
-    g_autofree char *key = NULL;
     GBytes *bytes;
     gsize len;
     const char *data;
 
-    if (size < 0) {
-        error_setg_errno(errp, -size, "vmfork: %s: cannot get its size",
-                         d->name);
-        return false;
-    }
     if (access(path, F_OK) == 0) {
         error_setg(errp, "vmfork: overlay '%s' exists already", path);
         return false;
     }
-    key = overlay_key(d->base->filename, d->base->drv->format_name, size);
-    bytes = overlay_images ? g_hash_table_lookup(overlay_images, key) : NULL;
+    bytes = overlay_images ? g_hash_table_lookup(overlay_images, d->base_key)
+                           : NULL;
     if (bytes) {
         data = g_bytes_get_data(bytes, &len);
         /* The mode that file-posix creates images with */
@@ -402,7 +399,7 @@ static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
         return true;
     }
     if (!overlay_image_create(path, d->base->filename,
-                              d->base->drv->format_name, size,
+                              d->base->drv->format_name, d->size,
                               &local_err)) {
         error_propagate_prepend(errp, local_err, "vmfork: %s: ", d->name);
         unlink(path);
@@ -451,6 +448,14 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
         g_strdelimit(d->file_name, "/", '_');
         bdrv_refresh_filename(d->base);
         d->child_paths = g_ptr_array_new_with_free_func(g_free);
+        d->size = bdrv_getlength(d->base);
+        if (d->size < 0) {
+            error_setg_errno(errp, -d->size, "vmfork: %s: cannot get its "
+                             "size", d->name);
+            goto fail;
+        }
+        d->base_key = overlay_key(d->base->filename,
+                                  d->base->drv->format_name, d->size);
 
         if (!d->kept) {
             d->parent_path = g_strdup_printf("%s/%s-%d-%u-parent.qcow2",
@@ -649,15 +654,12 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         (GDestroyNotify)g_ptr_array_unref);
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
-        int64_t size = bdrv_getlength(d->base);
         BlockDriverState *overlay;
         bool switched = false;
 
         if (d->kept) {
             layer_add(tops, d->kept, d->kept_write_gen);
-            g_ptr_array_add(keep, overlay_key(d->base->filename,
-                                              d->base->drv->format_name,
-                                              size));
+            g_ptr_array_add(keep, g_strdup(d->base_key));
         } else if (ok) {
             overlay = open_overlay(d, d->parent_path, errp);
             if (!overlay) {
@@ -668,14 +670,12 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
             }
             ok = switched;
             if (switched && stays_paused) {
-                g_ptr_array_add(keep, overlay_key(d->base->filename,
-                                                  d->base->drv->format_name,
-                                                  size));
-            } else if (switched && size >= 0) {
+                g_ptr_array_add(keep, g_strdup(d->base_key));
+            } else if (switched) {
                 g_ptr_array_add(keep, overlay_key(d->parent_path, "qcow2",
-                                                  size));
+                                                  d->size));
                 g_ptr_array_add(next->bases, g_strdup(d->parent_path));
-                g_array_append_val(next->sizes, size);
+                g_array_append_val(next->sizes, d->size);
             }
         }
         if (!ok && !d->kept && !switched) {
@@ -683,8 +683,10 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         }
         g_ptr_array_add(child_overlays, g_steal_pointer(&d->child_paths));
     }
-    /* After a failure, no layer is known to be one of ours */
-    if (!ok) {
+    if (ok) {
+        overlays_for_next_fork(keep, next);
+    } else {
+        /* After a failure, no layer is known to be one of ours */
         g_ptr_array_set_size(tops, 0);
         for (guint i = 0; i < child_overlays->len; i++) {
             GPtrArray *paths = child_overlays->pdata[i];
@@ -693,10 +695,6 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
                 unlink(paths->pdata[j]);
             }
         }
-    }
-    if (ok) {
-        overlays_for_next_fork(keep, next);
-    } else {
         overlays_next_free(next);
     }
     g_clear_pointer(&disks, g_ptr_array_unref);
