@@ -75,9 +75,12 @@ static void on_abort(int sig)
     kill_groups(SIGKILL);
     /* Sockets first: they are what a later run would trip over */
     for (int i = 0; i < MAX_DIRS; i++) {
-        if (dirs[i][0] && keep) {
+        if (!dirs[i][0]) {
+            continue;
+        }
+        if (keep) {
             fprintf(stderr, "vmtest: kept %s\n", dirs[i]);
-        } else if (dirs[i][0]) {
+        } else {
             remove_dir(dirs[i]);
         }
     }
@@ -176,21 +179,30 @@ char *proc_status_value(const char *status, const char *field)
     return g_strstrip(g_strndup(line, strcspn(line, "\n")));
 }
 
-bool pid_gone(pid_t pid)
+/*
+ * The state letter of a /proc stat file ("R", "S", "T", "Z", ...): 0 if
+ * it cannot be read (the process or thread is gone), '?' if it is not
+ * in the format
+ */
+static char proc_stat_state(const char *path)
 {
-    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
     g_autofree char *stat = NULL;
     const char *p;
 
     if (!g_file_get_contents(path, &stat, NULL, NULL)) {
-        return true;
+        return 0;
     }
     p = strrchr(stat, ')');
+    return p && p[1] == ' ' && p[2] ? p[2] : '?';
+}
+
+bool pid_gone(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    char state = proc_stat_state(path);
+
     /* A zombie that is ours (re-parented to this subreaper): reap it */
-    if (p && p[1] == ' ' && p[2] == 'Z' && waitpid(pid, NULL, WNOHANG) == pid) {
-        return true;
-    }
-    return false;
+    return !state || (state == 'Z' && waitpid(pid, NULL, WNOHANG) == pid);
 }
 
 /* Is every thread of @pid stopped (a stop signal taken)? */
@@ -205,14 +217,10 @@ static bool pid_stopped(pid_t pid)
     }
     while ((tid = g_dir_read_name(d))) {
         g_autofree char *path = g_strdup_printf("%s/%s/stat", dir, tid);
-        g_autofree char *stat = NULL;
-        const char *p;
+        char state = proc_stat_state(path);
 
-        if (!g_file_get_contents(path, &stat, NULL, NULL)) {
-            continue;           /* a thread that ended */
-        }
-        p = strrchr(stat, ')');
-        if (!p || p[1] != ' ' || (p[2] != 'T' && p[2] != 't')) {
+        /* 0: a thread that ended */
+        if (state && state != 'T' && state != 't') {
             return false;
         }
     }
