@@ -267,7 +267,16 @@ static bool detach_socket(int fd, Error **errp)
     return fd_replace(fd, sv[0], (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0, errp);
 }
 
-GHashTable *vmfork_fd_targets(Error **errp)
+/*
+ * Call @fn with each open fd and the target of its /proc/self/fd link.
+ *
+ * It allocates nothing: a new child lists its fds first, and each malloc()
+ * there would take a free chunk of the heap that it shares with its parent,
+ * a page copied for a few bytes.  The buffer of opendir() alone is 32 KiB,
+ * and its request first consolidates the fast bins all over the heap.
+ */
+static bool fd_foreach(void (*fn)(int fd, const char *target, void *opaque),
+                       void *opaque, Error **errp)
 {
     /*
      * readlinkat() in the listed directory: a path from the root would
@@ -275,91 +284,119 @@ GHashTable *vmfork_fd_targets(Error **errp)
      * third of the time it spends on its fds
      */
     int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *dir = dfd < 0 ? NULL : fdopendir(dfd);
-    GHashTable *targets;
-    struct dirent *de;
+    char entries[4096] QEMU_ALIGNED(8);
+    char target[PATH_MAX];
+    ssize_t n;
 
-    if (!dir) {
+    if (dfd < 0) {
         error_setg_errno(errp, errno, "vmfork: cannot list /proc/self/fd");
-        if (dfd >= 0) {
-            close(dfd);
+        return false;
+    }
+    while ((n = getdents64(dfd, entries, sizeof(entries))) > 0) {
+        for (ssize_t off = 0; off < n; ) {
+            struct dirent64 *de = (struct dirent64 *)(entries + off);
+            ssize_t len;
+            int fd;
+
+            off += de->d_reclen;
+            if (de->d_name[0] == '.' || (fd = atoi(de->d_name)) == dfd) {
+                continue;   /* the listing's own fd */
+            }
+            len = readlinkat(dfd, de->d_name, target, sizeof(target) - 1);
+            if (len < 0) {
+                continue;   /* closed meanwhile */
+            }
+            target[len] = 0;
+            fn(fd, target, opaque);
         }
+    }
+    if (n < 0) {
+        error_setg_errno(errp, errno, "vmfork: cannot list /proc/self/fd");
+    }
+    close(dfd);
+    return n == 0;
+}
+
+static void fd_target_insert(int fd, const char *target, void *opaque)
+{
+    g_hash_table_insert(opaque, GINT_TO_POINTER(fd), g_strdup(target));
+}
+
+GHashTable *vmfork_fd_targets(Error **errp)
+{
+    GHashTable *targets = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+
+    if (!fd_foreach(fd_target_insert, targets, errp)) {
+        g_hash_table_destroy(targets);
         return NULL;
     }
-    targets = g_hash_table_new_full(NULL, NULL, NULL, g_free);
-    while ((de = readdir(dir))) {
-        char target[PATH_MAX];
-        ssize_t len;
-        int fd;
-
-        if (de->d_name[0] == '.' || (fd = atoi(de->d_name)) == dfd) {
-            continue;   /* the listing's own fd */
-        }
-        len = readlinkat(dfd, de->d_name, target, sizeof(target) - 1);
-        if (len < 0) {
-            continue;   /* closed meanwhile */
-        }
-        g_hash_table_insert(targets, GINT_TO_POINTER(fd),
-                            g_strndup(target, len));
-    }
-    closedir(dir);
     return targets;
 }
 
-static bool fds_make_private(GHashTable *targets, Error **errp)
+/* What an inherited fd is, for the rule that applies to it */
+typedef enum {
+    FD_EVENTFD,
+    FD_SIGNALFD,
+    FD_PIDFILE,
+    FD_SOCKET,
+    FD_EPOLL,
+} FdKind;
+
+typedef struct {
+    int fd;
+    FdKind kind;
+} FdToReplace;
+
+static void fd_classify(int fd, const char *target, void *opaque)
 {
-    g_autoptr(GArray) epolls = g_array_new(false, false, sizeof(int));
-    g_autoptr(GArray) sockets = g_array_new(false, false, sizeof(int));
-    GHashTableIter iter;
-    gpointer key, target;
+    FdToReplace f = { .fd = fd };
 
-    /*
-     * First the eventfds and signalfds, so that the epoll instances built
-     * afterwards watch the new ones.  The fds created here get higher
-     * numbers than the ones listed or are dup3()'d over them.
-     */
-    g_hash_table_iter_init(&iter, targets);
-    while (g_hash_table_iter_next(&iter, &key, &target)) {
-        int fd = GPOINTER_TO_INT(key);
+    if (g_str_equal(target, "anon_inode:[eventfd]")) {
+        f.kind = FD_EVENTFD;
+    } else if (g_str_equal(target, "anon_inode:[signalfd]")) {
+        f.kind = FD_SIGNALFD;
+    } else if (target[0] == '/' && vmfork_fd_is_own_pidfile(fd)) {
+        f.kind = FD_PIDFILE;
+    } else if (g_str_has_prefix(target, "socket:")) {
+        f.kind = FD_SOCKET;
+    } else if (g_str_equal(target, "anon_inode:[eventpoll]")) {
+        f.kind = FD_EPOLL;
+    } else {
+        return;
+    }
+    g_array_append_val(opaque, f);
+}
 
-        if (g_str_equal(target, "anon_inode:[eventfd]")) {
-            if (!replace_eventfd(fd, errp)) {
-                return false;
-            }
-        } else if (g_str_equal(target, "anon_inode:[signalfd]")) {
-            if (!replace_signalfd(fd, errp)) {
-                return false;
-            }
-        } else if (((const char *)target)[0] == '/' &&
-                   vmfork_fd_is_own_pidfile(fd)) {
-            if (!replace_pidfile(fd, errp)) {
-                return false;
-            }
-        } else if (g_str_equal(target, "anon_inode:[eventpoll]")) {
-            g_array_append_val(epolls, fd);
-        } else if (g_str_has_prefix(target, "socket:")) {
-            g_array_append_val(sockets, fd);
-        }
+static bool fd_replace_one(const FdToReplace *f, Error **errp)
+{
+    switch (f->kind) {
+    case FD_EVENTFD:
+        return replace_eventfd(f->fd, errp);
+    case FD_SIGNALFD:
+        return replace_signalfd(f->fd, errp);
+    case FD_PIDFILE:
+        return replace_pidfile(f->fd, errp);
+    case FD_SOCKET:
+        return detach_socket(f->fd, errp);
+    case FD_EPOLL:
+        return replace_epoll(f->fd, errp);
     }
-    for (guint i = 0; i < sockets->len; i++) {
-        if (!detach_socket(g_array_index(sockets, int, i), errp)) {
-            return false;
-        }
-    }
-    for (guint i = 0; i < epolls->len; i++) {
-        if (!replace_epoll(g_array_index(epolls, int, i), errp)) {
-            return false;
-        }
-    }
-    return true;
+    g_assert_not_reached();
 }
 
 bool vmfork_fd_make_private(Error **errp)
 {
-    g_autoptr(GHashTable) targets = vmfork_fd_targets(errp);
-    bool ok;
+    /* One allocation, big enough for QEMU's usual few dozen */
+    g_autoptr(GArray) fds = g_array_sized_new(false, false,
+                                              sizeof(FdToReplace), 64);
+    bool ok = true;
 
-    if (!targets) {
+    /*
+     * All of them are listed first: the fds made here get numbers that the
+     * listing could still show (the kept end of a socketpair), or are
+     * dup3()'d over the listed ones.
+     */
+    if (!fd_foreach(fd_classify, fds, errp)) {
         return false;
     }
     /* Opened after the listing, which it is not in (as readlinkat above) */
@@ -368,7 +405,19 @@ bool vmfork_fd_make_private(Error **errp)
         error_setg_errno(errp, errno, "vmfork: cannot open /proc/self/fdinfo");
         return false;
     }
-    ok = fds_make_private(targets, errp);
+    /*
+     * In the order of FdKind: the eventfds and signalfds first, so that
+     * the epoll instances built last watch the new ones.
+     */
+    for (FdKind kind = FD_EVENTFD; ok && kind <= FD_EPOLL; kind++) {
+        for (guint i = 0; ok && i < fds->len; i++) {
+            const FdToReplace *f = &g_array_index(fds, FdToReplace, i);
+
+            if (f->kind == kind) {
+                ok = fd_replace_one(f, errp);
+            }
+        }
+    }
     close(fdinfo_dir);
     fdinfo_dir = -1;
     return ok;

@@ -54,8 +54,7 @@ static bool is_harmless_anon(const char *target)
 /* A small regular file that holds this process's pid (or an ancestor's) */
 bool vmfork_fd_is_own_pidfile(int fd)
 {
-    g_autofree char *path = NULL;
-    char buf[32];
+    char path[32], buf[32];
     struct stat st;
     ssize_t n;
     int rfd;
@@ -67,7 +66,7 @@ bool vmfork_fd_is_own_pidfile(int fd)
         return false;
     }
     /* Read it anew: QEMU's own is open write-only */
-    path = g_strdup_printf("/proc/self/fd/%d", fd);
+    g_snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     rfd = open(path, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) {
         return false;
