@@ -439,12 +439,18 @@ static int file_index(int fd, const struct stat *files, guint n)
     return -1;
 }
 
+/* The fds open on a path: not a socket, a pipe or an anonymous inode */
+static void fd_add_if_path(int fd, const char *target, void *opaque)
+{
+    if (target[0] == '/') {
+        g_array_append_val(opaque, fd);
+    }
+}
+
 bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp)
 {
-    g_autoptr(GHashTable) targets = NULL;
+    g_autoptr(GArray) fds = NULL;
     g_autofree struct stat *files = g_new(struct stat, paths->len);
-    GHashTableIter iter;
-    gpointer key, target;
 
     if (!paths->len) {
         return true;
@@ -456,19 +462,18 @@ bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp)
             return false;
         }
     }
-    targets = vmfork_fd_targets(errp);
-    if (!targets) {
+    /* Listed first, as in vmfork_fd_make_private() */
+    fds = g_array_new(false, false, sizeof(int));
+    if (!fd_foreach(fd_add_if_path, fds, errp)) {
         return false;
     }
-    g_hash_table_iter_init(&iter, targets);
-    while (g_hash_table_iter_next(&iter, &key, &target)) {
-        int fd = GPOINTER_TO_INT(key);
+    for (guint j = 0; j < fds->len; j++) {
+        int fd = g_array_index(fds, int, j);
         g_autofree char *self = NULL;
         int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD), newfd, i;
         const char *path;
 
-        if (((const char *)target)[0] != '/' || fl < 0 || fdfl < 0 ||
-            (fl & O_ACCMODE) == O_RDONLY ||
+        if (fl < 0 || fdfl < 0 || (fl & O_ACCMODE) == O_RDONLY ||
             (i = file_index(fd, files, paths->len)) < 0) {
             continue;
         }
