@@ -6,16 +6,17 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
  * Only the forking thread exists in a child.  IOThreads (user-created
- * ones, and internal ones such as the monitor's) stop at a clean point
+ * ones, and internal ones such as the monitor's) park at a clean point
  * once the guest is paused and block I/O is drained (vm_stop() needs them
- * running: a disk on an IOThread is drained in it), and start again in
- * the parent and in each child.  The child's worker pools start empty.
+ * running: a disk on an IOThread is drained in it).  Afterwards the same
+ * threads go on in the parent, and each child starts new ones (patch
+ * 0001).  The child's worker pools start empty.
  *
  * Parent and child start the user-created ones before their drained
  * section ends (a disk on an IOThread needs it for that), and the
  * monitor's once their guest runs: creating a thread before made the
- * parent's pause and the child's start longer, and Linux lets a new
- * thread take the CPU of the thread that created it.
+ * child's start longer, and Linux lets a new thread take the CPU of the
+ * thread that created it.
  */
 
 #include "qemu/osdep.h"

@@ -541,12 +541,27 @@ static guint64 thread_syscalls(pid_t pid, gint64 tid)
                                                                 10);
 }
 
+static gint64 iothread_tid(Vm *v)
+{
+    JsonNode *q = vm_qmp(v, "query-iothreads", NULL);
+    JsonArray *threads = json_node_get_array(q);
+    gint64 tid;
+
+    g_assert_cmpuint(json_array_get_length(threads), ==, 1);
+    tid = json_object_get_int_member(
+        json_array_get_object_element(threads, 0), "thread-id");
+    json_node_unref(q);
+    return tid;
+}
+
 /*
  * A user IOThread serving a virtio-blk disk (as libvirt's <iothreads>
- * and <driver iothread='1'/> configure it): stopped for the fork, then
+ * and <driver iothread='1'/> configure it): parked for the fork, then
  * in each VM it runs again, in that process, and serves that VM's disk:
  * the guest writes and reads its disk, and the IOThread's own system
- * calls (the disk's notifications, its completions) go up.
+ * calls (the disk's notifications, its completions) go up.  The parent's
+ * is the thread it had before (parked, not ended and replaced); the
+ * child's is a new one of its own.
  */
 static void fork_with_iothread(void)
 {
@@ -563,6 +578,7 @@ static void fork_with_iothread(void)
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra, .dir = dir };
     g_autoptr(JsonArray) children = NULL;
     Vm *vm, *child;
+    gint64 tid0;
 
     vm_register_dir(dir);
     if (vm_skip_if_missing(&o)) {
@@ -572,20 +588,20 @@ static void fork_with_iothread(void)
     g_assert_true(g_file_set_contents(base, "", 0, NULL));
     g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
     vm = vm_start(&o);
+    tid0 = iothread_tid(vm);
     children = vm_fork(vm, args);
     child = vm_attach_child(vm, json_array_get_object_element(children, 0));
     for (Vm *v = vm; v; v = v == vm ? child : NULL) {
         g_autofree char *text = g_strdup_printf("iothread-of-%d", v->pid);
         g_autofree char *task = NULL, *back = NULL;
-        JsonNode *q = vm_qmp(v, "query-iothreads", NULL);
-        JsonArray *threads = json_node_get_array(q);
-        gint64 tid;
+        gint64 tid = iothread_tid(v);
         guint64 calls0, calls1;
 
-        g_assert_cmpuint(json_array_get_length(threads), ==, 1);
-        tid = json_object_get_int_member(
-            json_array_get_object_element(threads, 0), "thread-id");
-        json_node_unref(q);
+        if (v == vm) {
+            g_assert_cmpint(tid, ==, tid0);
+        } else {
+            g_assert_cmpint(tid, !=, tid0);
+        }
         /* the thread exists in this process */
         task = g_strdup_printf("/proc/%d/task/%" G_GINT64_FORMAT, v->pid, tid);
         g_assert_true(g_file_test(task, G_FILE_TEST_IS_DIR));
