@@ -560,8 +560,10 @@ static gint64 iothread_tid(Vm *v)
  * in each VM it runs again, in that process, and serves that VM's disk:
  * the guest writes and reads its disk, and the IOThread's own system
  * calls (the disk's notifications, its completions) go up.  The parent's
- * is the thread it had before (parked, not ended and replaced); the
- * child's is a new one of its own.
+ * is the thread it had before (parked, not ended and replaced), so it
+ * keeps the CPUs that it was pinned to (libvirt's <iothreadpin>, `virsh
+ * iothreadpin`, pins the thread ID from query-iothreads); the child's is
+ * a new one of its own.
  */
 static void fork_with_iothread(void)
 {
@@ -578,6 +580,7 @@ static void fork_with_iothread(void)
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra, .dir = dir };
     g_autoptr(JsonArray) children = NULL;
     Vm *vm, *child;
+    cpu_set_t pin;
     gint64 tid0;
 
     vm_register_dir(dir);
@@ -589,6 +592,9 @@ static void fork_with_iothread(void)
     g_assert_cmpint(truncate(base, 16 << 20), ==, 0);
     vm = vm_start(&o);
     tid0 = iothread_tid(vm);
+    CPU_ZERO(&pin);
+    CPU_SET(0, &pin);
+    g_assert_cmpint(sched_setaffinity(tid0, sizeof(pin), &pin), ==, 0);
     children = vm_fork(vm, args);
     child = vm_attach_child(vm, json_array_get_object_element(children, 0));
     for (Vm *v = vm; v; v = v == vm ? child : NULL) {
@@ -598,7 +604,11 @@ static void fork_with_iothread(void)
         guint64 calls0, calls1;
 
         if (v == vm) {
+            cpu_set_t now;
+
             g_assert_cmpint(tid, ==, tid0);
+            g_assert_cmpint(sched_getaffinity(tid, sizeof(now), &now), ==, 0);
+            g_assert_true(CPU_EQUAL(&now, &pin));
         } else {
             g_assert_cmpint(tid, !=, tid0);
         }
