@@ -910,6 +910,108 @@ static void parent_switch_fails(gconstpointer extra)
     vm_cleanup_all();
 }
 
+/*
+ * The overlays that vmfork writes are, byte for byte, what qemu-img
+ * creates over the same backing file (`create -u`, which does not open
+ * it, as vmfork does not).  Only the first overlay of a backing format
+ * and size is created through the block layer; every other is a copy of
+ * it with the backing file's name replaced.  A parent that runs on forks
+ * three times, two children each time, so each fork has a new base (the
+ * layer that the fork before gave the parent) and a new name to write:
+ * the base image's name is longer than the layers' (the name gets
+ * shorter, then keeps its length).  Each overlay is compared before
+ * anyone writes it.  With a qcow2 base, and with a raw one, whose
+ * overlays name another backing format than those of the layers above.
+ */
+#define LONG_BASE "a-base-image-with-a-name-longer-than-any-layer-name-of-vmfork"
+
+static void assert_overlay_as_created(const char *dir, const char *path,
+                                      const char *backing, const char *fmt)
+{
+    g_autofree char *want = g_build_filename(dir, "expected.img", NULL);
+    g_autofree char *cmd = g_strdup_printf("%s create -q -u -f qcow2 -b %s "
+                                           "-F %s %s 64M",
+                                           g_getenv("VMFORK_QEMU_IMG"),
+                                           backing, fmt, want);
+    g_autofree char *got = NULL, *expected = NULL;
+    gsize got_len, expected_len;
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status,
+                                            NULL));
+    g_assert_cmpint(status, ==, 0);
+    g_assert_true(g_file_get_contents(path, &got, &got_len, NULL));
+    g_assert_true(g_file_get_contents(want, &expected, &expected_len, NULL));
+    g_unlink(want);
+    g_test_message("%s: %" G_GSIZE_FORMAT " bytes, backed by %s (%s, a "
+                   "name of %zu characters)", strrchr(path, '/') + 1,
+                   got_len, strrchr(backing, '/') + 1, fmt,
+                   strlen(backing));
+    g_assert_cmpmem(got, got_len, expected, expected_len);
+}
+
+static void overlays_as_qemu_img_creates_them(gconstpointer data)
+{
+    const char *fmt = data;
+    g_autofree char *dir = NULL, *disk = NULL;
+    g_autofree char *storage = NULL, *format = NULL, *args = NULL;
+    g_autofree char *base = NULL;
+    const char *extra[] = { "-blockdev", NULL, "-blockdev", NULL,
+                            "-device", "virtio-blk-pci,drive=libvirt-1-format,"
+                            "id=virtio-disk0", NULL };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autoptr(GPtrArray) children = g_ptr_array_new();
+    Vm *parent;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    vm_register_dir(dir);
+    o.dir = dir;
+    disk = g_build_filename(dir, LONG_BASE ".img", NULL);
+    vm_qemu_img_create(disk, fmt, 64);
+    storage = g_strdup_printf("{\"driver\":\"file\",\"filename\":\"%s\","
+                              "\"node-name\":\"libvirt-1-storage\"}", disk);
+    format = g_strdup_printf("{\"node-name\":\"libvirt-1-format\",\"driver\":"
+                             "\"%s\",\"file\":\"libvirt-1-storage\"}", fmt);
+    extra[1] = storage;
+    extra[3] = format;
+    parent = vm_start(&o);
+    args = g_strdup_printf("{\"count\": 2, \"overlay-dir\": \"%s\"}", dir);
+    base = g_strdup(disk);
+    for (int i = 0; i < 3; i++) {
+        g_autoptr(JsonArray) c = vm_fork(parent, args);
+        g_autofree char *layer = overlay_of(parent, disk);
+        const char *base_fmt = i ? "qcow2" : fmt;
+
+        assert_overlay_as_created(dir, layer, base, base_fmt);
+        for (guint j = 0; j < json_array_get_length(c); j++) {
+            JsonObject *child = json_array_get_object_element(c, j);
+            JsonArray *ov = json_object_get_array_member(child, "overlays");
+
+            assert_overlay_as_created(dir, json_array_get_string_element(ov,
+                                                                         0),
+                                      base, base_fmt);
+            g_ptr_array_add(children, vm_attach_child(parent, child));
+        }
+        g_free(base);
+        base = g_steal_pointer(&layer);
+    }
+    /* The overlays work: the last children read the base through them */
+    vm_disk_write(parent, "vda", 100, "written-after-the-forks");
+    for (guint j = 0; j < children->len; j++) {
+        g_autofree char *r = vm_disk_read(children->pdata[j], "vda", 100);
+
+        g_assert_cmpstr(r, ==, "");
+        vm_quit(children->pdata[j]);
+    }
+    vm_quit(parent);
+    /* the parent's three layers and the six children's */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 9);
+    vm_cleanup_all();
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -931,6 +1033,12 @@ int main(int argc, char **argv)
     g_test_add_data_func("/configs/linux/tcg/template-keeps-its-layer-"
                          "iothread", blockdev_virtio_iothread,
                          template_keeps_its_layer);
+    g_test_add_data_func("/configs/linux/tcg/overlays-as-qemu-img-"
+                         "creates-them", "qcow2",
+                         overlays_as_qemu_img_creates_them);
+    g_test_add_data_func("/configs/linux/tcg/overlays-as-qemu-img-"
+                         "creates-them-raw", "raw",
+                         overlays_as_qemu_img_creates_them);
     g_test_add_data_func("/configs/linux/tcg/parent-switch-fails",
                          blockdev_virtio, parent_switch_fails);
     g_test_add_data_func("/configs/linux/tcg/parent-switch-fails-iothread",
