@@ -46,6 +46,7 @@
 #include "block/block_int-common.h"
 #include "block/block-global-state.h"
 #include "block/block_int-io.h"
+#include "block/qcow2.h"
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
 #include "hw/qdev-core.h"
@@ -325,22 +326,26 @@ static void block_abort(VmforkRequest *req)
 
 /*
  * The bytes of overlays that bdrv_img_create() made, by what they depend
- * on: the backing file, its format and the size.  Two qcow2 overlays
- * created with the same three are the same bytes (the header names the
- * backing file, the tables are empty; nothing in a qcow2 image is unique
- * to it).  So every other overlay of a command, and those of the next
- * commands over the same base (a template's), are copies, written in
- * microseconds, where creating an image through the block layer opens it
- * and writes its tables, a few milliseconds each, all of them before the
- * guest pauses and the children can start.  A parent that runs on gets a
- * new base with each fork, its new layer: after a fork, an idle moment
- * makes that layer's overlay bytes for the next one (overlays_prepare()).
+ * on besides the backing file's name: its format and the size.  Two qcow2
+ * overlays created with the same two differ only in that name, the last
+ * thing in their header cluster (qcow2_update_header(): the header, its
+ * extensions, the name, zeros), at the same offset, its length in
+ * QCowHeader.backing_file_size.  Their tables are empty; nothing in a
+ * qcow2 image is unique to it.  So only the first overlay of a format
+ * and size is created through the block layer, which opens the image and
+ * writes its tables, a few milliseconds, before the guest pauses; every
+ * other, whatever its backing file, is written from those bytes with
+ * the name replaced (overlay_write_like()), in microseconds.  A parent
+ * that runs on gets a new base with each fork, its new layer: a qcow2
+ * image, so once a qcow2 overlay of that size exists its next forks
+ * create none.  If its base is not qcow2 (raw), an idle moment after its
+ * first fork makes the first qcow2 one (overlays_prepare()).
  */
 static GHashTable *overlay_images;      /* key -> GBytes */
 
-static char *overlay_key(const char *backing, const char *fmt, int64_t size)
+static char *overlay_key(const char *fmt, int64_t size)
 {
-    return g_strdup_printf("%s\n%s\n%" PRId64, fmt, backing, size);
+    return g_strdup_printf("%s\n%" PRId64, fmt, size);
 }
 
 /* Create an overlay at @path with the block layer, and keep its bytes */
@@ -364,10 +369,87 @@ static bool overlay_image_create(const char *path, const char *backing,
                                                    g_free, (GDestroyNotify)
                                                    g_bytes_unref);
         }
-        g_hash_table_insert(overlay_images,
-                            overlay_key(backing, fmt, size),
+        g_hash_table_insert(overlay_images, overlay_key(fmt, size),
                             g_bytes_new_take(g_steal_pointer(&contents),
                                              len));
+    }
+    return true;
+}
+
+/*
+ * Where @image, an overlay that bdrv_img_create() wrote, has its backing
+ * file's name (@offset, @old_len), if @backing fits there as qcow2 would
+ * put it.  false if not: then the overlay is created.
+ */
+static bool overlay_name_fits(GBytes *image, const char *backing,
+                              uint64_t *offset, uint32_t *old_len)
+{
+    gsize len;
+    const uint8_t *src = g_bytes_get_data(image, &len);
+    uint32_t cluster_bits;
+    uint64_t header_end;
+
+    if (len < sizeof(QCowHeader) || ldl_be_p(src) != QCOW_MAGIC) {
+        return false;
+    }
+    *offset = ldq_be_p(src + offsetof(QCowHeader, backing_file_offset));
+    *old_len = ldl_be_p(src + offsetof(QCowHeader, backing_file_size));
+    cluster_bits = ldl_be_p(src + offsetof(QCowHeader, cluster_bits));
+    if (cluster_bits < MIN_CLUSTER_BITS || cluster_bits > MAX_CLUSTER_BITS) {
+        return false;
+    }
+    header_end = MIN(1ULL << cluster_bits, len);
+    /* qcow2_co_change_backing_file() takes no longer name */
+    return *offset >= sizeof(QCowHeader) && *old_len <= 1023 &&
+           strlen(backing) <= 1023 &&
+           *offset + MAX(*old_len, strlen(backing)) <= header_end;
+}
+
+/*
+ * Write the overlay of @backing at @path: @image, one with the same
+ * backing format and size, with the name replaced, straight from it (an
+ * image is a few hundred KiB: a copy would write as many pages of this
+ * process's heap, most of them shared with its children until then)
+ */
+static bool overlay_write_like(GBytes *image, const char *backing,
+                               uint64_t offset, uint32_t old_len,
+                               const char *path, Error **errp)
+{
+    static const char zeros[1024];
+    gsize len;
+    const uint8_t *src = g_bytes_get_data(image, &len);
+    uint32_t name_len = strlen(backing);
+    uint8_t size_be[4];
+    uint64_t rest = offset + MAX(old_len, name_len);
+    struct {
+        const void *buf;
+        size_t len;
+    } part[] = {
+        { src, offsetof(QCowHeader, backing_file_size) },
+        { size_be, sizeof(size_be) },
+        { src + offsetof(QCowHeader, backing_file_size) + sizeof(size_be),
+          offset - offsetof(QCowHeader, backing_file_size) - sizeof(size_be) },
+        { backing, name_len },
+        { zeros, old_len > name_len ? old_len - name_len : 0 },
+        { src + rest, len - rest },
+    };
+    /* The mode that file-posix creates images with */
+    int fd = qemu_create(path, O_WRONLY | O_EXCL, 0644, errp);
+
+    if (fd < 0) {
+        return false;
+    }
+    stl_be_p(size_be, name_len);
+    for (size_t i = 0; i < ARRAY_SIZE(part); i++) {
+        if (qemu_write_full(fd, part[i].buf, part[i].len) != part[i].len) {
+            error_setg_errno(errp, errno, "cannot write '%s'", path);
+            qemu_close(fd);
+            return false;
+        }
+    }
+    if (qemu_close(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        return false;
     }
     return true;
 }
@@ -375,32 +457,29 @@ static bool overlay_image_create(const char *path, const char *backing,
 static bool create_overlay(VmforkDisk *d, const char *path, Error **errp)
 {
     Error *local_err = NULL;
-    g_autoptr(GError) gerr = NULL;
-    GBytes *bytes;
-    gsize len;
-    const char *data;
+    const char *backing = d->base->filename;
+    GBytes *like;
+    uint64_t offset;
+    uint32_t old_len;
 
     if (access(path, F_OK) == 0) {
         error_setg(errp, "vmfork: overlay '%s' exists already", path);
         return false;
     }
-    bytes = overlay_images ? g_hash_table_lookup(overlay_images, d->base_key)
-                           : NULL;
-    if (bytes) {
-        data = g_bytes_get_data(bytes, &len);
-        /* The mode that file-posix creates images with */
-        if (!g_file_set_contents_full(path, data, len,
-                                      G_FILE_SET_CONTENTS_NONE, 0644,
-                                      &gerr)) {
-            error_setg(errp, "vmfork: %s: %s", d->name, gerr->message);
+    like = overlay_images ? g_hash_table_lookup(overlay_images, d->base_key)
+                          : NULL;
+    if (like && overlay_name_fits(like, backing, &offset, &old_len)) {
+        if (!overlay_write_like(like, backing, offset, old_len, path,
+                                &local_err)) {
+            error_propagate_prepend(errp, local_err, "vmfork: %s: ",
+                                    d->name);
             unlink(path);
             return false;
         }
         return true;
     }
-    if (!overlay_image_create(path, d->base->filename,
-                              d->base->drv->format_name, d->size,
-                              &local_err)) {
+    if (!overlay_image_create(path, backing, d->base->drv->format_name,
+                              d->size, &local_err)) {
         error_propagate_prepend(errp, local_err, "vmfork: %s: ", d->name);
         unlink(path);
         return false;
@@ -454,8 +533,7 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
                              "size", d->name);
             goto fail;
         }
-        d->base_key = overlay_key(d->base->filename,
-                                  d->base->drv->format_name, d->size);
+        d->base_key = overlay_key(d->base->drv->format_name, d->size);
 
         if (!d->kept) {
             d->parent_path = g_strdup_printf("%s/%s-%d-%u-parent.qcow2",
@@ -573,7 +651,7 @@ static void overlays_prepare(void *opaque)
     for (guint i = 0; i < next->bases->len; i++) {
         const char *base = next->bases->pdata[i];
         int64_t size = g_array_index(next->sizes, int64_t, i);
-        g_autofree char *key = overlay_key(base, "qcow2", size);
+        g_autofree char *key = overlay_key("qcow2", size);
         Error *err = NULL;
 
         if (overlay_images && g_hash_table_contains(overlay_images, key)) {
@@ -590,7 +668,7 @@ static void overlays_prepare(void *opaque)
 
 /*
  * After a fork that succeeded: only the bytes for the bases of the next
- * fork stay, and those for a parent that runs on, whose new layers are
+ * fork stay.  Those that a parent that runs on lacks for its new layers,
  * the next bases, are made once the command is over, in an idle bottom
  * half: after the reply, and after what the main loop has to do then
  */
@@ -672,10 +750,15 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
             if (switched && stays_paused) {
                 g_ptr_array_add(keep, g_strdup(d->base_key));
             } else if (switched) {
-                g_ptr_array_add(keep, overlay_key(d->parent_path, "qcow2",
-                                                  d->size));
-                g_ptr_array_add(next->bases, g_strdup(d->parent_path));
-                g_array_append_val(next->sizes, d->size);
+                char *key = overlay_key("qcow2", d->size);
+
+                /* Its new layer, the next base, is a qcow2 image */
+                if (!overlay_images ||
+                    !g_hash_table_contains(overlay_images, key)) {
+                    g_ptr_array_add(next->bases, g_strdup(d->parent_path));
+                    g_array_append_val(next->sizes, d->size);
+                }
+                g_ptr_array_add(keep, key);
             }
         }
         if (!ok && !d->kept && !switched) {
