@@ -891,13 +891,21 @@ static void parent_switch_fails(gconstpointer extra)
 
     images = active_images(parent);
     g_assert_cmpstr(images, ==, disk);
-    /* No overlay, and no socket of the killed child's (serial.sock.fork-) */
+    /*
+     * No overlay, and no socket of the killed child's (serial.sock.fork-).
+     * Its console's file (console.log.fork-PID) is its output, and stays
+     * if the child got as far as its chardevs before it was killed.
+     */
     d = g_dir_open(dir, 0, NULL);
     while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        struct stat st;
+
         g_test_message("in the overlay dir: %s", name);
         g_assert_true(!g_str_has_suffix(name, ".qcow2") ||
                       !strcmp(name, "disk.qcow2"));
-        g_assert_null(strstr(name, ".fork-"));
+        g_assert_cmpint(lstat(path, &st), ==, 0);
+        g_assert_true(!strstr(name, ".fork-") || !S_ISSOCK(st.st_mode));
     }
     vm_disk_write(parent, "vda", 200, "after-the-failure");
     back = vm_disk_read(parent, "vda", 200);
@@ -920,10 +928,23 @@ static void parent_switch_fails(gconstpointer extra)
  * layer that the fork before gave the parent) and a new name to write:
  * the base image's name is longer than the layers' (the name gets
  * shorter, then keeps its length).  Each overlay is compared before
- * anyone writes it.  With a qcow2 base, and with a raw one, whose
- * overlays name another backing format than those of the layers above.
+ * anyone writes it, and each child's disk names its own overlay.  With a
+ * qcow2 base, and with a raw one, whose overlays name another backing
+ * format than those of the layers above.  And from a paused template,
+ * which keeps the layer of its first fork: the children of the next
+ * forks are backed by the base again, and take over a node that the
+ * template opened for them at its second fork and keeps.
  */
+typedef struct OverlaysCase {
+    const char *fmt;
+    bool paused;
+} OverlaysCase;
+
 #define LONG_BASE "a-base-image-with-a-name-longer-than-any-layer-name-of-vmfork"
+
+static const OverlaysCase overlays_cases[] = {
+    { "qcow2", false }, { "raw", false }, { "qcow2", true },
+};
 
 static void assert_overlay_as_created(const char *dir, const char *path,
                                       const char *backing, const char *fmt)
@@ -952,7 +973,8 @@ static void assert_overlay_as_created(const char *dir, const char *path,
 
 static void overlays_as_qemu_img_creates_them(gconstpointer data)
 {
-    const char *fmt = data;
+    const OverlaysCase *oc = data;
+    const char *fmt = oc->fmt;
     g_autofree char *dir = NULL, *disk = NULL;
     g_autofree char *storage = NULL, *format = NULL, *args = NULL;
     g_autofree char *base = NULL;
@@ -978,27 +1000,42 @@ static void overlays_as_qemu_img_creates_them(gconstpointer data)
     extra[1] = storage;
     extra[3] = format;
     parent = vm_start(&o);
+    if (oc->paused) {
+        json_node_unref(vm_qmp(parent, "stop", NULL));
+    }
     args = g_strdup_printf("{\"count\": 2, \"overlay-dir\": \"%s\"}", dir);
     base = g_strdup(disk);
     for (int i = 0; i < 3; i++) {
         g_autoptr(JsonArray) c = vm_fork(parent, args);
         g_autofree char *layer = overlay_of(parent, disk);
-        const char *base_fmt = i ? "qcow2" : fmt;
+        const char *base_fmt = i && !oc->paused ? "qcow2" : fmt;
 
-        assert_overlay_as_created(dir, layer, base, base_fmt);
+        if (!oc->paused || !i) {
+            assert_overlay_as_created(dir, layer, base, base_fmt);
+        }
         for (guint j = 0; j < json_array_get_length(c); j++) {
             JsonObject *child = json_array_get_object_element(c, j);
             JsonArray *ov = json_object_get_array_member(child, "overlays");
+            const char *path = json_array_get_string_element(ov, 0);
+            g_autofree char *active = NULL;
+            Vm *vm;
 
-            assert_overlay_as_created(dir, json_array_get_string_element(ov,
-                                                                         0),
-                                      base, base_fmt);
-            g_ptr_array_add(children, vm_attach_child(parent, child));
+            assert_overlay_as_created(dir, path, base, base_fmt);
+            vm = vm_attach_child(parent, child);
+            g_ptr_array_add(children, vm);
+            /* and the child's disk names it */
+            active = active_images(vm);
+            g_assert_cmpstr(active, ==, path);
         }
-        g_free(base);
-        base = g_steal_pointer(&layer);
+        if (!oc->paused) {
+            g_free(base);
+            base = g_steal_pointer(&layer);
+        }
     }
     /* The overlays work: the last children read the base through them */
+    if (oc->paused) {
+        json_node_unref(vm_qmp(parent, "cont", NULL));
+    }
     vm_disk_write(parent, "vda", 100, "written-after-the-forks");
     for (guint j = 0; j < children->len; j++) {
         g_autofree char *r = vm_disk_read(children->pdata[j], "vda", 100);
@@ -1007,8 +1044,9 @@ static void overlays_as_qemu_img_creates_them(gconstpointer data)
         vm_quit(children->pdata[j]);
     }
     vm_quit(parent);
-    /* the parent's three layers and the six children's */
-    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 9);
+    /* the parent's layers (three, or the one it kept) and the children's */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==,
+                     oc->paused ? 7 : 9);
     vm_cleanup_all();
 }
 
@@ -1034,10 +1072,13 @@ int main(int argc, char **argv)
                          "iothread", blockdev_virtio_iothread,
                          template_keeps_its_layer);
     g_test_add_data_func("/configs/linux/tcg/overlays-as-qemu-img-"
-                         "creates-them", "qcow2",
+                         "creates-them", &overlays_cases[0],
                          overlays_as_qemu_img_creates_them);
     g_test_add_data_func("/configs/linux/tcg/overlays-as-qemu-img-"
-                         "creates-them-raw", "raw",
+                         "creates-them-raw", &overlays_cases[1],
+                         overlays_as_qemu_img_creates_them);
+    g_test_add_data_func("/configs/linux/tcg/overlays-as-qemu-img-"
+                         "creates-them-template", &overlays_cases[2],
                          overlays_as_qemu_img_creates_them);
     g_test_add_data_func("/configs/linux/tcg/parent-switch-fails",
                          blockdev_virtio, parent_switch_fails);
