@@ -11,9 +11,11 @@
  * every BlockBackend with write permission, named or anonymous.  The node
  * at its root (the base) becomes a backing file that nobody writes again:
  * before the pause, the parent creates a qcow2 overlay backed by it for
- * itself and one for each child.  After fork() each process opens its
- * overlay and puts it on top of the base (what blockdev-snapshot does).
- * A child does it before its guest runs.  The parent does it once its
+ * itself and one for each child, all the same bytes, and opens its own.
+ * After fork() each process puts its overlay on top of the base (what
+ * blockdev-snapshot does): the parent the node it opened, a child that
+ * node too, moved to the child's own overlay file (take_layer()).  A
+ * child does it before its guest runs.  The parent does it once its
  * guest runs again, out of its pause (block_resumed()): block I/O stays
  * drained until then (handler.h), so no request of its guest reaches
  * the base that the children read.  The child first stops touching the
@@ -54,19 +56,6 @@
 #include "vmfork-internal.h"
 #include "trace.h"
 
-typedef struct VmforkDisk {
-    char *name;                 /* for messages: "disk 'virtio-disk0'" ... */
-    char *file_name;            /* for overlay file names: the node name */
-    BlockDriverState *base;
-    /* the parent's unwritten layer on top of base, which it keeps */
-    BlockDriverState *kept;
-    unsigned kept_write_gen;
-    char *parent_path;
-    GPtrArray *child_paths;
-    int64_t size;               /* of base, and so of every overlay */
-    char *base_key;             /* overlay_images' key for base's overlays */
-} VmforkDisk;
-
 /*
  * A layer that vmfork put on top of a disk of this process, and its
  * BlockDriverState.write_gen then, which each write through it moves on.
@@ -76,7 +65,38 @@ typedef struct VmforkDisk {
 typedef struct VmforkLayer {
     char *node_name;
     unsigned write_gen;
+    /*
+     * Once a paused parent keeps this layer: a node of an overlay of the
+     * layer's backing node, the same bytes as the children's, opened at
+     * the first fork that kept the layer and never used here.  The
+     * children of each such fork take it over (take_layer()) instead of
+     * opening their overlays.  Its file was removed once it was open.
+     * A BlockBackend without permissions holds it, so that QEMU's exit
+     * (bdrv_close_all()) closes it as it closes the disks.
+     */
+    BlockBackend *proto;
+    char *proto_key;            /* what it was made for (proto_for()) */
 } VmforkLayer;
+
+typedef struct VmforkDisk {
+    char *name;                 /* for messages: "disk 'virtio-disk0'" ... */
+    char *file_name;            /* for overlay file names: the node name */
+    BlockDriverState *base;
+    /* the parent's unwritten layer on top of base, which it keeps */
+    BlockDriverState *kept;
+    unsigned kept_write_gen;
+    VmforkLayer *kept_record;   /* in layers, until the parent's resumed */
+    char *parent_path;
+    /*
+     * The node that each child moves to its own overlay (take_layer()):
+     * the parent's new layer, opened before the fork and put on after it,
+     * or the one that a kept layer keeps for its children (a reference)
+     */
+    BlockDriverState *layer;
+    GPtrArray *child_paths;
+    int64_t size;               /* of base, and so of every overlay */
+    char *base_key;             /* overlay_images' key for base's overlays */
+} VmforkDisk;
 
 static GPtrArray *disks;        /* of VmforkDisk, during one vmfork */
 /* in the parent, from its fork to the reply: each disk's child_paths */
@@ -88,18 +108,23 @@ static void layer_free(gpointer p)
 {
     VmforkLayer *l = p;
 
+    if (l->proto) {
+        blk_unref(l->proto);
+    }
+    g_free(l->proto_key);
     g_free(l->node_name);
     g_free(l);
 }
 
-static void layer_add(GPtrArray *list, BlockDriverState *bs,
-                      unsigned write_gen)
+static VmforkLayer *layer_add(GPtrArray *list, BlockDriverState *bs,
+                              unsigned write_gen)
 {
-    VmforkLayer *l = g_new(VmforkLayer, 1);
+    VmforkLayer *l = g_new0(VmforkLayer, 1);
 
     l->node_name = g_strdup(bdrv_get_node_name(bs));
     l->write_gen = write_gen;
     g_ptr_array_add(list, l);
+    return l;
 }
 
 /*
@@ -108,7 +133,7 @@ static void layer_add(GPtrArray *list, BlockDriverState *bs,
  * what it shows is what the node under it shows.
  */
 static BlockDriverState *reuse_layer(BlockDriverState *root,
-                                     unsigned *write_gen)
+                                     VmforkLayer **record)
 {
     BlockDriverState *below;
 
@@ -121,7 +146,7 @@ static BlockDriverState *reuse_layer(BlockDriverState *root,
 
         if (!strcmp(l->node_name, bdrv_get_node_name(root)) &&
             qatomic_read(&root->write_gen) == l->write_gen) {
-            *write_gen = l->write_gen;
+            *record = l;
             return below;
         }
     }
@@ -152,6 +177,17 @@ static char *disk_describe(BlockBackend *blk)
     return g_strdup_printf("disk node '%s'", node);
 }
 
+/* Is @blk one of those that hold the layers' protos?  Not a disk */
+static bool is_proto(BlockBackend *blk)
+{
+    for (guint i = 0; layers && i < layers->len; i++) {
+        if (((VmforkLayer *)layers->pdata[i])->proto == blk) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The roots of the writable disks: each once, whoever owns its backend */
 static GPtrArray *writable_roots(GPtrArray **names)
 {
@@ -162,7 +198,7 @@ static GPtrArray *writable_roots(GPtrArray **names)
          blk = blk_all_next(blk)) {
         BlockDriverState *bs = blk_bs(blk);
 
-        if (!bs || !blk_is_writable(blk) ||
+        if (!bs || !blk_is_writable(blk) || is_proto(blk) ||
             g_ptr_array_find(roots, bs, NULL)) {
             continue;
         }
@@ -279,6 +315,15 @@ static void block_check(VmforkCheck *chk)
         }
         check_subtree(chk, names->pdata[i], roots->pdata[i], covered);
     }
+    /* Not a disk: the node that children of a kept layer take over */
+    for (guint i = 0; layers && i < layers->len; i++) {
+        VmforkLayer *l = layers->pdata[i];
+
+        if (l->proto && blk_bs(l->proto)) {
+            check_subtree(chk, "vmfork's overlay for children",
+                          blk_bs(l->proto), covered);
+        }
+    }
     for (BlockDriverState *bs = bdrv_next_all_states(NULL); bs;
          bs = bdrv_next_all_states(bs)) {
         if (node_may_be_written(bs) && !g_hash_table_contains(covered, bs)) {
@@ -298,6 +343,9 @@ static void disk_free(gpointer p)
     g_free(d->name);
     g_free(d->file_name);
     g_free(d->parent_path);
+    if (d->layer) {
+        bdrv_unref(d->layer);
+    }
     g_free(d->base_key);
     if (d->child_paths) {
         g_ptr_array_free(d->child_paths, true);
@@ -314,6 +362,7 @@ static void block_abort(VmforkRequest *req)
     for (guint i = 0; i < disks->len; i++) {
         VmforkDisk *d = disks->pdata[i];
 
+        g_clear_pointer(&d->layer, bdrv_unref);
         if (d->parent_path) {
             unlink(d->parent_path);
         }
@@ -499,6 +548,53 @@ static BlockDriverState *open_overlay(VmforkDisk *d, const char *path,
     return bdrv_open(path, NULL, options, flags, errp);
 }
 
+/*
+ * For a paused parent that keeps its layer (d->kept): the node its
+ * children take over, an overlay of the same base opened at the first
+ * such fork and kept with the layer's record for the next (its own
+ * parent's copy is never used).  Made again if the base's file name, the
+ * size or the overlay directory (and so the file system, whose
+ * properties file-posix probed when it opened the file) changed.
+ */
+static bool proto_for(VmforkRequest *req, VmforkDisk *d, unsigned seq,
+                      Error **errp)
+{
+    VmforkLayer *rec = d->kept_record;
+    BlockDriverState *bs;
+    g_autofree char *key = g_strdup_printf("%s\n%s\n%s", d->base_key,
+                                           d->base->filename,
+                                           req->overlay_dir);
+    g_autofree char *path = NULL;
+
+    if (!rec->proto || strcmp(rec->proto_key, key)) {
+        g_clear_pointer(&rec->proto, blk_unref);
+        g_clear_pointer(&rec->proto_key, g_free);
+        path = g_strdup_printf("%s/%s-%d-%u-proto.qcow2", req->overlay_dir,
+                               d->file_name, (int)getpid(), seq);
+        if (!create_overlay(d, path, errp)) {
+            return false;
+        }
+        bs = open_overlay(d, path, errp);
+        unlink(path);
+        if (!bs) {
+            error_prepend(errp, "vmfork: %s: ", d->name);
+            return false;
+        }
+        rec->proto = blk_new(qemu_get_aio_context(), 0, BLK_PERM_ALL);
+        if (blk_insert_bs(rec->proto, bs, errp) < 0) {
+            g_clear_pointer(&rec->proto, blk_unref);
+        }
+        bdrv_unref(bs);
+        if (!rec->proto) {
+            return false;
+        }
+        rec->proto_key = g_steal_pointer(&key);
+    }
+    d->layer = blk_bs(rec->proto);
+    bdrv_ref(d->layer);
+    return true;
+}
+
 static bool block_prepare(VmforkRequest *req, Error **errp)
 {
     unsigned seq = vmfork_seq++;
@@ -516,10 +612,11 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
         /* A paused guest cannot write it before the fork */
         if (!req->was_running) {
             BlockDriverState *below = reuse_layer(d->base,
-                                                  &d->kept_write_gen);
+                                                  &d->kept_record);
 
             if (below) {
                 d->kept = d->base;
+                d->kept_write_gen = d->kept_record->write_gen;
                 d->base = below;
             }
         }
@@ -543,6 +640,15 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
                 g_clear_pointer(&d->parent_path, g_free);
                 goto fail;
             }
+            /*
+             * Opened now, while the guest runs: each child takes it over
+             * instead of opening its own overlay, the same bytes
+             */
+            d->layer = open_overlay(d, d->parent_path, errp);
+            if (!d->layer) {
+                error_prepend(errp, "vmfork: %s: ", d->name);
+                goto fail;
+            }
         }
         for (int i = 0; i < req->count; i++) {
             char *path = g_strdup_printf("%s/%s-%d-%u-child%d.qcow2",
@@ -554,6 +660,9 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
                 goto fail;
             }
             g_ptr_array_add(d->child_paths, path);
+        }
+        if (d->kept && !proto_for(req, d, seq, errp)) {
+            goto fail;
         }
         trace_vmfork_disk_overlays(d->name, d->parent_path ?: "(kept)",
                                    req->count);
@@ -736,16 +845,16 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         bool switched = false;
 
         if (d->kept) {
-            layer_add(tops, d->kept, d->kept_write_gen);
+            VmforkLayer *l = layer_add(tops, d->kept, d->kept_write_gen);
+
+            /* The next children of this layer take it over too */
+            l->proto = g_steal_pointer(&d->kept_record->proto);
+            l->proto_key = g_steal_pointer(&d->kept_record->proto_key);
             g_ptr_array_add(keep, g_strdup(d->base_key));
         } else if (ok) {
-            overlay = open_overlay(d, d->parent_path, errp);
-            if (!overlay) {
-                error_prepend(errp, "vmfork: %s: ", d->name);
-            } else {
-                layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
-                switched = switch_to(d, overlay, errp);
-            }
+            overlay = g_steal_pointer(&d->layer);
+            layer_add(tops, overlay, qatomic_read(&overlay->write_gen));
+            switched = switch_to(d, overlay, errp);
             ok = switched;
             if (switched && stays_paused) {
                 g_ptr_array_add(keep, g_strdup(d->base_key));
@@ -762,6 +871,7 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
             }
         }
         if (!ok && !d->kept && !switched) {
+            g_clear_pointer(&d->layer, bdrv_unref);
             unlink(d->parent_path);
         }
         g_ptr_array_add(child_overlays, g_steal_pointer(&d->child_paths));
@@ -871,6 +981,43 @@ static void base_files(BlockDriverState *bs, GHashTable *seen,
     }
 }
 
+static BlockDriverState *layer_file(BlockDriverState *layer)
+{
+    GLOBAL_STATE_CODE();
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    return layer->file ? layer->file->bs : NULL;
+}
+
+/*
+ * In a child: d->layer, the parent's new layer opened before the fork and
+ * not yet used (or the node that a kept layer keeps for its children,
+ * proto_for()), on the child's overlay at @path instead.  All the
+ * overlays of a disk are the same bytes (create_overlay()), so what the
+ * node read when it opened is the child's too; only its file changes, to
+ * an open file description of the child's own, with its own image locks.
+ * Opening the overlay anew would read and parse those bytes again,
+ * through the thread pool, allocating as it goes, each allocation a
+ * copy-on-write fault of a page of the heap that the child shares with
+ * its parent.
+ */
+static BlockDriverState *take_layer(VmforkDisk *d, const char *path,
+                                    Error **errp)
+{
+    BlockDriverState *layer = g_steal_pointer(&d->layer);
+    BlockDriverState *file = layer_file(layer);
+
+    if (!file || bdrv_file_take_image_after_fork(file, path, errp) < 0) {
+        error_prepend(errp, "vmfork: %s: ", d->name);
+        /* The parent's: dropped without a write */
+        bdrv_forget_writes_after_fork(layer);
+        bdrv_unref(layer);
+        return NULL;
+    }
+    bdrv_refresh_filename(layer);
+    return layer;
+}
+
 /* In child number @index, before its guest runs */
 static bool block_child(VmforkRequest *req, int index, Error **errp)
 {
@@ -887,7 +1034,7 @@ static bool block_child(VmforkRequest *req, int index, Error **errp)
         VmforkDisk *d = disks->pdata[i];
         BlockDriverState *overlay;
 
-        overlay = open_overlay(d, d->child_paths->pdata[index], errp);
+        overlay = take_layer(d, d->child_paths->pdata[index], errp);
         if (!overlay) {
             return false;
         }

@@ -765,6 +765,8 @@ static void child_stops_and_migrates(void)
  * it, its next fork gives it a new layer.  With the disk on an IOThread
  * too, where each child's overlay joins the IOThread's AioContext.
  */
+#define PROTO_FD "-proto.qcow2 (deleted)"
+
 static void template_keeps_its_layer(gconstpointer extra)
 {
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
@@ -792,6 +794,13 @@ static void template_keeps_its_layer(gconstpointer extra)
         g_assert_cmpuint(vm_disk_chain_length(parent), ==, 2);
         g_assert_cmpuint(audit_count_fds(parent->pid, "-parent.qcow2"), ==,
                          1);
+        /*
+         * From the second fork on, one more image: the node that the
+         * children of the kept layer take over, kept for the next forks
+         * (its file removed); the children hold none of its fds
+         */
+        g_assert_cmpuint(audit_count_fds(parent->pid, PROTO_FD), ==, i ? 1 : 0);
+        g_assert_cmpuint(audit_count_fds(child[i]->pid, PROTO_FD), ==, 0);
         if (layer) {
             g_assert_cmpstr(now, ==, layer);
         } else {
