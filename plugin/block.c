@@ -84,7 +84,6 @@ typedef struct VmforkDisk {
     BlockDriverState *base;
     /* the parent's unwritten layer on top of base, which it keeps */
     BlockDriverState *kept;
-    unsigned kept_write_gen;
     VmforkLayer *kept_record;   /* in layers, until the parent's resumed */
     char *parent_path;
     /*
@@ -616,7 +615,6 @@ static bool block_prepare(VmforkRequest *req, Error **errp)
 
             if (below) {
                 d->kept = d->base;
-                d->kept_write_gen = d->kept_record->write_gen;
                 d->base = below;
             }
         }
@@ -690,8 +688,8 @@ static bool block_paused(VmforkRequest *req, Error **errp)
          * Nothing writes a paused guest's disk here (block jobs are
          * refused), but if something had, the children would miss it
          */
-        if (d->kept &&
-            qatomic_read(&d->kept->write_gen) != d->kept_write_gen) {
+        if (d->kept && qatomic_read(&d->kept->write_gen) !=
+                       d->kept_record->write_gen) {
             error_setg(errp, "vmfork: %s was written while the fork was "
                        "prepared; try again", d->name);
             return false;
@@ -845,7 +843,8 @@ static bool block_resumed(VmforkRequest *req, Error **errp)
         bool switched = false;
 
         if (d->kept) {
-            VmforkLayer *l = layer_add(tops, d->kept, d->kept_write_gen);
+            VmforkLayer *l = layer_add(tops, d->kept,
+                                       d->kept_record->write_gen);
 
             /* The next children of this layer take it over too */
             l->proto = g_steal_pointer(&d->kept_record->proto);

@@ -754,6 +754,9 @@ static void child_stops_and_migrates(void)
     vm_cleanup_all();
 }
 
+/* The fd of the node that a template keeps for its children */
+#define PROTO_FD "-proto.qcow2 (deleted)"
+
 /*
  * A template, paused and forked again and again (a pool's), keeps the
  * layer that its first fork gave it: nothing wrote it, so its children
@@ -765,8 +768,6 @@ static void child_stops_and_migrates(void)
  * it, its next fork gives it a new layer.  With the disk on an IOThread
  * too, where each child's overlay joins the IOThread's AioContext.
  */
-#define PROTO_FD "-proto.qcow2 (deleted)"
-
 static void template_keeps_its_layer(gconstpointer extra)
 {
     VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
