@@ -1918,20 +1918,6 @@ static void linux_fork_disk_writes_during_fork(void)
 
 /* ---- User networking ---------------------------------------------------- */
 
-static int free_tcp_port(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET,
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    g_assert_cmpint(bind(fd, (struct sockaddr *)&a, sizeof(a)), ==, 0);
-    g_assert_cmpint(getsockname(fd, (struct sockaddr *)&a, &len), ==, 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 /* What a TCP server on 127.0.0.1:port says first (NULL: nobody there) */
 static char *tcp_read_banner(int port)
 {
@@ -2031,7 +2017,9 @@ static char *guest_calls_host(Vm *vm, int port, const char *word)
  */
 static void linux_fork_user_network(void)
 {
-    int port = free_tcp_port(), offset = 7, hport = free_tcp_port();
+    /* port + offset, the child's forward, is free too */
+    int offset = 7, port = vm_free_ports(offset, 2);
+    int hport = vm_free_ports(1, 1);
     g_autofree char *netdev = g_strdup_printf(
         "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7777", port);
     const char *extra[] = { "-netdev", netdev, "-device",
@@ -2107,7 +2095,7 @@ static guint host_forwards(Vm *vm)
  */
 static void linux_fork_no_hostfwd_without_offset(void)
 {
-    int port = free_tcp_port();
+    int port = vm_free_ports(1, 1);
     g_autofree char *netdev = g_strdup_printf(
         "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7777", port);
     const char *extra[] = { "-netdev", netdev, "-device",
