@@ -1408,51 +1408,6 @@ static char *threads_cpus_allowed(pid_t pid)
     return g_steal_pointer(&common);
 }
 
-/* The size of @vm's QEMU log, and the text it got after @from bytes */
-static gsize qemu_log_size(Vm *vm)
-{
-    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
-    GStatBuf st;
-
-    g_assert_cmpint(g_stat(log, &st), ==, 0);
-    return st.st_size;
-}
-
-static char *qemu_log_since(Vm *vm, gsize from)
-{
-    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
-    g_autofree char *text = NULL;
-    gsize len;
-
-    g_assert_true(g_file_get_contents(log, &text, &len, NULL));
-    g_assert_cmpuint(len, >=, from);
-    return g_strdup(text + from);
-}
-
-/* How many lines of @vm's QEMU log match @pattern */
-static guint qemu_log_count(Vm *vm, const char *pattern)
-{
-    g_autofree char *text = qemu_log_since(vm, 0);
-    g_autoptr(GRegex) re = g_regex_new(pattern, G_REGEX_MULTILINE, 0, NULL);
-    g_autoptr(GMatchInfo) m = NULL;
-    guint n = 0;
-
-    for (g_regex_match(re, text, 0, &m); g_match_info_matches(m);
-         g_match_info_next(m, NULL)) {
-        n++;
-    }
-    return n;
-}
-
-/* Switch trace event @name on in @vm (its lines go to the QEMU log) */
-static void qemu_trace_enable(Vm *vm, const char *name)
-{
-    g_autofree char *args = g_strdup_printf(
-        "{\"name\": \"%s\", \"enable\": true}", name);
-
-    json_node_unref(vm_qmp(vm, "trace-event-set-state", args));
-}
-
 /*
  * A new child starts on a CPU other than the forking thread's (Linux
  * queues it there, behind the parent), then every thread of the child,
@@ -1502,8 +1457,8 @@ static void tiny_fork_child_cpu_affinity(void)
     json_node_unref(vm_qmp(child[2], "cont", NULL));
     g_assert_cmpint(vm_tiny_next_seq(child[2], 30000), >, 0);
     /* Each fork did move its child (else this test proved nothing) */
-    g_assert_cmpuint(qemu_log_count(vm, "they first run on [1-9]"), ==, 3);
-    g_assert_cmpuint(qemu_log_count(vm, "they first run on 0 "), ==, 0);
+    g_assert_cmpuint(vm_log_count(vm, "they first run on [1-9]"), ==, 3);
+    g_assert_cmpuint(vm_log_count(vm, "they first run on 0 "), ==, 0);
     for (int i = 0; i < 3; i++) {
         vm_quit(child[i]);
     }
@@ -1513,7 +1468,7 @@ static void tiny_fork_child_cpu_affinity(void)
         many = g_strdup_printf("{\"count\": %d, \"parent\": \"paused\"}",
                                CPU_COUNT(&mine));
         crowd = vm_fork(vm, many);
-        g_assert_cmpuint(qemu_log_count(vm, "they first run on 0 "), ==, 1);
+        g_assert_cmpuint(vm_log_count(vm, "they first run on 0 "), ==, 1);
         for (guint i = 0; i < json_array_get_length(crowd); i++) {
             Vm *c = vm_attach_child(vm, nth_child(crowd, i));
 
@@ -1530,7 +1485,7 @@ static void tiny_fork_child_cpu_affinity(void)
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     child[0] = fork_one(vm, NULL);
     g_assert_cmpint(vm_tiny_next_seq(child[0], 30000), >, 0);
-    g_assert_cmpuint(qemu_log_count(vm, "1 vCPU\\(s\\) busy"), ==, 1);
+    g_assert_cmpuint(vm_log_count(vm, "1 vCPU\\(s\\) busy"), ==, 1);
     running = threads_cpus_allowed(child[0]->pid);
     g_assert_cmpstr(running, ==, parent_cpus);
     vm_quit(child[0]);
@@ -1563,12 +1518,12 @@ static void tiny_fork_kvm_memslots_first(gconstpointer data)
     /* Paused, the parent makes no VM ioctl: those traced are the child's */
     json_node_unref(vm_qmp(vm, "stop", NULL));
     for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
-        qemu_trace_enable(vm, events[i]);
+        vm_trace_enable(vm, events[i]);
     }
-    from = qemu_log_size(vm);
+    from = vm_log_size(vm);
     child = fork_one(vm, "{\"parent\": \"paused\"}");
     g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
-    log = qemu_log_since(vm, from);
+    log = vm_log_since(vm, from);
 
     /* KVM_CREATE_IRQCHIP is 0xae60, KVM_CREATE_PIT2 0x4040ae77 */
     slot = strstr(log, "kvm_set_user_memory ");
@@ -1609,9 +1564,9 @@ static void tiny_fork_kvm_clock_ctrl_before_run(gconstpointer data)
     vm = vm_start(&o);
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     json_node_unref(vm_qmp(vm, "stop", NULL));
-    qemu_trace_enable(vm, "kvm_vcpu_ioctl");
+    vm_trace_enable(vm, "kvm_vcpu_ioctl");
     /* The parent stays paused: the vCPU ioctls traced first are the child's */
-    from = qemu_log_size(vm);
+    from = vm_log_size(vm);
     child = fork_one(vm, "{\"parent\": \"paused\"}");
     g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
     for (int i = 0; i < 2; i++) {
@@ -1621,11 +1576,11 @@ static void tiny_fork_kvm_clock_ctrl_before_run(gconstpointer data)
         if (i == 1) {
             /* The child is gone: now the parent's resume */
             vm_quit(child);
-            from = qemu_log_size(vm);
+            from = vm_log_size(vm);
             json_node_unref(vm_qmp(vm, "cont", NULL));
             g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
         }
-        log = qemu_log_since(vm, from);
+        log = vm_log_since(vm, from);
         ctrl = strstr(log, "kvm_vcpu_ioctl cpu_index 0, type 0xaead,");
         run = strstr(log, "kvm_vcpu_ioctl cpu_index 0, type 0xae80,");
         g_test_message("%s: %s's first KVM_KVMCLOCK_CTRL at byte %td, first "

@@ -1014,6 +1014,48 @@ char *file_sha256(const char *path)
                                        len);
 }
 
+gsize vm_log_size(Vm *vm)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    GStatBuf st;
+
+    g_assert_cmpint(g_stat(log, &st), ==, 0);
+    return st.st_size;
+}
+
+char *vm_log_since(Vm *vm, gsize from)
+{
+    g_autofree char *log = g_build_filename(vm->dir, "qemu.log", NULL);
+    g_autofree char *text = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(log, &text, &len, NULL));
+    g_assert_cmpuint(len, >=, from);
+    return g_strdup(text + from);
+}
+
+guint vm_log_count(Vm *vm, const char *pattern)
+{
+    g_autofree char *text = vm_log_since(vm, 0);
+    g_autoptr(GRegex) re = g_regex_new(pattern, G_REGEX_MULTILINE, 0, NULL);
+    g_autoptr(GMatchInfo) m = NULL;
+    guint n = 0;
+
+    for (g_regex_match(re, text, 0, &m); g_match_info_matches(m);
+         g_match_info_next(m, NULL)) {
+        n++;
+    }
+    return n;
+}
+
+void vm_trace_enable(Vm *vm, const char *name)
+{
+    g_autofree char *args = g_strdup_printf(
+        "{\"name\": \"%s\", \"enable\": true}", name);
+
+    json_node_unref(vm_qmp(vm, "trace-event-set-state", args));
+}
+
 void vm_qemu_img_create(const char *path, const char *fmt, int mib)
 {
     g_autofree char *cmd = g_strdup_printf("%s create -q -f %s %s %dM",

@@ -175,6 +175,15 @@ void vm_qemu_img_create(const char *path, const char *fmt, int mib);
  * backing chain (query-block) */
 guint vm_disk_chain_length(Vm *vm);
 
+/* The QEMU log of @vm (its stderr and its children's, trace lines among
+ * them): its size, the text it got after @from bytes, and how many of
+ * its lines match @pattern */
+gsize vm_log_size(Vm *vm);
+char *vm_log_since(Vm *vm, gsize from);
+guint vm_log_count(Vm *vm, const char *pattern);
+/* Switch trace event @name on in @vm (its lines go to the QEMU log) */
+void vm_trace_enable(Vm *vm, const char *name);
+
 /* Linux guest agent: run a shell command, assert it exits 0 and return
  * its standard output */
 char *vm_sh(Vm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
