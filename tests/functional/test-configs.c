@@ -562,6 +562,124 @@ static void base_never_written(void)
     vm_cleanup_all();
 }
 
+/*
+ * Where in @log (lines "TID@SECONDS:EVENT ARGS", as -msg timestamp=on
+ * writes them) thread @tid first traced @what, an event and the start of
+ * its arguments; -1: never
+ */
+static gssize traced_at(const char *log, int tid, const char *what)
+{
+    g_autofree char *pattern = g_strdup_printf("^%d@[0-9.]+:%s", tid, what);
+    g_autoptr(GRegex) re = g_regex_new(pattern, G_REGEX_MULTILINE, 0, NULL);
+    g_autoptr(GMatchInfo) m = NULL;
+    int start = -1;
+
+    if (g_regex_match(re, log, 0, &m)) {
+        g_match_info_fetch_pos(m, 0, &start, NULL);
+    }
+    return start;
+}
+
+/*
+ * A VM start turns the ioeventfds of virtio-pci devices back on, and for
+ * a disk on an IOThread (as libvirt writes it) that moves the disk's
+ * notifiers and nodes to the IOThread, a long part of the pause of such a
+ * parent.  Parent and child turn them on once the command is over and
+ * their vCPUs can run (plugin/virtio.c).  In the trace of the main
+ * threads: the parent's resume before its disk's ioeventfds, and both
+ * turn them on; then no notification of the disk in parent or child
+ * takes the slower path through the notify region, which is what they
+ * would take if nobody turned them on.  A later stop and cont of the
+ * parent is a VM start like any other again: nothing is left for later.
+ */
+static void virtio_ioeventfds_after_resume(void)
+{
+    static const char *const extra[] = {
+        "-msg", "timestamp=on",
+        "-object", "iothread,id=iothread1",
+        VM_LIBVIRT_BLOCKDEV_QCOW2,
+        "-device", "virtio-blk-pci,iothread=iothread1,"
+                   "drive=libvirt-1-format,id=virtio-disk0",
+        NULL
+    };
+    static const char *const events[] = {
+        "vmfork_parent_resumed", "virtio_pci_ioeventfd_deferred",
+        "virtio_pci_ioeventfd_start_deferred", "virtio_pci_notify_write",
+        "virtio_pci_notify_write_pio",
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autofree char *dir = NULL, *disk = NULL, *args = NULL, *log = NULL;
+    g_autofree char *b_c = NULL, *w_p = NULL, *w_c = NULL;
+    g_autoptr(JsonArray) children = NULL;
+    gsize from;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_test_message("Linux guest under TCG, virtio-blk on an IOThread");
+    parent = start_with_image(&o, &dir, &disk);
+    vm_disk_write(parent, "vda", 100, "before-the-fork");
+    for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
+        vm_trace_enable(parent, events[i]);
+    }
+    from = vm_log_size(parent);
+    args = g_strdup_printf("{\"overlay-dir\": \"%s\"}", dir);
+    children = vm_fork(parent, args);
+    child = vm_attach_child(parent, json_array_get_object_element(children,
+                                                                  0));
+    log = vm_log_since(parent, from);
+    for (int i = 0; i < 2; i++) {
+        Vm *vm = i ? child : parent;
+        gssize deferred, resumed, started;
+
+        deferred = traced_at(log, vm->pid,
+                             "virtio_pci_ioeventfd_deferred virtio-blk-pci");
+        resumed = traced_at(log, vm->pid, "vmfork_parent_resumed");
+        started = traced_at(log, vm->pid, "virtio_pci_ioeventfd_start_"
+                            "deferred virtio-blk-pci start 1");
+        g_test_message("%s (pid %d): its disk's ioeventfds left off at byte "
+                       "%zd of the trace, turned on at %zd; the parent "
+                       "resumed at %zd", i ? "child" : "parent", vm->pid,
+                       deferred, started, resumed);
+        g_assert_cmpint(deferred, >=, 0);
+        g_assert_cmpint(started, >, deferred);
+        if (!i) {
+            g_assert_cmpint(resumed, >, deferred);
+            g_assert_cmpint(started, >, resumed);
+        }
+    }
+
+    /* Each guest writes its disk, every notification through ioeventfds */
+    from = vm_log_size(parent);
+    vm_disk_write(parent, "vda", 200, "written-by-the-parent");
+    vm_disk_write(child, "vda", 200, "written-by-the-child");
+    b_c = vm_disk_read(child, "vda", 100);
+    w_p = vm_disk_read(parent, "vda", 200);
+    w_c = vm_disk_read(child, "vda", 200);
+    g_assert_cmpstr(b_c, ==, "before-the-fork");
+    g_assert_cmpstr(w_p, ==, "written-by-the-parent");
+    g_assert_cmpstr(w_c, ==, "written-by-the-child");
+    g_free(log);
+    log = vm_log_since(parent, from);
+    g_assert_null(strstr(log, ":virtio_pci_notify_write"));
+
+    /* stop and cont: the ioeventfds go off and on again at once */
+    json_node_unref(vm_qmp(parent, "stop", NULL));
+    json_node_unref(vm_qmp(parent, "cont", NULL));
+    vm_disk_write(parent, "vda", 300, "after-cont");
+    g_free(log);
+    log = vm_log_since(parent, from);
+    g_assert_null(strstr(log, ":virtio_pci_ioeventfd_deferred"));
+    g_assert_null(strstr(log, ":virtio_pci_notify_write"));
+
+    vm_quit(child);
+    vm_quit(parent);
+    /* the base, the parent's and the child's overlays, all clean */
+    g_assert_cmpuint(vm_qemu_img_check_dir(dir, false), ==, 3);
+    vm_cleanup_all();
+}
+
 /* A disk plugged in at run time (blockdev-add, device_add) is seen too */
 static void hotplugged_disk(void)
 {
@@ -1071,6 +1189,8 @@ int main(int argc, char **argv)
     }
     g_test_add_func("/configs/linux/tcg/base-never-written",
                     base_never_written);
+    g_test_add_func("/configs/linux/tcg/virtio-ioeventfds-after-resume",
+                    virtio_ioeventfds_after_resume);
     g_test_add_func("/configs/linux/tcg/hotplugged-disk", hotplugged_disk);
     g_test_add_func("/configs/linux/tcg/image-locks-stay-the-parents",
                     image_locks_stay_the_parents);
