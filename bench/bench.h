@@ -249,6 +249,7 @@ typedef struct TraceFork {
     gint64 paused_us;           /* parent: handler start -> before fork */
     gint64 paused_abs_ns;
     gint64 resumed_us;          /* parent: total pause (-1 if none) */
+    gint64 unlocked_us;         /* parent: until its vCPUs can run (-1) */
     gint64 restart_abs_ns;      /* parent: its last step before vm_start */
     int nchildren;
     TraceChild child[TRACE_MAX_CHILDREN];

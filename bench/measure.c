@@ -296,6 +296,10 @@ void trace_parse(BenchVm *vm, gint64 rt_off, TraceFork *tf)
                        sscanf(args, "parent resumed, paused for %lld",
                               &us) == 1) {
                 tf->resumed_us = us;
+            } else if (!strcmp(name, "vmfork_parent_unlocked") &&
+                       sscanf(args, "parent lets its vCPUs run, %lld",
+                              &us) == 1) {
+                tf->unlocked_us = us;
             } else if (!strcmp(name, "vmfork_child_phase") &&
                        sscanf(args, "%31s done %lld", what, &us) == 2) {
                 TraceChild *c = trace_child(tf, tid);

@@ -319,6 +319,7 @@ static bool fork_once(ForkCtx *ctx, int count, bool paused_parent,
     r->count = count;
     r->pause_ms = NAN;
     r->tf.resumed_us = -1;
+    r->tf.unlocked_us = -1;
     r->c = g_new0(Child, count);
     mon_tmpl = g_strdup_printf("%s/f%d-%%i.qmp", ctx->dir, seq);
     out_tmpl = g_strdup_printf("%s/f%d-%%i.out", ctx->dir, seq);
@@ -672,7 +673,7 @@ static void child_phases(ForkRun *r, Child *c, bool kvm, double *ph)
 
 typedef struct Agg {
     GArray *clone, *resume, *arrival, *ready, *qmp, *pause, *pause_trace,
-           *pause_events, *uss, *pss, *rss, *uss_dirty, *pss_dirty, *wall,
+           *pause_unlocked, *pause_events, *uss, *pss, *rss, *uss_dirty, *pss_dirty, *wall,
            *ready_wall, *rate, *lag_parent, *lag_child, *tick;
     GArray *ph[PH__N];
     GArray *ph_parent_fork, *ph_parent_first;
@@ -685,7 +686,8 @@ typedef struct Agg {
 /* The series of an Agg other than ph[], for agg_init() and agg_free() */
 #define AGG_SERIES(a) { \
         &(a)->clone, &(a)->resume, &(a)->arrival, &(a)->ready, &(a)->qmp, \
-        &(a)->pause, &(a)->pause_trace, &(a)->pause_events, &(a)->uss, \
+        &(a)->pause, &(a)->pause_trace, &(a)->pause_unlocked, \
+        &(a)->pause_events, &(a)->uss, \
         &(a)->pss, &(a)->rss, &(a)->uss_dirty, &(a)->pss_dirty, &(a)->wall, \
         &(a)->ready_wall, &(a)->rate, &(a)->lag_parent, &(a)->lag_child, \
         &(a)->ph_parent_fork, &(a)->tick, &(a)->ph_parent_first, \
@@ -732,6 +734,9 @@ static void agg_add(Agg *a, ForkRun *r, bool kvm, const char *scenario,
     }
     if (r->tf.resumed_us >= 0) {
         push(a->pause_trace, r->tf.resumed_us / 1000.0);
+    }
+    if (r->tf.unlocked_us >= 0) {
+        push(a->pause_unlocked, r->tf.unlocked_us / 1000.0);
     }
     if (r->t_stop && r->t_resume) {
         push(a->pause_events, MS(r->t_resume - r->t_stop));
@@ -830,6 +835,7 @@ static void agg_to_json(Agg *a, JsonObject *o, bool kvm)
         json_object_set_null_member(o, "parent_pause_method");
     }
     set_dist(o, "parent_pause_trace_ms", a->pause_trace, false);
+    set_dist(o, "parent_pause_unlocked_ms", a->pause_unlocked, false);
     set_dist(o, "parent_pause_events_ms", a->pause_events, false);
     set_dist(o, "child_uss_kib", a->uss, false);
     set_dist(o, "child_pss_kib", a->pss, false);

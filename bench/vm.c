@@ -30,7 +30,8 @@ int bench_verbose;
 
 static const char *const trace_names[] = {
     "vmfork_start", "vmfork_parent_paused", "vmfork_parent_forked",
-    "vmfork_parent_phase", "vmfork_parent_resumed", "vmfork_child_phase",
+    "vmfork_parent_phase", "vmfork_parent_resumed", "vmfork_parent_unlocked",
+    "vmfork_child_phase",
     "vmfork_child_ready",
 };
 

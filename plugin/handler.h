@@ -42,12 +42,15 @@
  *   in the parent after the last fork(), before its guest resumes; child
  *   runs in each child before its guest starts.  Block I/O stays drained
  *   until the resumed phases are over, in parent and child.
- * - resumed runs once the guest runs (or stays paused as asked): in the
- *   parent once its pause is over, whether the fork succeeded or not, and
- *   in each child before its monitor starts.  What can wait until then:
- *   the guest's vCPUs run meanwhile, but nothing that needs the BQL (the
- *   command holds it), and its block requests wait, even those that an
- *   IOThread takes, so no device is used before the phase ends.  An
+ * - resumed runs once the VM has started (or stays paused as asked): in
+ *   the parent once its pause is over, whether the fork succeeded or not,
+ *   and in each child before its monitor starts.  What can wait until
+ *   then, out of fork()'s way: the guest's clock runs again, but its
+ *   vCPU threads need the BQL to leave their wait, which the command
+ *   holds until it waits for its children (parent) or returns (child), so
+ *   the guest runs no sooner; and its block requests wait, even those
+ *   that an IOThread takes, so no device is used before the phase ends.
+ *   What can wait longer goes to a bottom half (virtio.c).  An
  *   error there fails the command as a child that cannot
  *   set up does: the children go, and the handler undoes its own part
  *   (abort does not run: the other handlers' parts are done).  In a child

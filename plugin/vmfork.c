@@ -1088,6 +1088,12 @@ resume:
         vmfork_handlers_done(&req);
     }
 
+    /*
+     * Only now can its guest run: a vCPU thread that the VM start woke up
+     * takes the BQL to leave its wait, and the wait for the children is
+     * where the command lets the BQL go
+     */
+    trace_vmfork_parent_unlocked(g_get_monotonic_time() - t_stop);
     ok = ok && resumed_ok && vmfork_wait_set_up(records, errp);
     for (guint j = 0; j < records->len; j++) {
         VmforkChildRecord *c = records->pdata[j];
