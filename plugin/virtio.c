@@ -11,11 +11,15 @@
  * parent's pause: starting moves the device's notifiers and its disk's
  * nodes to the IOThread and commits a memory transaction, right after
  * fork(), when every page that it writes is a copy-on-write fault.
- * Parent and child now start them once the command is over, with their
- * vCPUs running, and a guest that notifies a device meanwhile takes the
- * slower path through its notify region (virtio_pci_defer_ioeventfds()).
- * The stop stays in the pause: a child must not inherit ioeventfds and
- * irqfds that under KVM belong to its parent's VM.
+ * The parent now starts them once the command is over: its vCPU threads
+ * need the BQL to leave their wait, so its guest runs only once the
+ * command lets the BQL go, in its wait for the children; a guest that
+ * notifies a device meanwhile takes the slower path through its notify
+ * region (virtio_pci_defer_ioeventfds()).  A child starts them as before:
+ * its command holds the BQL until it returns, and its first main loop
+ * iteration would run a bottom half before its vCPU threads could take
+ * the BQL.  The stop stays in the pause: a child must not inherit
+ * ioeventfds and irqfds that under KVM belong to its parent's VM.
  */
 
 #include "qemu/osdep.h"
@@ -25,16 +29,11 @@
 #include "hw/virtio/virtio-pci.h"
 #include "vmfork-internal.h"
 
-/* parent and child: the VM start that follows leaves them off */
-static bool virtio_defer(VmforkRequest *req, Error **errp)
+/* The parent's VM start that follows leaves them off */
+static bool virtio_parent(VmforkRequest *req, Error **errp)
 {
     virtio_pci_defer_ioeventfds();
     return true;
-}
-
-static bool virtio_defer_child(VmforkRequest *req, int index, Error **errp)
-{
-    return virtio_defer(req, errp);
 }
 
 static void virtio_start_bh(void *opaque)
@@ -43,11 +42,9 @@ static void virtio_start_bh(void *opaque)
 }
 
 /*
- * Once the command is over: a vCPU thread that the VM start woke up needs
- * the BQL to run its guest, and the command holds it until it waits for
- * its children (parent) or returns (child).  Also when the VM stays
- * paused (a template, a child made with start: false) or the fork failed,
- * whose VM start may have left them off too.
+ * Once the command is over, after its wait for the children.  Also when
+ * the parent stays paused (a template) or the fork failed, whose VM start
+ * may have left them off too.  (In a child there is nothing to start.)
  */
 static bool virtio_resumed(VmforkRequest *req, Error **errp)
 {
@@ -63,8 +60,7 @@ static void virtio_abort(VmforkRequest *req)
 static const VmforkHandler virtio_handler = {
     .name = "virtio",
     .priority = VMFORK_PRIO_DEVICES,
-    .parent = virtio_defer,
-    .child = virtio_defer_child,
+    .parent = virtio_parent,
     .abort = virtio_abort,
     .resumed = virtio_resumed,
 };

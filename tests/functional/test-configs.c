@@ -584,13 +584,13 @@ static gssize traced_at(const char *log, int tid, const char *what)
  * A VM start turns the ioeventfds of virtio-pci devices back on, and for
  * a disk on an IOThread (as libvirt writes it) that moves the disk's
  * notifiers and nodes to the IOThread, a long part of the pause of such a
- * parent.  Parent and child turn them on once the command is over and
- * their vCPUs can run (plugin/virtio.c).  In the trace of the main
- * threads: the parent's resume before its disk's ioeventfds, and both
- * turn them on; then no notification of the disk in parent or child
- * takes the slower path through the notify region, which is what they
- * would take if nobody turned them on.  A later stop and cont of the
- * parent is a VM start like any other again: nothing is left for later.
+ * parent.  The parent turns them on once the command is over and its
+ * vCPUs can run (plugin/virtio.c), a child at its VM start as before.  In
+ * the trace of the main threads: the parent's resume, then its disk's
+ * ioeventfds; then no notification of the disk in parent or child takes
+ * the slower path through the notify region, which is what it would take
+ * if nobody turned them on.  A later stop and cont of the parent is a VM
+ * start like any other again: nothing is left for later.
  */
 static void virtio_ioeventfds_after_resume(void)
 {
@@ -603,7 +603,8 @@ static void virtio_ioeventfds_after_resume(void)
         NULL
     };
     static const char *const events[] = {
-        "vmfork_parent_resumed", "virtio_pci_ioeventfd_deferred",
+        "vmfork_parent_resumed", "vmfork_parent_unlocked",
+        "virtio_pci_ioeventfd_deferred",
         "virtio_pci_ioeventfd_start_deferred", "virtio_pci_notify_write",
         "virtio_pci_notify_write_pio",
     };
@@ -629,25 +630,27 @@ static void virtio_ioeventfds_after_resume(void)
     child = vm_attach_child(parent, json_array_get_object_element(children,
                                                                   0));
     log = vm_log_since(parent, from);
-    for (int i = 0; i < 2; i++) {
-        Vm *vm = i ? child : parent;
-        gssize deferred, resumed, started;
+    {
+        gssize deferred, resumed, unlocked, started, child_deferred;
 
-        deferred = traced_at(log, vm->pid,
+        deferred = traced_at(log, parent->pid,
                              "virtio_pci_ioeventfd_deferred virtio-blk-pci");
-        resumed = traced_at(log, vm->pid, "vmfork_parent_resumed");
-        started = traced_at(log, vm->pid, "virtio_pci_ioeventfd_start_"
+        resumed = traced_at(log, parent->pid, "vmfork_parent_resumed");
+        unlocked = traced_at(log, parent->pid, "vmfork_parent_unlocked");
+        started = traced_at(log, parent->pid, "virtio_pci_ioeventfd_start_"
                             "deferred virtio-blk-pci start 1");
-        g_test_message("%s (pid %d): its disk's ioeventfds left off at byte "
-                       "%zd of the trace, turned on at %zd; the parent "
-                       "resumed at %zd", i ? "child" : "parent", vm->pid,
-                       deferred, started, resumed);
+        child_deferred = traced_at(log, child->pid,
+                                   "virtio_pci_ioeventfd_deferred");
+        g_test_message("parent (pid %d): its disk's ioeventfds left off at "
+                       "byte %zd of the trace, resumed at %zd, BQL let go "
+                       "at %zd, ioeventfds on at %zd; child (pid %d): "
+                       "left off at %zd", parent->pid, deferred, resumed,
+                       unlocked, started, child->pid, child_deferred);
         g_assert_cmpint(deferred, >=, 0);
-        g_assert_cmpint(started, >, deferred);
-        if (!i) {
-            g_assert_cmpint(resumed, >, deferred);
-            g_assert_cmpint(started, >, resumed);
-        }
+        g_assert_cmpint(resumed, >, deferred);
+        g_assert_cmpint(unlocked, >, resumed);
+        g_assert_cmpint(started, >, unlocked);
+        g_assert_cmpint(child_deferred, ==, -1);
     }
 
     /* Each guest writes its disk, every notification through ioeventfds */
