@@ -525,9 +525,17 @@ static const char *const all_kvm_want[] = {
     NULL
 };
 
+/* QEMU's log in a file per thread: a child's threads are new */
+static const char *const log_tid_args[] = {
+    "-D", "@DIR@/qemu-%d.log", "-d", "tid,guest_errors", NULL
+};
+static const char *const log_tid_want[] = { "(-d tid)", NULL };
+
 static const Refusal rows[] = {
     { .name = "snapshot-on", .accel = "tcg", .extra = snapshot_args,
       .setup = setup_disk, .overlay_dir = true, .want = snapshot_want },
+    { .name = "log-file-per-thread", .accel = "tcg", .extra = log_tid_args,
+      .want = log_tid_want },
     { .name = "tap-vhost", .accel = "tcg", .extra = vhost_args,
       .setup = setup_vhost_tap, .want = vhost_want },
     { .name = "tap-multiqueue", .accel = "tcg", .extra = multiqueue_args,

@@ -1409,6 +1409,46 @@ static char *threads_cpus_allowed(pid_t pid)
 }
 
 /*
+ * QEMU's log in a file (-D, here with trace events): the parent writes on
+ * to it, and each child to PATH.fork-PID from its first steps on, as a
+ * file chardev's child does.  Before, the log file was an fd that nothing
+ * claimed, and the fork was refused.
+ */
+static void tiny_fork_log_file(void)
+{
+    static const char *const extra[] = {
+        "-D", "@DIR@/debug.log", "-trace", "vmfork_child_phase",
+        "-trace", "vmfork_parent_resumed", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *plog = NULL, *clog = NULL, *ptext = NULL;
+    g_autofree char *ctext = NULL;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    child = fork_one(vm, NULL);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    plog = g_build_filename(vm->dir, "debug.log", NULL);
+    clog = g_strdup_printf("%s.fork-%d", plog, child->pid);
+    g_assert_true(g_file_get_contents(plog, &ptext, NULL, NULL));
+    g_assert_true(g_file_get_contents(clog, &ctext, NULL, NULL));
+    g_test_message("parent's log %zu bytes, child's (%s) %zu bytes",
+                   strlen(ptext), clog, strlen(ctext));
+    /* The parent's own trace line in its log, the child's last in its */
+    g_assert_nonnull(strstr(ptext, "vmfork_parent_resumed"));
+    g_assert_null(strstr(ctext, "vmfork_parent_resumed"));
+    g_assert_nonnull(strstr(ctext, "vmfork_child_phase monitor done"));
+    g_assert_null(strstr(ptext, "vmfork_child_phase monitor done"));
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/*
  * A new child starts on a CPU other than the forking thread's (Linux
  * queues it there, behind the parent), then every thread of the child,
  * the vCPU and IOThreads it made meanwhile among them, may run on every
@@ -2978,6 +3018,7 @@ int main(int argc, char **argv)
                          tiny_fork_young_parent_clock);
     g_test_add_data_func("/vmfork/tiny/kvm/young-parent-clock", "kvm",
                          tiny_fork_young_parent_clock);
+    g_test_add_func("/vmfork/tiny/tcg/log-file", tiny_fork_log_file);
     g_test_add_func("/vmfork/tiny/tcg/stop-resume-events",
                     tiny_fork_stop_resume_events);
     g_test_add_func("/vmfork/tiny/tcg/rtc-in-phase-with-host",
