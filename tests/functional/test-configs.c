@@ -629,7 +629,16 @@ static void virtio_ioeventfds_after_resume(void)
     children = vm_fork(parent, args);
     child = vm_attach_child(parent, json_array_get_object_element(children,
                                                                   0));
-    log = vm_log_since(parent, from);
+    /* The parent turns them on in a bottom half, just after its reply */
+    for (int tries = 0;; tries++) {
+        g_free(log);
+        log = vm_log_since(parent, from);
+        if (strstr(log, ":virtio_pci_ioeventfd_start_deferred") ||
+            tries == 100) {
+            break;
+        }
+        g_usleep(100 * 1000);
+    }
     {
         gssize deferred, resumed, unlocked, started, child_deferred;
 
