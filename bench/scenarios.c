@@ -673,8 +673,9 @@ static void child_phases(ForkRun *r, Child *c, bool kvm, double *ph)
 
 typedef struct Agg {
     GArray *clone, *resume, *arrival, *ready, *qmp, *pause, *pause_trace,
-           *pause_unlocked, *pause_events, *uss, *pss, *rss, *uss_dirty, *pss_dirty, *wall,
-           *ready_wall, *rate, *lag_parent, *lag_child, *tick;
+           *pause_unlocked, *pause_events, *uss, *pss, *rss, *uss_dirty,
+           *pss_dirty, *wall, *ready_wall, *rate, *lag_parent, *lag_child,
+           *tick;
     GArray *ph[PH__N];
     GArray *ph_parent_fork, *ph_parent_first;
     GString *samples;               /* per child: CSV lines */

@@ -18,32 +18,23 @@
 #include "qemu/module.h"
 #include "vmfork-internal.h"
 
-/* The path of the log file, where the child's is named after it */
-static char *log_path(int fd, Error **errp)
+/* Whether @path, the log file's fd read back, can name a child's log */
+static bool log_path_ok(const char *path, Error **errp)
 {
-    g_autofree char *link = g_strdup_printf("/proc/self/fd/%d", fd);
-    g_autoptr(GError) err = NULL;
-    g_autofree char *path = g_file_read_link(link, &err);
-
-    if (!path) {
-        error_setg(errp, "the log file (-D, fd %d) cannot be read back: %s",
-                   fd, err->message);
-        return NULL;
-    }
     /* A '%' would be a template to qemu_set_log_filename() */
     if (path[0] != '/' || g_str_has_suffix(path, " (deleted)") ||
         strchr(path, '%')) {
         error_setg(errp, "the log file %s (-D) has no name that a child's "
                    "log could be named after", path);
-        return NULL;
+        return false;
     }
-    return g_steal_pointer(&path);
+    return true;
 }
 
 static void log_check(VmforkCheck *chk)
 {
     int fd = qemu_log_file_fd();
-    g_autofree char *path = NULL;
+    const char *path;
     Error *err = NULL;
 
     if (fd == -2) {
@@ -55,8 +46,12 @@ static void log_check(VmforkCheck *chk)
     if (fd < 0) {
         return;
     }
-    path = log_path(fd, &err);
+    path = g_hash_table_lookup(chk->fd_target, GINT_TO_POINTER(fd));
     if (!path) {
+        vmfork_check_refuse(chk, "the log file (-D, fd %d) is not open", fd);
+        return;
+    }
+    if (!log_path_ok(path, &err)) {
         vmfork_check_refuse(chk, "%s", error_get_pretty(err));
         error_free(err);
         return;
@@ -67,13 +62,20 @@ static void log_check(VmforkCheck *chk)
 static bool log_child(VmforkRequest *req, int index, Error **errp)
 {
     int fd = qemu_log_file_fd();
-    g_autofree char *path = NULL, *own = NULL;
+    g_autofree char *link = NULL, *path = NULL, *own = NULL;
+    g_autoptr(GError) err = NULL;
 
     if (fd < 0) {
         return true;
     }
-    path = log_path(fd, errp);
+    link = g_strdup_printf("/proc/self/fd/%d", fd);
+    path = g_file_read_link(link, &err);
     if (!path) {
+        error_setg(errp, "vmfork: the log file (-D, fd %d) cannot be read "
+                   "back: %s", fd, err->message);
+        return false;
+    }
+    if (!log_path_ok(path, errp)) {
         return false;
     }
     /* The parent's file is closed once no thread writes to it (RCU) */
