@@ -18,6 +18,9 @@
  *                                   "started" or "monitor"
  *   VMFORK_FAULT=fail-child:PHASE   each child fails there with an error,
  *                                   as a handler that cannot do its job
+ *   VMFORK_FAULT=stop-child:PHASE   each child stops itself (SIGSTOP) at
+ *                                   PHASE, for as long as a slow host
+ *                                   would take, until SIGCONT
  *   VMFORK_FAULT=fail-fork:N        the Nth fork() of each command (from
  *                                   1) fails with EAGAIN
  *   VMFORK_FAULT=fail-parent:NAME   the parent's handler NAME fails where
@@ -52,6 +55,11 @@ void vmfork_fault_child_phase(const char *phase)
     if (at && !strcmp(at, phase)) {
         trace_vmfork_fault_kill_child(phase);
         raise(SIGKILL);
+    }
+    at = fault_arg("stop-child");
+    if (at && !strcmp(at, phase)) {
+        trace_vmfork_fault_stop_child(phase);
+        raise(SIGSTOP);
     }
 }
 
