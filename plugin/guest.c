@@ -103,7 +103,7 @@ VmforkGuest *vmfork_guest_state(void)
     return &guest.state;
 }
 
-static void guest_fork(void)
+static void coroutine_fn guest_fork(void *opaque)
 {
     g_autoptr(VmforkArgs) a = guest.fork;
     pid_t self = getpid();
@@ -114,11 +114,7 @@ static void guest_fork(void)
     guest.fork = NULL;
     guest.action = VMFORK_GUEST_ACTION_WAIT;
     guest.forking = true;
-    res = qmp_vmfork(a->has_count, a->count, a->monitor, a->serial,
-                     a->has_start, a->start, a->has_parent, a->parent,
-                     a->overlay_dir, a->has_hostfwd_offset,
-                     a->hostfwd_offset, !!a->taps, a->taps, !!a->chardevs,
-                     a->chardevs, &err);
+    res = qmp_vmfork(a, &err);
     if (getpid() != self) {
         /* A new child: its child phase has completed the request */
         qapi_free_VmforkResult(res);
@@ -143,8 +139,12 @@ static void guest_request_bh(void *opaque)
     if (guest.state.status != VMFORK_GUEST_STATUS_PENDING) {
         return;                 /* a vmfork command served it already */
     }
+    if (vmfork_command_running()) {
+        return;                 /* vmfork_guest_command_done() calls again */
+    }
     if (guest.action == VMFORK_GUEST_ACTION_FORK) {
-        guest_fork();
+        /* The command waits for the children without blocking the loop */
+        qemu_coroutine_enter(qemu_coroutine_create(guest_fork, NULL));
         return;
     }
     if (runstate_is_running()) {
@@ -152,6 +152,17 @@ static void guest_request_bh(void *opaque)
     }
     qapi_event_send_vmfork_guest_request(VMFORK_GUEST_ACTION_WAIT, false,
                                          NULL, NULL);
+}
+
+/*
+ * A request that came while a vmfork command ran (its guest runs while
+ * the children set up) is the next one's
+ */
+void vmfork_guest_command_done(void)
+{
+    if (guest.bh && guest.state.status == VMFORK_GUEST_STATUS_PENDING) {
+        qemu_bh_schedule(guest.bh);
+    }
 }
 
 /* A paused request that runs again unforked is cancelled */

@@ -47,10 +47,12 @@
  *   and in each child before its monitor starts.  What can wait until
  *   then, out of fork()'s way: the guest's clock runs again, but its
  *   vCPU threads need the BQL to leave their wait, which the command
- *   holds until it waits for its children (parent) or returns (child), so
- *   the guest runs no sooner; and its block requests wait, even those
- *   that an IOThread takes, so no device is used before the phase ends.
- *   What can wait longer goes to a bottom half (virtio.c).  An
+ *   holds until it returns to the main loop to wait for its children
+ *   (parent) or returns (child), so the guest runs no sooner; and its
+ *   block requests wait, even those that an IOThread takes, so no device
+ *   is used before the phase ends.  What can wait longer goes to a bottom
+ *   half, which the main loop runs while the children set up (virtio.c).
+ *   An
  *   error there fails the command as a child that cannot
  *   set up does: the children go, and the handler undoes its own part
  *   (abort does not run: the other handlers' parts are done).  In a child

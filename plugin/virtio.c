@@ -11,11 +11,12 @@
  * parent's pause: starting moves the device's notifiers and its disk's
  * nodes to the IOThread and commits a memory transaction, right after
  * fork(), when every page that it writes is a copy-on-write fault.
- * The parent now starts them once the command is over: its vCPU threads
- * need the BQL to leave their wait, so its guest runs only once the
- * command lets the BQL go, in its wait for the children; a guest that
- * notifies a device meanwhile takes the slower path through its notify
- * region (virtio_pci_defer_ioeventfds()).  A child starts them as before:
+ * The parent now starts them from a bottom half: its vCPU threads need
+ * the BQL to leave their wait, so its guest runs only once the command
+ * lets the BQL go, returning to the main loop to wait for the children,
+ * where the bottom half runs; a guest that notifies a device meanwhile
+ * takes the slower path through its notify region
+ * (virtio_pci_defer_ioeventfds()).  A child starts them as before:
  * its command holds the BQL until it returns, and its first main loop
  * iteration would run a bottom half before its vCPU threads could take
  * the BQL.  The stop stays in the pause: a child must not inherit
@@ -42,7 +43,8 @@ static void virtio_start_bh(void *opaque)
 }
 
 /*
- * Once the command is over, after its wait for the children.  Also when
+ * Once the command is back in the main loop (its wait for the children
+ * is a coroutine's: vmfork.c), after a poll.  Also when
  * the parent stays paused (a template) or the fork failed, whose VM start
  * may have left them off too.  (In a child there is nothing to start.)
  */

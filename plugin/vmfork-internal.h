@@ -94,6 +94,8 @@ void vmfork_child_phase_done(const char *phase);
 bool vmfork_pid_is_ours(pid_t pid);
 int64_t vmfork_clone_id(void);
 bool vmfork_args_check(VmforkArgs *args, Error **errp);
+/* ... is a vmfork command under way (its children setting up)? */
+bool vmfork_command_running(void);
 
 /*
  * guest.c: the guest's requests to be forked (its freeze point), for the
@@ -124,6 +126,8 @@ VmforkGuest *vmfork_guest_state(void);
 uint32_t vmfork_guest_request(void);
 uint32_t vmfork_guest_take_result(void);
 void vmfork_guest_reset(void);
+/* ... a vmfork command ended: a request that came meanwhile is served */
+void vmfork_guest_command_done(void);
 
 /* identity.c: the clone id and generation the guest reads */
 void vmfork_identity_set(int64_t clone_id, int64_t generation);

@@ -16,7 +16,6 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
-#include <poll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -622,25 +621,21 @@ static bool check_serial_template(const char *tmpl, int count, Error **errp)
     return true;
 }
 
-static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
-                                 int64_t count, const char *monitor,
-                                 const char *serial, bool has_start,
-                                 bool start, bool has_parent,
-                                 VmforkParentState parent,
-                                 const char *overlay_dir,
-                                 bool has_hostfwd_offset,
-                                 int64_t hostfwd_offset, VmforkTapList *taps,
-                                 VmforkChardevList *chardevs, Error **errp)
+static bool vmfork_parse_request(VmforkRequest *req, const VmforkArgs *args,
+                                 Error **errp)
 {
-    req->count = has_count ? count : 1;
-    if (has_count && (count < 1 || count > VMFORK_MAX_COUNT)) {
+    const char *monitor = args->monitor, *serial = args->serial;
+
+    req->count = args->has_count ? args->count : 1;
+    if (args->has_count &&
+        (args->count < 1 || args->count > VMFORK_MAX_COUNT)) {
         error_setg(errp, "vmfork: count must be between 1 and %d",
                    VMFORK_MAX_COUNT);
         return false;
     }
-    req->start = has_start ? start : true;
-    req->parent_stays_paused = has_parent &&
-                               parent == VMFORK_PARENT_STATE_PAUSED;
+    req->start = args->has_start ? args->start : true;
+    req->parent_stays_paused = args->has_parent &&
+                               args->parent == VMFORK_PARENT_STATE_PAUSED;
     if (monitor) {
         if (!*monitor) {
             error_setg(errp, "vmfork: monitor must not be empty");
@@ -660,26 +655,26 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
                                       req->count, errp)) {
         return false;
     }
-    if (has_hostfwd_offset) {
-        if (hostfwd_offset < -65535 || hostfwd_offset > 65535) {
+    if (args->has_hostfwd_offset) {
+        if (args->hostfwd_offset < -65535 || args->hostfwd_offset > 65535) {
             error_setg(errp, "vmfork: hostfwd-offset must be between "
                        "-65535 and 65535");
             return false;
         }
-        req->hostfwd_offset = hostfwd_offset;
+        req->hostfwd_offset = args->hostfwd_offset;
     }
-    if (overlay_dir) {
-        if (!g_file_test(overlay_dir, G_FILE_TEST_IS_DIR)) {
+    if (args->overlay_dir) {
+        if (!g_file_test(args->overlay_dir, G_FILE_TEST_IS_DIR)) {
             error_setg(errp, "vmfork: overlay-dir '%s' is not a directory",
-                       overlay_dir);
+                       args->overlay_dir);
             return false;
         }
-        if (access(overlay_dir, W_OK | X_OK) < 0) {
+        if (access(args->overlay_dir, W_OK | X_OK) < 0) {
             error_setg_errno(errp, errno, "vmfork: cannot create overlays "
-                             "in '%s'", overlay_dir);
+                             "in '%s'", args->overlay_dir);
             return false;
         }
-        req->overlay_dir = g_strdup(overlay_dir);
+        req->overlay_dir = g_strdup(args->overlay_dir);
     }
     if (serial) {
         g_autofree char *path = vmfork_expand_template(serial, 0, 1, errp);
@@ -699,8 +694,8 @@ static bool vmfork_parse_request(VmforkRequest *req, bool has_count,
         }
         req->serial_tmpl = g_strdup(serial);
     }
-    return vmfork_chardevs_parse(req, chardevs, errp) &&
-           vmfork_taps_parse(req, taps, errp);
+    return vmfork_chardevs_parse(req, args->chardevs, errp) &&
+           vmfork_taps_parse(req, args->taps, errp);
 }
 
 /*
@@ -716,12 +711,7 @@ bool vmfork_args_check(VmforkArgs *args, Error **errp)
     if (!args->monitor) {
         args->monitor = default_monitor_template();
     }
-    ok = vmfork_parse_request(&req, args->has_count, args->count,
-                              args->monitor, args->serial, args->has_start,
-                              args->start, args->has_parent, args->parent,
-                              args->overlay_dir, args->has_hostfwd_offset,
-                              args->hostfwd_offset, args->taps,
-                              args->chardevs, errp);
+    ok = vmfork_parse_request(&req, args, errp);
     vmfork_request_free(&req);
     return ok;
 }
@@ -871,104 +861,156 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
 
 /*
  * The command answers once every child has re-created what it cannot
- * share, or with the reason of the first that could not.  The parent's
- * guest runs meanwhile (this is the main loop's poll, without the BQL).
+ * share, or with the reason of the first that could not.  Meanwhile its
+ * coroutine waits and the parent's main loop runs: its guest's timers,
+ * devices and network go on (the vCPU threads alone would run guest code,
+ * but serve nothing that the main loop serves), and so do its monitors,
+ * whose commands wait for this one (QMP runs one at a time).
  */
 #define VMFORK_SETUP_TIMEOUT_MS 30000
 
-static bool vmfork_wait_set_up(GPtrArray *records, Error **errp)
-{
-    g_autoptr(GArray) pfds = g_array_new(false, false, sizeof(struct pollfd));
-    int64_t deadline = g_get_monotonic_time() +
-                       VMFORK_SETUP_TIMEOUT_MS * 1000LL;
-    guint waiting = records->len;
+typedef struct VmforkSetUpWait {
+    Coroutine *co;
+    GPtrArray *records;         /* of VmforkChildRecord */
+    guint waiting;
+    VmforkChildRecord *failed;  /* the first child that could not */
+    bool timed_out;
+} VmforkSetUpWait;
 
+static VmforkSetUpWait *set_up_wait;
+
+static void vmfork_set_up_wait_end(VmforkSetUpWait *w)
+{
+    for (guint i = 0; i < w->records->len; i++) {
+        VmforkChildRecord *c = w->records->pdata[i];
+
+        qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
+    }
+    set_up_wait = NULL;
+    aio_co_wake(w->co);
+}
+
+static void vmfork_set_up_read(void *opaque)
+{
+    VmforkChildRecord *c = opaque;
+    VmforkSetUpWait *w = set_up_wait;
+    char byte;
+    ssize_t r = read(c->status_fd, &byte, 1);
+
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+        return;
+    }
+    if (r == 1 && byte == STATUS_SET_UP) {
+        qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
+        if (--w->waiting) {
+            return;
+        }
+    } else {
+        if (r == 1 && byte == STATUS_FAILED) {
+            vmfork_child_read_reason(c, NULL, 0);
+        }
+        w->failed = c;
+    }
+    vmfork_set_up_wait_end(w);
+}
+
+static void vmfork_set_up_timeout(void *opaque)
+{
+    VmforkSetUpWait *w = opaque;
+
+    w->timed_out = true;
+    vmfork_set_up_wait_end(w);
+}
+
+static bool coroutine_fn vmfork_co_wait_set_up(GPtrArray *records,
+                                               Error **errp)
+{
+    VmforkSetUpWait w = {
+        .co = qemu_coroutine_self(),
+        .records = records,
+        .waiting = records->len,
+    };
+    QEMUTimer *timer = timer_new_ms(QEMU_CLOCK_REALTIME,
+                                    vmfork_set_up_timeout, &w);
+
+    timer_mod(timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                     VMFORK_SETUP_TIMEOUT_MS);
     for (guint i = 0; i < records->len; i++) {
         VmforkChildRecord *c = records->pdata[i];
-        struct pollfd pfd = { .fd = c->status_fd, .events = POLLIN };
 
-        g_array_append_val(pfds, pfd);
+        qemu_set_fd_handler(c->status_fd, vmfork_set_up_read, NULL, c);
     }
-    while (waiting) {
-        int64_t left = (deadline - g_get_monotonic_time()) / 1000;
-        int n;
-
-        if (left <= 0) {
-            error_setg(errp, "vmfork: a child did not set up within %d s",
-                       VMFORK_SETUP_TIMEOUT_MS / 1000);
-            return false;
-        }
-        bql_unlock();
-        n = poll((struct pollfd *)pfds->data, pfds->len, left);
-        bql_lock();
-        if (n < 0 && errno != EINTR) {
-            error_setg_errno(errp, errno, "vmfork: poll() failed");
-            return false;
-        }
-        for (guint i = 0; n > 0 && i < pfds->len; i++) {
-            struct pollfd *pfd = &g_array_index(pfds, struct pollfd, i);
-            VmforkChildRecord *c = records->pdata[i];
-            char byte;
-            ssize_t r;
-
-            if (pfd->fd < 0 || !pfd->revents) {
-                continue;
-            }
-            r = read(pfd->fd, &byte, 1);
-            if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
-                continue;
-            }
-            if (r == 1 && byte == STATUS_SET_UP) {
-                pfd->fd = -1;
-                waiting--;
-                continue;
-            }
-            if (r == 1 && byte == STATUS_FAILED) {
-                vmfork_child_read_reason(c, NULL, 0);
-            }
-            error_setg(errp, "vmfork: child %d failed to set up: %s",
-                       (int)c->pid, c->reason ? c->reason :
-                       "it ended without saying why (killed?)");
-            return false;
-        }
+    set_up_wait = &w;
+    qemu_coroutine_yield();
+    timer_free(timer);
+    if (w.timed_out) {
+        error_setg(errp, "vmfork: a child did not set up within %d s",
+                   VMFORK_SETUP_TIMEOUT_MS / 1000);
+        return false;
+    }
+    if (w.failed) {
+        error_setg(errp, "vmfork: child %d failed to set up: %s",
+                   (int)w.failed->pid, w.failed->reason ? w.failed->reason :
+                   "it ended without saying why (killed?)");
+        return false;
     }
     return true;
 }
 
-VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
-                         const char *serial, bool has_start, bool start,
-                         bool has_parent, VmforkParentState parent,
-                         const char *overlay_dir, bool has_hostfwd_offset,
-                         int64_t hostfwd_offset, bool has_taps,
-                         VmforkTapList *taps, bool has_chardevs,
-                         VmforkChardevList *chardevs, Error **errp)
+/*
+ * One vmfork command, from its coroutine (the QMP dispatcher's, or the
+ * guest's request's: guest.c) to the bottom half that forks and back
+ */
+typedef struct VmforkCommand {
+    const VmforkArgs *args;
+    Coroutine *co;
+    Monitor *mon;               /* the one running the command, or NULL */
+    VmforkRequest req;
+    VmforkResult *result;
+    GPtrArray *records;         /* of this command's children */
+    bool prepared;              /* the handlers must hear of an abort */
+    bool ok;                    /* forked; the children still set up */
+    bool in_child;
+    Error *err;
+} VmforkCommand;
+
+/* The command that runs now, if one does: one at a time */
+static VmforkCommand *vmfork_command;
+
+bool vmfork_command_running(void)
 {
-    VmforkRequest req = { 0 };
-    VmforkResult *result = g_new0(VmforkResult, 1);
-    VmforkChildList **tail = &result->children;
-    g_autoptr(GPtrArray) records = g_ptr_array_new();  /* of this command */
+    return vmfork_command != NULL;
+}
+
+/*
+ * The fork, outside coroutine context, as a command without a coroutine
+ * would run: nothing in it may yield (a drain, a block graph change), and
+ * the main loop does not run between the guest's stop and the end of the
+ * drained section.  Returns false after an error that left no child.
+ */
+static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
+{
+    VmforkRequest *req = &cmd->req;
+    VmforkChildList **tail = &cmd->result->children;
     g_autofree VmforkForked *forked = NULL;
     int64_t t0 = g_get_monotonic_time(), t_stop;
     int gate[2] = { -1, -1 };
-    bool prepared = false, ok = false, resumed_ok;
+    bool ok, resumed_ok;
     int i = 0;
 
-    req.was_running = runstate_is_running();
-    if (!vmfork_parse_request(&req, has_count, count, monitor, serial,
-                              has_start, start, has_parent, parent,
-                              overlay_dir, has_hostfwd_offset,
-                              hostfwd_offset, taps, chardevs, errp) ||
-        !vmfork_check(&req, errp)) {
-        goto fail;
+    req->was_running = runstate_is_running();
+    if (!vmfork_parse_request(req, cmd->args, errp) ||
+        !vmfork_check(req, errp)) {
+        return false;
     }
-    prepared = true;
-    if (!vmfork_handlers_prepare(&req, errp)) {
-        goto fail;
+    cmd->prepared = true;
+    if (!vmfork_handlers_prepare(req, errp)) {
+        return false;
     }
-    trace_vmfork_start(req.count, req.start, req.parent_stays_paused);
+    trace_vmfork_start(req->count, req->start, req->parent_stays_paused);
 
     /* 1. Guest RAM must be inherited; nothing buffered may be written twice */
-    forked = g_new(VmforkForked, req.count);
+    forked = g_new(VmforkForked, req->count);
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
     vmfork_trim_heap_once();
@@ -979,17 +1021,17 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
      * last steps before fork(), the IOThreads' stop among them.
      */
     t_stop = g_get_monotonic_time();
-    if (req.was_running) {
+    if (req->was_running) {
         global_state_store();
         vm_stop(RUN_STATE_PAUSED);
     }
     bdrv_drain_all_begin();
-    if (!vmfork_handlers_paused(&req, errp)) {
+    if (!vmfork_handlers_paused(req, errp)) {
         goto resume;
     }
-    vmfork_placement_prepare(&req.placement,
-                             req.was_running && !req.parent_stays_paused,
-                             req.count);
+    vmfork_placement_prepare(&req->placement,
+                             req->was_running && !req->parent_stays_paused,
+                             req->count);
     trace_vmfork_parent_paused(g_get_monotonic_time() - t0);
 
     /*
@@ -1003,7 +1045,7 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         goto resume;
     }
 
-    for (i = 0; i < req.count; i++) {
+    for (i = 0; i < req->count; i++) {
         int status[2];
         pid_t pid;
 
@@ -1026,11 +1068,11 @@ VmforkResult *qmp_vmfork(bool has_count, int64_t count, const char *monitor,
         if (pid == 0) {
             close(gate[1]);
             close(status[0]);
-            vmfork_in_new_child(&req, i, gate[0], status[1], forked);
-            vmfork_request_free(&req);
-            return result;
+            vmfork_in_new_child(req, i, gate[0], status[1], forked);
+            cmd->in_child = true;
+            return true;
         }
-        vmfork_placement_forked(&req.placement, pid);
+        vmfork_placement_forked(&req->placement, pid);
         close(status[1]);
         forked[i] = (VmforkForked) { .pid = pid, .status_fd = status[0] };
         trace_vmfork_parent_forked(i, pid, g_get_monotonic_time() - t0);
@@ -1048,22 +1090,22 @@ resume:
         close(gate[1]);
         close(gate[0]);
     }
-    ok = i == req.count && vmfork_handlers_parent(&req, errp);
+    ok = i == req->count && vmfork_handlers_parent(req, errp);
     if (!ok) {
-        vmfork_handlers_abort(&req);
+        vmfork_handlers_abort(req);
     }
     trace_vmfork_parent_phase("handlers", g_get_monotonic_time() - t0);
     /* After an error the parent runs as before, template or not */
-    if (req.was_running && (!req.parent_stays_paused || !ok)) {
+    if (req->was_running && (!req->parent_stays_paused || !ok)) {
         vm_start_vcpus_first();
     }
     trace_vmfork_parent_resumed(g_get_monotonic_time() - t_stop);
     ram_set_fork(MADV_DONTFORK);
-    resumed_ok = vmfork_handlers_resumed(&req, ok ? errp : NULL);
+    resumed_ok = vmfork_handlers_resumed(req, ok ? errp : NULL);
     /* Until here the guest's block requests wait (handler.h) */
     bdrv_drain_all_end();
     trace_vmfork_parent_phase("drain-end", g_get_monotonic_time() - t0);
-    if (ok && !resumed_ok && req.was_running && req.parent_stays_paused) {
+    if (ok && !resumed_ok && req->was_running && req->parent_stays_paused) {
         vm_start();     /* as after any error: the parent runs as before */
     }
 
@@ -1076,25 +1118,73 @@ resume:
         VmforkChild *vc = g_new0(VmforkChild, 1);
 
         vc->pid = forked[j].pid;
-        vc->monitor = vmfork_expand_template(req.monitor_tmpl, j, vc->pid,
+        vc->monitor = vmfork_expand_template(req->monitor_tmpl, j, vc->pid,
                                              &error_abort);
         vc->clone_id = vc->pid;
-        vmfork_handlers_child_info(&req, j, vc);
+        vmfork_handlers_child_info(req, j, vc);
         QAPI_LIST_APPEND(tail, vc);
-        g_ptr_array_add(records, vmfork_child_record_new(vc,
-                                                         forked[j].status_fd));
+        g_ptr_array_add(cmd->records,
+                        vmfork_child_record_new(vc, forked[j].status_fd));
     }
     if (ok) {
-        vmfork_handlers_done(&req);
+        vmfork_handlers_done(req);
     }
 
     /*
      * Only now can its guest run: a vCPU thread that the VM start woke up
-     * takes the BQL to leave its wait, and the wait for the children is
-     * where the command lets the BQL go
+     * takes the BQL to leave its wait, and the command lets the BQL go
+     * when it leaves the main loop to run while it waits for the children
      */
     trace_vmfork_parent_unlocked(g_get_monotonic_time() - t_stop);
-    ok = ok && resumed_ok && vmfork_wait_set_up(records, errp);
+    cmd->ok = ok && resumed_ok;
+    return true;
+}
+
+static void vmfork_fork_bh(void *opaque)
+{
+    VmforkCommand *cmd = opaque;
+    Monitor *old = monitor_set_cur(qemu_coroutine_self(), cmd->mon);
+    Error *err = NULL;
+
+    if (!vmfork_fork(cmd, &err) && cmd->prepared) {
+        vmfork_handlers_abort(&cmd->req);
+    }
+    error_propagate(&cmd->err, err);
+    monitor_set_cur(qemu_coroutine_self(), old);
+    aio_co_wake(cmd->co);
+}
+
+VmforkResult *coroutine_fn qmp_vmfork(VmforkArgs *args, Error **errp)
+{
+    VmforkCommand cmd = {
+        .args = args,
+        .co = qemu_coroutine_self(),
+        .mon = monitor_cur(),
+        .result = g_new0(VmforkResult, 1),
+    };
+    g_autoptr(GPtrArray) records = g_ptr_array_new();
+    bool ok;
+
+    if (vmfork_command) {
+        error_setg(errp, "vmfork: another vmfork command is still waiting "
+                   "for its children");
+        qapi_free_VmforkResult(cmd.result);
+        return NULL;
+    }
+    vmfork_command = &cmd;
+    cmd.records = records;
+    aio_bh_schedule_oneshot(iohandler_get_aio_context(), vmfork_fork_bh,
+                            &cmd);
+    qemu_coroutine_yield();
+    if (cmd.in_child) {
+        /* Its reply goes to the parent's client connection, detached */
+        vmfork_command = NULL;
+        vmfork_request_free(&cmd.req);
+        vmfork_guest_command_done();
+        return cmd.result;
+    }
+
+    ok = cmd.ok && !cmd.err && vmfork_co_wait_set_up(records, &cmd.err);
     for (guint j = 0; j < records->len; j++) {
         VmforkChildRecord *c = records->pdata[j];
 
@@ -1104,23 +1194,18 @@ resume:
         }
         vmfork_child_record_watch(c);
     }
+    if (ok && !vmfork_identity_has_vmgenid()) {
+        cmd.result->warning = g_strdup("the VM has no vmgenid device, so the "
+                                       "children share the parent's guest "
+                                       "RNG state (add -device vmgenid)");
+    }
+    vmfork_request_free(&cmd.req);
+    vmfork_command = NULL;
+    vmfork_guest_command_done();
     if (!ok) {
-        goto fail_prepared;
+        error_propagate(errp, cmd.err);
+        qapi_free_VmforkResult(cmd.result);
+        return NULL;
     }
-    if (!vmfork_identity_has_vmgenid()) {
-        result->warning = g_strdup("the VM has no vmgenid device, so the "
-                                   "children share the parent's guest RNG "
-                                   "state (add -device vmgenid)");
-    }
-    vmfork_request_free(&req);
-    return result;
-
-fail:
-    if (prepared) {
-        vmfork_handlers_abort(&req);
-    }
-fail_prepared:
-    vmfork_request_free(&req);
-    qapi_free_VmforkResult(result);
-    return NULL;
+    return cmd.result;
 }

@@ -14,6 +14,8 @@
 
 #include "vmtest.h"
 #include <glib/gstdio.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -180,6 +182,148 @@ static void freeze_policy_fork(void)
 }
 
 /*
+ * What an HMP command printed, up to the monitor's next prompt (the main
+ * loop serves HMP, also while a QMP command waits)
+ */
+static char *hmp(int fd, const char *cmd)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * 1000LL;
+
+    fd_write_all(fd, cmd);
+    fd_write_all(fd, "\n");
+    while (!g_str_has_suffix(out->str, "(qemu) ") ||
+           !strstr(out->str, "\r\n")) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        char buf[256];
+        ssize_t n;
+
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        if (poll(&pfd, 1, 100) <= 0) {
+            continue;
+        }
+        n = read(fd, buf, sizeof(buf));
+        g_assert_cmpint(n, >, 0);
+        g_string_append_len(out, buf, n);
+    }
+    return g_string_free(g_steal_pointer(&out), false);
+}
+
+/* The HMP monitor's banner and first prompt */
+static void hmp_greeting(int fd)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+
+    while (!g_str_has_suffix(out->str, "(qemu) ")) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        char buf[256];
+        ssize_t n;
+
+        g_assert_cmpint(poll(&pfd, 1, TIMEOUT_MS), ==, 1);
+        n = read(fd, buf, sizeof(buf));
+        g_assert_cmpint(n, >, 0);
+        g_string_append_len(out, buf, n);
+    }
+}
+
+typedef struct CommandFork {
+    Vm *vm;
+    JsonArray *children;
+} CommandFork;
+
+static gpointer command_fork(gpointer data)
+{
+    CommandFork *f = data;
+
+    f->children = vm_fork(f->vm, NULL);
+    return NULL;
+}
+
+/*
+ * A request that comes while a vmfork command waits for its children (the
+ * guest runs meanwhile; VMFORK_FAULT holds the child in its set-up) is
+ * not served by that command, nor refused as busy: the policy's fork
+ * follows once the command is over.  The HMP monitor shows the request
+ * made, and the VM running, while the command still waits.
+ */
+static void freeze_request_during_command(void)
+{
+    const char *extra[] = {
+        "-device", "vmfork-guest,id=vg",
+        "-monitor", "unix:@DIR@/hmp.sock,server=on,wait=off", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    g_autofree char *policy = NULL, *path = NULL, *answer = NULL;
+    CommandFork f = { 0 };
+    JsonArray *children;
+    pid_t first, second;
+    GThread *t;
+    JsonNode *ev;
+    Vm *parent;
+    int fd;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_test_message("guest: tiny, accel: tcg");
+    g_setenv("VMFORK_FAULT", "stop-child:devices", TRUE);
+    parent = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    policy = g_strdup_printf("{\"action\": \"fork\", \"fork\": {\"monitor\": "
+                             "\"%s/policy-%%i.qmp\"}}", parent->dir);
+    set_policy(parent, policy);
+    path = g_build_filename(parent->dir, "hmp.sock", NULL);
+    fd = vm_unix_connect(parent->pid, path, TIMEOUT_MS);
+    g_assert_cmpint(fd, >=, 0);
+    hmp_greeting(fd);
+
+    f.vm = parent;
+    t = g_thread_new("vmfork", command_fork, &f);
+    first = pid_wait_child(parent->pid, 0, TIMEOUT_MS);
+    g_assert_cmpint(first, >, 0);
+    g_assert_true(pid_wait_stopped(first, TIMEOUT_MS));
+    vm_tiny_send(parent, "f");
+    for (int i = 0; i < TIMEOUT_MS / 10; i++) {
+        g_autofree char *out = hmp(fd, "qom-get vg requests");
+
+        if (strstr(out, "\r\n1\r\n")) {
+            break;
+        }
+        g_usleep(10000);
+    }
+    /* A main loop iteration more: the request's bottom half has run */
+    {
+        g_autofree char *out = hmp(fd, "info status");
+
+        g_test_message("while the command waits: %s", out);
+        g_assert_nonnull(strstr(out, "VM status: running"));
+    }
+    g_assert_null(g_atomic_pointer_get(&f.children));
+    g_assert_cmpint(pid_wait_child(parent->pid, first, 100), ==, 0);
+
+    g_assert_cmpint(kill(first, SIGCONT), ==, 0);
+    g_thread_join(t);
+    g_assert_cmpuint(json_array_get_length(f.children), ==, 1);
+    json_array_unref(f.children);
+    /* Then the guest's own fork, whose child stops likewise */
+    second = pid_wait_child(parent->pid, first, TIMEOUT_MS);
+    g_assert_cmpint(second, >, 0);
+    g_assert_true(pid_wait_stopped(second, TIMEOUT_MS));
+    g_assert_cmpint(kill(second, SIGCONT), ==, 0);
+    answer = vm_tiny_reply(parent, 'F', TIMEOUT_MS);
+    g_assert_cmpstr(answer, ==, "ok 0");
+    ev = guest_request_event(parent, "fork");
+    children = json_object_get_array_member(qmp_event_data(ev), "children");
+    g_assert_cmpuint(json_array_get_length(children), ==, 1);
+    g_assert_cmpint(json_object_get_int_member(nth_child(children, 0), "pid"),
+                    ==, second);
+    json_node_unref(ev);
+    close(fd);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
  * A fork that fails at the guest's request: the guest is told, the host
  * gets the reason in the event, and the VM runs on.
  */
@@ -314,6 +458,8 @@ int main(int argc, char **argv)
     g_test_add_data_func("/freeze/tiny/kvm/wait-then-fork", "kvm",
                          freeze_wait_then_fork);
     g_test_add_func("/freeze/tiny/tcg/policy-fork", freeze_policy_fork);
+    g_test_add_func("/freeze/tiny/tcg/request-during-command",
+                    freeze_request_during_command);
     g_test_add_func("/freeze/tiny/tcg/fork-fails", freeze_fork_fails);
     g_test_add_func("/freeze/tiny/tcg/bad-cases", freeze_bad_cases);
     g_test_add_func("/freeze/tcg/one-device-per-vm", freeze_one_device_per_vm);

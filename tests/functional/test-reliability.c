@@ -459,6 +459,61 @@ static void fork_from_two_monitors(void)
 }
 
 /*
+ * While its children set up, the parent's main loop runs: a child held
+ * in its set-up (VMFORK_FAULT stop-child: a host too busy to run it) does
+ * not hold up the parent's devices.  The tiny guest answers a line on its
+ * serial port, which only the main loop reads, while the command still
+ * waits for the child; once the child goes on, the command answers and
+ * the child runs.
+ */
+static void parent_serves_while_child_sets_up(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autofree char *tsc = NULL;
+    MonitorFork f = { 0 };
+    JsonArray *c;
+    GThread *t;
+    pid_t pid;
+    Vm *vm, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_setenv("VMFORK_FAULT", "stop-child:devices", TRUE);
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    f.qmp = vm->qmp;
+    f.args = g_strdup("{}");
+    t = g_thread_new("vmfork", monitor_fork, &f);
+    pid = pid_wait_child(vm->pid, 0, 30000);
+    g_assert_cmpint(pid, >, 0);
+    g_assert_true(pid_wait_stopped(pid, 30000));
+    g_test_message("child %d stopped in its set-up", (int)pid);
+
+    vm_tiny_send(vm, "t");
+    tsc = vm_tiny_reply(vm, 'T', 20000);
+    g_test_message("the parent's guest answered meanwhile: TSC %s", tsc);
+    g_assert_null(g_atomic_pointer_get(&f.reply));
+    g_assert_null(g_atomic_pointer_get(&f.err));
+
+    g_assert_cmpint(kill(pid, SIGCONT), ==, 0);
+    g_thread_join(t);
+    g_assert_no_error(f.err);
+    c = json_object_get_array_member(json_node_get_object(f.reply),
+                                     "children");
+    g_assert_cmpuint(json_array_get_length(c), ==, 1);
+    child = vm_attach_child(vm, json_array_get_object_element(c, 0));
+    g_assert_cmpint(child->pid, ==, pid);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    assert_runs_on(vm);
+    json_node_unref(f.reply);
+    g_free(f.args);
+    vm_quit(child);
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
+/*
  * An overlay directory that fills up: a clear error, no overlay left
  * behind, and the parent runs on with its disk as before.
  */
@@ -1426,6 +1481,8 @@ int main(int argc, char **argv)
                     fork_refused_during_incoming);
     g_test_add_func("/reliability/tiny/tcg/two-monitors-at-once",
                     fork_from_two_monitors);
+    g_test_add_func("/reliability/tiny/tcg/parent-serves-while-child-sets-up",
+                    parent_serves_while_child_sets_up);
     g_test_add_func("/reliability/tiny/tcg/unwritable-dirs",
                     fork_into_unwritable_dirs);
     g_test_add_func("/reliability/tiny/tcg/refused-after-migration",

@@ -247,6 +247,28 @@ bool pid_wait_stopped(pid_t pid, int timeout_ms)
     return pid_wait(pid_stopped, pid, timeout_ms, 1000);
 }
 
+pid_t pid_wait_child(pid_t pid, pid_t not, int timeout_ms)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task/%d/children",
+                                            (int)pid, (int)pid);
+
+    for (int waited = 0; waited < timeout_ms; waited++) {
+        g_autofree char *text = NULL;
+        g_auto(GStrv) pids = NULL;
+
+        if (g_file_get_contents(path, &text, NULL, NULL)) {
+            pids = g_strsplit(g_strstrip(text), " ", -1);
+            for (guint i = 0; pids[i]; i++) {
+                if (*pids[i] && atoi(pids[i]) != not) {
+                    return atoi(pids[i]);
+                }
+            }
+        }
+        g_usleep(1000);
+    }
+    return 0;
+}
+
 bool pid_wait_gone(pid_t pid, int timeout_ms)
 {
     return pid_wait(pid_gone, pid, timeout_ms, 2000);

@@ -226,5 +226,8 @@ bool pid_gone(pid_t pid);
 bool pid_wait_gone(pid_t pid, int timeout_ms);
 /* Until every thread of @pid is stopped (SIGSTOP), or the timeout */
 bool pid_wait_stopped(pid_t pid, int timeout_ms);
+/* A child of @pid's main thread other than @not (0: any), once there is
+ * one; 0 after timeout_ms */
+pid_t pid_wait_child(pid_t pid, pid_t not, int timeout_ms);
 
 #endif
