@@ -879,12 +879,21 @@ typedef struct VmforkSetUpWait {
 
 static VmforkSetUpWait *set_up_wait;
 
+/*
+ * The wait's handlers are in the context where the command's coroutine
+ * runs, which QEMU also polls while it quits (monitor_cleanup() waits for
+ * the command there): the time limit holds then too
+ */
+static void vmfork_set_up_watch(VmforkChildRecord *c, IOHandler *read)
+{
+    aio_set_fd_handler(qemu_get_aio_context(), c->status_fd, read, NULL,
+                       NULL, NULL, c);
+}
+
 static void vmfork_set_up_wait_end(VmforkSetUpWait *w)
 {
     for (guint i = 0; i < w->records->len; i++) {
-        VmforkChildRecord *c = w->records->pdata[i];
-
-        qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
+        vmfork_set_up_watch(w->records->pdata[i], NULL);
     }
     set_up_wait = NULL;
     aio_co_wake(w->co);
@@ -901,7 +910,7 @@ static void vmfork_set_up_read(void *opaque)
         return;
     }
     if (r == 1 && byte == STATUS_SET_UP) {
-        qemu_set_fd_handler(c->status_fd, NULL, NULL, NULL);
+        vmfork_set_up_watch(c, NULL);
         if (--w->waiting) {
             return;
         }
@@ -930,15 +939,14 @@ static bool coroutine_fn vmfork_co_wait_set_up(GPtrArray *records,
         .records = records,
         .waiting = records->len,
     };
-    QEMUTimer *timer = timer_new_ms(QEMU_CLOCK_REALTIME,
-                                    vmfork_set_up_timeout, &w);
+    QEMUTimer *timer = aio_timer_new(qemu_get_aio_context(),
+                                     QEMU_CLOCK_REALTIME, SCALE_MS,
+                                     vmfork_set_up_timeout, &w);
 
     timer_mod(timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                      VMFORK_SETUP_TIMEOUT_MS);
     for (guint i = 0; i < records->len; i++) {
-        VmforkChildRecord *c = records->pdata[i];
-
-        qemu_set_fd_handler(c->status_fd, vmfork_set_up_read, NULL, c);
+        vmfork_set_up_watch(records->pdata[i], vmfork_set_up_read);
     }
     set_up_wait = &w;
     qemu_coroutine_yield();
