@@ -28,6 +28,11 @@
  *                                   ("block": instead of putting the new
  *                                   layers on the parent's disks)
  *
+ * and, with stop-child, for a child that never sets up:
+ *
+ *   VMFORK_FAULT_SETUP_MS=N         the command waits N ms, not 30 s, for
+ *                                   its children to set up
+ *
  * Read at each use, never cached: a debugging aid with no cost when unset.
  */
 
@@ -97,4 +102,12 @@ bool vmfork_fault_parent_fails(const char *handler, Error **errp)
         return true;
     }
     return false;
+}
+
+int vmfork_fault_setup_ms(int normal_ms)
+{
+    const char *v = g_getenv("VMFORK_FAULT_SETUP_MS");
+    int ms;
+
+    return v && !qemu_strtoi(v, NULL, 10, &ms) && ms > 0 ? ms : normal_ms;
 }

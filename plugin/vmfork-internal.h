@@ -141,5 +141,6 @@ void vmfork_fault_child_phase(const char *phase);
 bool vmfork_fault_fork_fails(int index);
 bool vmfork_fault_child_fails(const char *phase, Error **errp);
 bool vmfork_fault_parent_fails(const char *handler, Error **errp);
+int vmfork_fault_setup_ms(int normal_ms);
 
 #endif

@@ -939,12 +939,12 @@ static bool coroutine_fn vmfork_co_wait_set_up(GPtrArray *records,
         .records = records,
         .waiting = records->len,
     };
+    int limit_ms = vmfork_fault_setup_ms(VMFORK_SETUP_TIMEOUT_MS);
     QEMUTimer *timer = aio_timer_new(qemu_get_aio_context(),
                                      QEMU_CLOCK_REALTIME, SCALE_MS,
                                      vmfork_set_up_timeout, &w);
 
-    timer_mod(timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                     VMFORK_SETUP_TIMEOUT_MS);
+    timer_mod(timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + limit_ms);
     for (guint i = 0; i < records->len; i++) {
         vmfork_set_up_watch(records->pdata[i], vmfork_set_up_read);
     }
@@ -952,8 +952,8 @@ static bool coroutine_fn vmfork_co_wait_set_up(GPtrArray *records,
     qemu_coroutine_yield();
     timer_free(timer);
     if (w.timed_out) {
-        error_setg(errp, "vmfork: a child did not set up within %d s",
-                   VMFORK_SETUP_TIMEOUT_MS / 1000);
+        error_setg(errp, "vmfork: a child did not set up within %g s",
+                   limit_ms / 1000.0);
         return false;
     }
     if (w.failed) {

@@ -514,6 +514,66 @@ static void parent_serves_while_child_sets_up(void)
 }
 
 /*
+ * A child that never sets up (stopped for good, VMFORK_FAULT stop-child;
+ * VMFORK_FAULT_SETUP_MS shortens the 30 s limit to 2 s): the command
+ * fails once the limit has passed, the child is killed and reported, and
+ * the parent runs on.  A QEMU told to quit while its command waits so
+ * (SIGTERM: QMP's quit would wait behind the command) is gone within the
+ * limit too, its child with it.
+ */
+static void child_never_sets_up(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(GError) err = NULL, qerr = NULL;
+    MonitorFork f = { 0 };
+    gint64 t0;
+    GThread *t;
+    JsonNode *ev;
+    pid_t pid;
+    Vm *vm;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_setenv("VMFORK_FAULT", "stop-child:devices", TRUE);
+    g_setenv("VMFORK_FAULT_SETUP_MS", "2000", TRUE);
+    vm = vm_start(&o);
+    err = vm_qmp_error(vm, "vmfork", NULL);
+    g_assert_nonnull(err);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(err->message, "did not set up within 2 s"));
+    ev = qmp_wait_event(vm->qmp, "VMFORK_CHILD_EXITED", EVENT_TIMEOUT_MS,
+                        &qerr);
+    g_assert_no_error(qerr);
+    g_assert_cmpint(json_object_get_int_member(qmp_event_data(ev),
+                                               "status"), ==, 128 + SIGKILL);
+    json_node_unref(ev);
+    assert_runs_on(vm);
+    vm_quit(vm);
+
+    vm = vm_start(&o);
+    g_unsetenv("VMFORK_FAULT");
+    g_unsetenv("VMFORK_FAULT_SETUP_MS");
+    f.qmp = vm->qmp;
+    f.args = g_strdup("{}");
+    t = g_thread_new("vmfork", monitor_fork, &f);
+    pid = pid_wait_child(vm->pid, 0, 30000);
+    g_assert_cmpint(pid, >, 0);
+    g_assert_true(pid_wait_stopped(pid, 30000));
+    t0 = g_get_monotonic_time();
+    g_assert_cmpint(kill(vm->pid, SIGTERM), ==, 0);
+    g_assert_true(pid_wait_gone(vm->pid, 30000));
+    g_test_message("QEMU gone %.1f s after SIGTERM",
+                   (g_get_monotonic_time() - t0) / 1e6);
+    g_assert_true(pid_wait_gone(pid, 30000));
+    g_thread_join(t);
+    g_assert_null(f.reply);
+    g_clear_error(&f.err);
+    g_free(f.args);
+    vm_cleanup_all();
+}
+
+/*
  * An overlay directory that fills up: a clear error, no overlay left
  * behind, and the parent runs on with its disk as before.
  */
@@ -1483,6 +1543,8 @@ int main(int argc, char **argv)
                     fork_from_two_monitors);
     g_test_add_func("/reliability/tiny/tcg/parent-serves-while-child-sets-up",
                     parent_serves_while_child_sets_up);
+    g_test_add_func("/reliability/tiny/tcg/child-never-sets-up",
+                    child_never_sets_up);
     g_test_add_func("/reliability/tiny/tcg/unwritable-dirs",
                     fork_into_unwritable_dirs);
     g_test_add_func("/reliability/tiny/tcg/refused-after-migration",
