@@ -10,9 +10,10 @@
  * drive host hardware or kernel backends directly are refused by type
  * (they hold fds the safety net would refuse too, but this names the
  * device).  A TPM is refused: its state lives in a swtpm process (or a
- * host TPM) that parent and child would share.  Display surfaces are
- * shared memory by design
- * (qemu_pixman_image_new_shareable()): each child gets private copies.
+ * host TPM) that parent and child would share.  Shareable images
+ * (qemu_pixman_image_new_shareable(): display surfaces, virtio-gpu
+ * resources) are shared memory by design: each child gets private
+ * copies.
  */
 
 #include "qemu/osdep.h"
@@ -123,19 +124,23 @@ static void check_tpms(VmforkCheck *chk)
 #endif
 }
 
+static void claim_shareable_image(int fd, void *opaque)
+{
+    vmfork_check_claim_fd(opaque, fd, "a shareable image (display memory)");
+}
+
 static void devices_check(VmforkCheck *chk)
 {
     check_tpms(chk);
     qemu_ram_foreach_block(check_ram_block, chk);
     check_devices(chk);
-    /* qemu_create_displaysurface(): the child copies them (below) */
-    vmfork_check_claim_fd_prefix(chk, "/memfd:displaysurface",
-                                 "display surfaces");
+    /* The child copies them (below) */
+    qemu_pixman_shareable_foreach(claim_shareable_image, chk);
 }
 
 static bool devices_child(VmforkRequest *req, int index, Error **errp)
 {
-    return qemu_console_unshare_surfaces_after_fork(errp);
+    return qemu_pixman_unshare_after_fork(errp);
 }
 
 static const VmforkHandler devices_handler = {

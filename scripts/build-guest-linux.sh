@@ -24,7 +24,7 @@ BOOT_MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev vir
               virtio_blk failover net_failover virtio_net virtio_console qemu_fw_cfg"
 # Shipped too, not loaded ("sh modprobe ext4" mounts an ext2/3/4 disk;
 # the tests load the SCSI disk and NIC drivers they need).
-EXTRA_MODULES="ext4 virtio_scsi sd_mod ahci e1000 e1000e 8139cp"
+EXTRA_MODULES="ext4 virtio_scsi sd_mod ahci e1000 e1000e 8139cp virtio-gpu"
 # Dependencies that modinfo's depends= does not show (ext4 needs the crc32c
 # crypto driver, which the kernel would ask a full modprobe for).
 SOFTDEPS="ext4:crc32c_generic"

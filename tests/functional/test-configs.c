@@ -30,6 +30,7 @@ enum {
     HAS_CHANNEL = 1 << 1,       /* a virtio-serial port on a unix socket */
     HAS_CDROM = 1 << 2,         /* a read-only cd.iso */
     HAS_SANDBOX = 1 << 3,       /* a seccomp filter, in the child too */
+    HAS_GPU = 1 << 4,           /* virtio-gpu resources: shareable images */
 };
 
 typedef struct ConfigRow {
@@ -86,8 +87,30 @@ static const char *const channel_only[] = {
     NULL
 };
 
-/* virt-install's q35 domain: devices on root ports, a SATA cdrom */
+/*
+ * libvirt's <video><model type='virtio'/></video> on VNC, virt-install's
+ * for a Linux guest; the guest's virtio_gpu driver makes 2D resources
+ * (its fbdev console's), each a memfd shareable with display backends
+ */
+static const char *const virtio_vga[] = {
+    "-device", "{\"driver\":\"virtio-vga\",\"id\":\"video0\","
+               "\"max_outputs\":1}",
+    "-vnc", "unix:@DIR@/vnc.sock",
+    NULL
+};
+
+/*
+ * virt-install's q35 domain: devices on root ports, a SATA cdrom; its
+ * clock (RTC catch-up, no HPET), vmcoreinfo and, for a Linux guest, a
+ * virtio-vga on VNC, as libvirt 9.0 writes them
+ */
 static const char *const q35_libvirt[] = {
+    "-machine", "hpet=off",
+    "-rtc", "base=utc,driftfix=slew",
+    "-device", "{\"driver\":\"virtio-vga\",\"id\":\"video0\","
+               "\"max_outputs\":1,\"bus\":\"pcie.0\",\"addr\":\"0x1\"}",
+    "-vnc", "unix:@DIR@/vnc.sock",
+    "-device", "vmcoreinfo",
     "-device", "pcie-root-port,port=16,chassis=1,id=pci.1,bus=pcie.0,"
                "multifunction=on,addr=0x2",
     "-device", "pcie-root-port,port=17,chassis=2,id=pci.2,bus=pcie.0,"
@@ -237,6 +260,8 @@ static const ConfigRow rows[] = {
                      "sleep 0.1; done; [ -b /dev/sda ]" },
     { .name = "virtio-serial-unix-channel", .extra = channel_only,
       .has = HAS_CHANNEL },
+    { .name = "virtio-vga", .extra = virtio_vga, .has = HAS_GPU,
+      .guest_setup = "modprobe virtio-gpu && test -e /dev/dri/card0" },
     { .name = "q35-libvirt", .machine = "q35", .extra = q35_libvirt,
       .has = HAS_DISK | HAS_CHANNEL | HAS_CDROM, .dev = "vda" },
     { .name = "tcp-server-chardev", .extra = tcp_server_chardev,
@@ -403,6 +428,13 @@ static void config_row(gconstpointer data)
     parent = vm_start(&o);
     if (row->guest_setup) {
         g_free(vm_sh(parent, "%s", row->guest_setup));
+    }
+    if (row->has & HAS_GPU) {
+        guint n = audit_count_fds(parent->pid, "/memfd:virtio-gpu res "
+                                  "(deleted)");
+
+        g_test_message("parent: %u virtio-gpu resources", n);
+        g_assert_cmpuint(n, >, 0);
     }
     if (row->has & HAS_DISK) {
         vm_disk_write(parent, row->dev, 100, "before-the-fork");
