@@ -1055,7 +1055,7 @@ class LibvirtTest:
     </channel>
     <input type='tablet' bus='usb'/>
     <graphics type='vnc' socket='{escape(vnc)}'/>
-    <video><model type='vga'/></video>
+    <video><model type='virtio' heads='1' primary='yes'/></video>
     <memballoon model='virtio'/>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
   </devices>
@@ -1073,13 +1073,19 @@ class LibvirtTest:
               (p.stderr.strip(), self.domain_log(self.vi_dom)[-3000:]))
         self.started(self.vi_dom)
         log = self.domain_log(self.vi_dom)
-        check('-blockdev' in log and 'iothread' in log and '-vnc' in log,
-              'libvirt did not use -blockdev, an IOThread and VNC:\n%s' %
-              log[-3000:])
+        check('-blockdev' in log and 'iothread' in log and '-vnc' in log and
+              'virtio-vga' in log,
+              'libvirt did not use -blockdev, an IOThread, VNC and '
+              'virtio-vga:\n%s' % log[-3000:])
         pa = Agent(agent_sock)
         ca = None
         try:
             pa.sync()
+            # The guest's virtio_gpu driver: its 2D resources are memfds
+            # that each child must copy (ui/qemu-pixman.c)
+            got = pa.sh('modprobe virtio-gpu && test -e /dev/dri/card0 && '
+                        'echo loaded')
+            check(got.strip() == 'loaded', 'virtio-gpu: %r' % got)
             pa.sh('printf before-the-fork | dd of=/dev/vda bs=512 seek=100 '
                'conv=fsync 2>/dev/null')
             p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(
@@ -1236,8 +1242,9 @@ class LibvirtTest:
                'fails with EPERM, the domain runs on untouched',
                self.seccomp_spawn_deny)
         t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
-               'an IOThread, SATA cdrom, qemu-ga channel, VNC, rng, balloon, '
-               'tablet, user net) forks: own disk data, own channel; paused '
+               'an IOThread, SATA cdrom, qemu-ga channel, VNC and virtio-vga '
+               'with the guest\'s driver, rng, balloon, tablet, user net) '
+               'forks: own disk data, own channel; paused '
                '(virsh suspend) and forked twice more, its disk keeps one '
                'layer; clean images', self.virt_install_domain)
 
