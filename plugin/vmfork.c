@@ -1162,15 +1162,44 @@ static void vmfork_fork_bh(void *opaque)
     aio_co_wake(cmd->co);
 }
 
+/*
+ * The parent's end of a command that forked: the wait for the children,
+ * then their watch; false (and cmd->err) if one could not set up, after
+ * which none of them is left
+ */
+static bool coroutine_fn vmfork_co_parent_end(VmforkCommand *cmd)
+{
+    bool ok = cmd->ok && !cmd->err &&
+              vmfork_co_wait_set_up(cmd->records, &cmd->err);
+
+    for (guint j = 0; j < cmd->records->len; j++) {
+        VmforkChildRecord *c = cmd->records->pdata[j];
+
+        /* Not half-forked: on error the children made so far go */
+        if (!ok) {
+            kill(c->pid, SIGKILL);
+        }
+        vmfork_child_record_watch(c);
+    }
+    if (ok && !vmfork_identity_has_vmgenid()) {
+        cmd->result->warning = g_strdup("the VM has no vmgenid device, so "
+                                        "the children share the parent's "
+                                        "guest RNG state (add -device "
+                                        "vmgenid)");
+    }
+    return ok;
+}
+
 VmforkResult *coroutine_fn qmp_vmfork(VmforkArgs *args, Error **errp)
 {
+    g_autoptr(GPtrArray) records = g_ptr_array_new();
     VmforkCommand cmd = {
         .args = args,
         .co = qemu_coroutine_self(),
         .mon = monitor_cur(),
         .result = g_new0(VmforkResult, 1),
+        .records = records,
     };
-    g_autoptr(GPtrArray) records = g_ptr_array_new();
     bool ok;
 
     if (vmfork_command) {
@@ -1180,33 +1209,11 @@ VmforkResult *coroutine_fn qmp_vmfork(VmforkArgs *args, Error **errp)
         return NULL;
     }
     vmfork_command = &cmd;
-    cmd.records = records;
     aio_bh_schedule_oneshot(iohandler_get_aio_context(), vmfork_fork_bh,
                             &cmd);
     qemu_coroutine_yield();
-    if (cmd.in_child) {
-        /* Its reply goes to the parent's client connection, detached */
-        vmfork_command = NULL;
-        vmfork_request_free(&cmd.req);
-        vmfork_guest_command_done();
-        return cmd.result;
-    }
-
-    ok = cmd.ok && !cmd.err && vmfork_co_wait_set_up(records, &cmd.err);
-    for (guint j = 0; j < records->len; j++) {
-        VmforkChildRecord *c = records->pdata[j];
-
-        /* Not half-forked: on error the children made so far go */
-        if (!ok) {
-            kill(c->pid, SIGKILL);
-        }
-        vmfork_child_record_watch(c);
-    }
-    if (ok && !vmfork_identity_has_vmgenid()) {
-        cmd.result->warning = g_strdup("the VM has no vmgenid device, so the "
-                                       "children share the parent's guest "
-                                       "RNG state (add -device vmgenid)");
-    }
+    /* A new child's reply goes to the parent's client connection, detached */
+    ok = cmd.in_child || vmfork_co_parent_end(&cmd);
     vmfork_request_free(&cmd.req);
     vmfork_command = NULL;
     vmfork_guest_command_done();
