@@ -226,19 +226,6 @@ static void hmp_greeting(int fd)
     }
 }
 
-typedef struct CommandFork {
-    Vm *vm;
-    JsonArray *children;
-} CommandFork;
-
-static gpointer command_fork(gpointer data)
-{
-    CommandFork *f = data;
-
-    f->children = vm_fork(f->vm, NULL);
-    return NULL;
-}
-
 /*
  * A request that comes while a vmfork command waits for its children (the
  * guest runs meanwhile; VMFORK_FAULT holds the child in its set-up) is
@@ -254,10 +241,11 @@ static void freeze_request_during_command(void)
     };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
     g_autofree char *policy = NULL, *path = NULL, *answer = NULL;
-    CommandFork f = { 0 };
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) reply = NULL;
     JsonArray *children;
     pid_t first, second;
-    GThread *t;
+    VmForkThread *t;
     JsonNode *ev;
     Vm *parent;
     int fd;
@@ -277,8 +265,7 @@ static void freeze_request_during_command(void)
     g_assert_cmpint(fd, >=, 0);
     hmp_greeting(fd);
 
-    f.vm = parent;
-    t = g_thread_new("vmfork", command_fork, &f);
+    t = vm_fork_thread_start(parent->qmp, NULL);
     first = pid_wait_child(parent->pid, 0, TIMEOUT_MS);
     g_assert_cmpint(first, >, 0);
     g_assert_true(pid_wait_stopped(first, TIMEOUT_MS));
@@ -299,13 +286,14 @@ static void freeze_request_during_command(void)
         g_test_message("while the command waits: %s", out);
         g_assert_nonnull(strstr(out, "VM status: running"));
     }
-    g_assert_null(g_atomic_pointer_get(&f.children));
+    g_assert_false(vm_fork_thread_answered(t));
     g_assert_cmpint(pid_wait_child(parent->pid, first, 100), ==, 0);
 
     g_assert_cmpint(kill(first, SIGCONT), ==, 0);
-    g_thread_join(t);
-    g_assert_cmpuint(json_array_get_length(f.children), ==, 1);
-    json_array_unref(f.children);
+    reply = vm_fork_thread_join(t, &err);
+    g_assert_no_error(err);
+    g_assert_cmpuint(json_array_get_length(json_object_get_array_member(
+        json_node_get_object(reply), "children")), ==, 1);
     /* Then the guest's own fork, whose child stops likewise */
     second = pid_wait_child(parent->pid, first, TIMEOUT_MS);
     g_assert_cmpint(second, >, 0);

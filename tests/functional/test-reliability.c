@@ -358,22 +358,6 @@ static void fork_refused_during_incoming(void)
     vm_cleanup_all();
 }
 
-/* Two monitors asking at once: both forks happen, one after the other */
-typedef struct MonitorFork {
-    QmpClient *qmp;
-    char *args;
-    JsonNode *reply;
-    GError *err;
-} MonitorFork;
-
-static gpointer monitor_fork(gpointer data)
-{
-    MonitorFork *f = data;
-
-    f->reply = qmp_execute_json(f->qmp, "vmfork", f->args, 60000, &f->err);
-    return NULL;
-}
-
 /* Bytes written to a unix socket that its peer has not read yet */
 static int unread_bytes(QmpClient *qmp)
 {
@@ -395,10 +379,10 @@ static void fork_from_two_monitors(void)
         "-qmp", "unix:@DIR@/qmp2.sock,server=on,wait=off", NULL
     };
     VmOptions o = { .guest = GUEST_TINY, .extra = extra };
-    g_autofree char *second = NULL;
+    g_autofree char *second = NULL, *second_args = NULL;
     g_autoptr(GError) err = NULL;
-    MonitorFork f[2] = { 0 };
-    GThread *t[2];
+    QmpClient *qmp[2];
+    VmForkThread *t[2];
     Vm *vm, *child[2];
     int waited;
 
@@ -407,41 +391,37 @@ static void fork_from_two_monitors(void)
     }
     vm = vm_start(&o);
     second = g_strdup_printf("%s/qmp2.sock", vm->dir);
-    f[0].qmp = vm->qmp;
-    f[0].args = g_strdup("{}");
-    f[1].qmp = qmp_connect_unix(second, 30000, &err);
+    qmp[0] = vm->qmp;
+    qmp[1] = qmp_connect_unix(second, 30000, &err);
     g_assert_no_error(err);
-    f[1].args = g_strdup_printf("{\"monitor\": \"%s/second-%%p.qmp\"}",
-                                vm->dir);
+    second_args = g_strdup_printf("{\"monitor\": \"%s/second-%%p.qmp\"}",
+                                  vm->dir);
 
     g_assert_cmpint(kill(vm->pid, SIGSTOP), ==, 0);
     /* kill() returns before the threads stop: one could still read */
     g_assert_true(pid_wait_stopped(vm->pid, 30000));
-    for (int i = 0; i < 2; i++) {
-        t[i] = g_thread_new("monitor-fork", monitor_fork, &f[i]);
-    }
-    for (waited = 0; waited < 30000 && (!unread_bytes(f[0].qmp) ||
-                                        !unread_bytes(f[1].qmp)); waited++) {
+    t[0] = vm_fork_thread_start(qmp[0], "{}");
+    t[1] = vm_fork_thread_start(qmp[1], second_args);
+    for (waited = 0; waited < 30000 && (!unread_bytes(qmp[0]) ||
+                                        !unread_bytes(qmp[1])); waited++) {
         g_usleep(1000);
     }
     g_test_message("both requests unread in QEMU's sockets after %d ms: "
-                   "%d and %d bytes", waited, unread_bytes(f[0].qmp),
-                   unread_bytes(f[1].qmp));
-    g_assert_cmpint(unread_bytes(f[0].qmp), >, 0);
-    g_assert_cmpint(unread_bytes(f[1].qmp), >, 0);
+                   "%d and %d bytes", waited, unread_bytes(qmp[0]),
+                   unread_bytes(qmp[1]));
+    g_assert_cmpint(unread_bytes(qmp[0]), >, 0);
+    g_assert_cmpint(unread_bytes(qmp[1]), >, 0);
     g_assert_cmpint(kill(vm->pid, SIGCONT), ==, 0);
 
     for (int i = 0; i < 2; i++) {
+        g_autoptr(JsonNode) reply = vm_fork_thread_join(t[i], &err);
         JsonArray *c;
 
-        g_thread_join(t[i]);
-        g_assert_no_error(f[i].err);
-        c = json_object_get_array_member(json_node_get_object(f[i].reply),
+        g_assert_no_error(err);
+        c = json_object_get_array_member(json_node_get_object(reply),
                                          "children");
         g_assert_cmpuint(json_array_get_length(c), ==, 1);
         child[i] = vm_attach_child(vm, json_array_get_object_element(c, 0));
-        json_node_unref(f[i].reply);
-        g_free(f[i].args);
     }
     g_test_message("children %d and %d", child[0]->pid, child[1]->pid);
     g_assert_cmpint(child[0]->pid, !=, child[1]->pid);
@@ -451,7 +431,7 @@ static void fork_from_two_monitors(void)
         g_assert_cmpint(vm_tiny_next_seq(child[i], 30000), ==, a + 1);
     }
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
-    qmp_close(f[1].qmp);
+    qmp_close(qmp[1]);
     vm_quit(child[1]);
     vm_quit(child[0]);
     vm_quit(vm);
@@ -470,9 +450,10 @@ static void parent_serves_while_child_sets_up(void)
 {
     VmOptions o = { .guest = GUEST_TINY };
     g_autofree char *tsc = NULL;
-    MonitorFork f = { 0 };
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) reply = NULL;
     JsonArray *c;
-    GThread *t;
+    VmForkThread *t;
     pid_t pid;
     Vm *vm, *child;
 
@@ -482,9 +463,7 @@ static void parent_serves_while_child_sets_up(void)
     g_setenv("VMFORK_FAULT", "stop-child:devices", TRUE);
     vm = vm_start(&o);
     g_unsetenv("VMFORK_FAULT");
-    f.qmp = vm->qmp;
-    f.args = g_strdup("{}");
-    t = g_thread_new("vmfork", monitor_fork, &f);
+    t = vm_fork_thread_start(vm->qmp, "{}");
     pid = pid_wait_child(vm->pid, 0, 30000);
     g_assert_cmpint(pid, >, 0);
     g_assert_true(pid_wait_stopped(pid, 30000));
@@ -493,21 +472,18 @@ static void parent_serves_while_child_sets_up(void)
     vm_tiny_send(vm, "t");
     tsc = vm_tiny_reply(vm, 'T', 20000);
     g_test_message("the parent's guest answered meanwhile: TSC %s", tsc);
-    g_assert_null(g_atomic_pointer_get(&f.reply));
-    g_assert_null(g_atomic_pointer_get(&f.err));
+    g_assert_false(vm_fork_thread_answered(t));
 
     g_assert_cmpint(kill(pid, SIGCONT), ==, 0);
-    g_thread_join(t);
-    g_assert_no_error(f.err);
-    c = json_object_get_array_member(json_node_get_object(f.reply),
+    reply = vm_fork_thread_join(t, &err);
+    g_assert_no_error(err);
+    c = json_object_get_array_member(json_node_get_object(reply),
                                      "children");
     g_assert_cmpuint(json_array_get_length(c), ==, 1);
     child = vm_attach_child(vm, json_array_get_object_element(c, 0));
     g_assert_cmpint(child->pid, ==, pid);
     g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
     assert_runs_on(vm);
-    json_node_unref(f.reply);
-    g_free(f.args);
     vm_quit(child);
     vm_quit(vm);
     vm_cleanup_all();
@@ -524,10 +500,10 @@ static void parent_serves_while_child_sets_up(void)
 static void child_never_sets_up(void)
 {
     VmOptions o = { .guest = GUEST_TINY };
-    g_autoptr(GError) err = NULL, qerr = NULL;
-    MonitorFork f = { 0 };
+    g_autoptr(GError) err = NULL, qerr = NULL, gone = NULL;
+    g_autoptr(JsonNode) reply = NULL;
     gint64 t0;
-    GThread *t;
+    VmForkThread *t;
     JsonNode *ev;
     pid_t pid;
     Vm *vm;
@@ -554,9 +530,7 @@ static void child_never_sets_up(void)
     vm = vm_start(&o);
     g_unsetenv("VMFORK_FAULT");
     g_unsetenv("VMFORK_FAULT_SETUP_MS");
-    f.qmp = vm->qmp;
-    f.args = g_strdup("{}");
-    t = g_thread_new("vmfork", monitor_fork, &f);
+    t = vm_fork_thread_start(vm->qmp, "{}");
     pid = pid_wait_child(vm->pid, 0, 30000);
     g_assert_cmpint(pid, >, 0);
     g_assert_true(pid_wait_stopped(pid, 30000));
@@ -566,10 +540,9 @@ static void child_never_sets_up(void)
     g_test_message("QEMU gone %.1f s after SIGTERM",
                    (g_get_monotonic_time() - t0) / 1e6);
     g_assert_true(pid_wait_gone(pid, 30000));
-    g_thread_join(t);
-    g_assert_null(f.reply);
-    g_clear_error(&f.err);
-    g_free(f.args);
+    reply = vm_fork_thread_join(t, &gone);
+    g_assert_null(reply);
+    g_assert_nonnull(gone);
     vm_cleanup_all();
 }
 

@@ -887,6 +887,53 @@ JsonArray *vm_fork(Vm *vm, const char *args_json)
     return children;
 }
 
+struct VmForkThread {
+    QmpClient *qmp;
+    char *args;
+    JsonNode *reply;
+    GError *err;
+    gint answered;
+    GThread *thread;
+};
+
+static gpointer fork_thread(gpointer data)
+{
+    VmForkThread *t = data;
+
+    t->reply = qmp_execute_json(t->qmp, "vmfork", t->args, 60000, &t->err);
+    g_atomic_int_set(&t->answered, 1);
+    return NULL;
+}
+
+VmForkThread *vm_fork_thread_start(QmpClient *qmp, const char *args_json)
+{
+    VmForkThread *t = g_new0(VmForkThread, 1);
+
+    t->qmp = qmp;
+    t->args = g_strdup(args_json);
+    t->thread = g_thread_new("vmfork", fork_thread, t);
+    return t;
+}
+
+bool vm_fork_thread_answered(VmForkThread *t)
+{
+    return g_atomic_int_get(&t->answered);
+}
+
+JsonNode *vm_fork_thread_join(VmForkThread *t, GError **err)
+{
+    JsonNode *reply;
+
+    g_thread_join(t->thread);
+    reply = t->reply;
+    if (t->err) {
+        g_propagate_error(err, t->err);
+    }
+    g_free(t->args);
+    g_free(t);
+    return reply;
+}
+
 /* ---- Serial ---------------------------------------------------------- */
 
 char *vm_read_line(Vm *vm, int timeout_ms)

@@ -114,6 +114,17 @@ char *vm_runstate(Vm *vm);
 /* vmfork with JSON arguments; returns the reply's children array */
 JsonArray *vm_fork(Vm *vm, const char *args_json);
 
+/*
+ * vmfork in a thread of its own, for a test that acts while the command
+ * waits (on another monitor, or for a child held in its set-up): start
+ * it on @qmp, see whether it has answered, and join it for its return
+ * value (NULL and @err if it failed)
+ */
+typedef struct VmForkThread VmForkThread;
+VmForkThread *vm_fork_thread_start(QmpClient *qmp, const char *args_json);
+bool vm_fork_thread_answered(VmForkThread *t);
+JsonNode *vm_fork_thread_join(VmForkThread *t, GError **err);
+
 /* Serial port: the next complete line, NULL on timeout */
 char *vm_read_line(Vm *vm, int timeout_ms);
 
