@@ -10,6 +10,14 @@
  * opt/vmfork/clone-id tells the guest its clone id and generation.  A
  * migrated clone keeps all three.
  *
+ * A child inherits its parent's pseudo-random generators too.  Its GUID
+ * comes from the kernel's (getrandom()), not from the vmgenid device's
+ * "auto", which draws from GLib's global PRNG: with its parent's state,
+ * every child of a parent had the same GUID, and their guests reseeded
+ * their RNGs with the same input.  GLib's PRNG is reseeded as well, for
+ * whatever else draws from it in the child ("auto" later on, generated
+ * ids).
+ *
  * Under TCG a child runs on the code its parent translated, and translates
  * whatever guest code its parent never ran.  The first thing a clone's
  * guest does is to handle its VM generation ID notification (the ACPI GPE,
@@ -29,6 +37,7 @@
 #include "qemu/error-report.h"
 #include "qemu/module.h"
 #include "qemu/uuid.h"
+#include "crypto/random.h"
 #include "qom/object.h"
 #include "migration/vmstate.h"
 #include "hw/nvram/fw_cfg.h"
@@ -150,8 +159,26 @@ static Notifier identity_machine_done_notifier = {
 
 static bool identity_child(VmforkRequest *req, int index, Error **errp)
 {
+    QemuUUID uuid;
+    guint32 seed;
+    g_autofree char *guid = NULL;
+
+    if (qcrypto_random_bytes(&seed, sizeof(seed), errp) < 0) {
+        return false;
+    }
+    g_random_set_seed(seed);
     vmgenid_warm = true;        /* it handles its own notification */
-    return !vmgenid || object_property_set_str(vmgenid, "guid", "auto", errp);
+    if (!vmgenid) {
+        return true;
+    }
+    if (qcrypto_random_bytes(uuid.data, sizeof(uuid.data), errp) < 0) {
+        return false;
+    }
+    /* A random (version 4) UUID, as qemu_uuid_generate() makes one */
+    uuid.data[6] = (uuid.data[6] & 0x0f) | 0x40;
+    uuid.data[8] = (uuid.data[8] & 0x3f) | 0x80;
+    guid = qemu_uuid_unparse_strdup(&uuid);
+    return object_property_set_str(vmgenid, "guid", guid, errp);
 }
 
 /* After the first fork of a parent that runs on: warm its guest (above) */

@@ -1182,6 +1182,73 @@ static void linux_fork_new_identity(void)
     vm_cleanup_all();
 }
 
+/* A VM's generation ID, from query-vm-generation-id */
+static char *generation_id(Vm *vm)
+{
+    JsonNode *r = vm_qmp(vm, "query-vm-generation-id", NULL);
+    char *guid = g_strdup(json_object_get_string_member(
+                              json_node_get_object(r), "guid"));
+
+    json_node_unref(r);
+    return guid;
+}
+
+/*
+ * Every child has a generation ID of its own: the siblings of one
+ * command, and those of the next, differ from each other and from their
+ * parent.  A child's GUID once came from GLib's PRNG (the "auto" value),
+ * whose state each child inherits: every child of a parent got the same
+ * GUID, and their Linux guests reseeded their RNGs with the same input.
+ * GLib's PRNG is reseeded in a child too: an "auto" GUID that two
+ * siblings ask for afterwards differs as well.
+ */
+static void tiny_siblings_own_generation_ids(void)
+{
+    const char *extra[] = { "-device", "vmgenid,id=vmgenid0", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    const char *set_auto = "{\"path\": \"/machine/peripheral/vmgenid0\", "
+                           "\"property\": \"guid\", \"value\": \"auto\"}";
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
+                                                       g_str_equal, g_free,
+                                                       NULL);
+    Vm *parent, *child[4];
+    int n = 0;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    g_hash_table_add(seen, generation_id(parent));
+    for (int command = 0; command < 2; command++) {
+        JsonNode *r = vm_qmp(parent, "vmfork", "{\"count\": 2}");
+        JsonArray *children = json_object_get_array_member(
+            json_node_get_object(r), "children");
+
+        for (guint i = 0; i < json_array_get_length(children); i++) {
+            child[n++] = vm_attach_child(
+                parent, json_array_get_object_element(children, i));
+        }
+        json_node_unref(r);
+    }
+    g_assert_cmpint(n, ==, 4);
+    for (int i = 0; i < n; i++) {
+        char *guid = generation_id(child[i]);
+
+        g_test_message("TCG, tiny guest: child %d (pid %d) has GUID %s", i,
+                       child[i]->pid, guid);
+        g_assert_true(g_hash_table_add(seen, guid));
+    }
+    for (int i = 0; i < 2; i++) {
+        json_node_unref(vm_qmp(child[i], "qom-set", set_auto));
+        g_assert_true(g_hash_table_add(seen, generation_id(child[i])));
+    }
+    for (int i = 0; i < n; i++) {
+        vm_quit(child[i]);
+    }
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
 /* Without vmgenid the reply warns that the RNG state is shared */
 static void fork_without_vmgenid_warns(void)
 {
@@ -3075,6 +3142,8 @@ int main(int argc, char **argv)
                     tiny_tap_fds_after_failed_fork);
     g_test_add_func("/vmfork/tiny/tcg/tap-downscript-parent-only",
                     tiny_tap_downscript_parent_only);
+    g_test_add_func("/vmfork/tiny/tcg/siblings-own-generation-ids",
+                    tiny_siblings_own_generation_ids);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
