@@ -23,6 +23,12 @@
  *   UDP and SPICE channels are refused by name: a child cannot have one
  *   of its own without being told where.
  *
+ * A chardev's log (logfile=) follows the same rule as a file: the child
+ * logs to the path with ".fork-PID" appended (appending if the parent
+ * does).  A log that is not a file, such as the pipe to virtlogd that
+ * libvirt passes for a <log> with its default stdio_handler, is refused
+ * by name: a child cannot have one of its own.
+ *
  * A unix server listens on its new path in place, whatever its frontend
  * (qemu_chr_socket_listen_after_fork()); a chardev that needs a new
  * backend (file, null) and whose frontend cannot take one (only serial
@@ -60,6 +66,8 @@ typedef struct ChardevPlan {
     char *id;
     ChardevRule rule;
     char *path;                 /* unix server, file: the parent's path */
+    char *log;                  /* its log file (logfile=), or NULL */
+    bool log_append;
 } ChardevPlan;
 
 static GPtrArray *plans;        /* of ChardevPlan, during one vmfork */
@@ -70,6 +78,7 @@ static void plan_free(gpointer p)
 
     g_free(plan->id);
     g_free(plan->path);
+    g_free(plan->log);
     g_free(plan);
 }
 
@@ -90,19 +99,42 @@ static bool is_type(Chardev *chr, const char *type)
     return object_dynamic_cast(OBJECT(chr), type) != NULL;
 }
 
+/* The path of the file open on @fd, or NULL */
+static char *fd_file_path(int fd)
+{
+    g_autofree char *link = g_strdup_printf("/proc/self/fd/%d", fd);
+
+    return g_file_read_link(link, NULL);
+}
+
 /* The path a file chardev writes to, from its fd */
 static char *file_chardev_path(Chardev *chr)
 {
     FDChardev *s = FD_CHARDEV(chr);
-    g_autofree char *link = NULL;
 
     if (!s->ioc_out || !object_dynamic_cast(OBJECT(s->ioc_out),
                                             TYPE_QIO_CHANNEL_FILE)) {
         return NULL;
     }
-    link = g_strdup_printf("/proc/self/fd/%d",
-                           QIO_CHANNEL_FILE(s->ioc_out)->fd);
-    return g_file_read_link(link, NULL);
+    return fd_file_path(QIO_CHANNEL_FILE(s->ioc_out)->fd);
+}
+
+/* Is the log of @chr (logfile=) a regular file, where a child can have one
+ * of its own?  If not, *what says what it is instead. */
+static bool log_is_file(Chardev *chr, const char **what)
+{
+    struct stat st;
+
+    if (fstat(chr->logfd, &st) < 0) {
+        *what = "an fd that cannot be looked at";
+        return false;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *what = S_ISFIFO(st.st_mode) ? "a pipe" :
+                S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+        return false;
+    }
+    return true;
 }
 
 static bool is_unix_server(Chardev *chr)
@@ -254,6 +286,19 @@ static int chardev_walk(Object *obj, void *opaque)
                                 "take a new one", chr->label,
                                 object_get_typename(obj));
         }
+        if (chr->logfd >= 0) {
+            const char *what;
+
+            if (!log_is_file(chr, &what)) {
+                vmfork_check_refuse(w->chk, "chardev '%s' (%s): its log "
+                                    "(logfile=) is %s, as libvirt's to "
+                                    "virtlogd: a child could only share it",
+                                    chr->label, object_get_typename(obj),
+                                    what);
+            }
+            vmfork_check_claim_fd(w->chk, chr->logfd, "chardev '%s' log",
+                                  chr->label);
+        }
         if (is_type(chr, TYPE_CHARDEV_SOCKET)) {
             claim_socket_fds(w->chk, (SocketChardev *)chr, chr->label);
         } else if (is_type(chr, TYPE_CHARDEV_FD)) {
@@ -262,12 +307,17 @@ static int chardev_walk(Object *obj, void *opaque)
             vmfork_check_claim_fd_path(w->chk, "/dev/ptmx", "a pty chardev");
         }
     }
-    if (w->plans && rule != RULE_KEEP && rule != RULE_REFUSE) {
+    if (w->plans && rule != RULE_REFUSE &&
+        (rule != RULE_KEEP || chr->logfd >= 0)) {
         ChardevPlan *plan = g_new0(ChardevPlan, 1);
 
         plan->id = g_strdup(chr->label);
         plan->rule = rule;
         plan->path = g_steal_pointer(&path);
+        if (chr->logfd >= 0) {
+            plan->log = fd_file_path(chr->logfd);
+            plan->log_append = fcntl(chr->logfd, F_GETFL) & O_APPEND;
+        }
         g_ptr_array_add(w->plans, plan);
     }
     return 0;
@@ -285,6 +335,11 @@ static void chardev_check(VmforkCheck *chk)
     object_child_foreach(chardevs_root(), chardev_walk, &w);
 }
 
+static void chardev_abort(VmforkRequest *req)
+{
+    g_clear_pointer(&plans, g_ptr_array_unref);
+}
+
 static bool chardev_prepare(VmforkRequest *req, Error **errp)
 {
     ChardevWalk w = { .req = req };
@@ -292,12 +347,17 @@ static bool chardev_prepare(VmforkRequest *req, Error **errp)
     assert(!plans);
     plans = w.plans = g_ptr_array_new_with_free_func(plan_free);
     object_child_foreach(chardevs_root(), chardev_walk, &w);
-    return true;
-}
+    for (guint i = 0; i < plans->len; i++) {
+        ChardevPlan *plan = plans->pdata[i];
 
-static void chardev_abort(VmforkRequest *req)
-{
-    g_clear_pointer(&plans, g_ptr_array_unref);
+        if (qemu_chr_find(plan->id)->logfd >= 0 && !plan->log) {
+            error_setg(errp, "vmfork: chardev '%s': the path of its log file "
+                       "cannot be found", plan->id);
+            chardev_abort(req);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Once the reply has each child's chardevs (chardev_child_info) */
@@ -338,6 +398,41 @@ static void chardev_child_info(VmforkRequest *req, int index,
     }
 }
 
+/* The log of child @pid for @plan's chardev, in a new backend's @common */
+static void backend_log(ChardevCommon *common, const ChardevPlan *plan,
+                        pid_t pid)
+{
+    if (plan->log) {
+        common->logfile = g_strdup_printf("%s.fork-%d", plan->log, (int)pid);
+        common->has_logappend = true;
+        common->logappend = plan->log_append;
+    }
+}
+
+/*
+ * The log of child @pid for @plan's chardev @chr, which the child keeps:
+ * its own file on the same fd, opened as char.c opens a log
+ */
+static bool log_in_place(Chardev *chr, const ChardevPlan *plan, pid_t pid,
+                         Error **errp)
+{
+    g_autofree char *path = g_strdup_printf("%s.fork-%d", plan->log,
+                                            (int)pid);
+    int fd = qemu_create(path, O_WRONLY | (plan->log_append ? O_APPEND :
+                                           O_TRUNC), 0666, errp);
+
+    if (fd < 0) {
+        return false;
+    }
+    if (dup3(fd, chr->logfd, O_CLOEXEC) < 0) {
+        error_setg_errno(errp, errno, "cannot move the log to '%s'", path);
+        close(fd);
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
 static ChardevBackend *backend_null(void)
 {
     ChardevBackend *b = g_new0(ChardevBackend, 1);
@@ -366,13 +461,18 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
         ChardevReturn *ret;
 
         switch (plan->rule) {
-        case RULE_SERIAL_TEMPLATE:
-            path = vmfork_expand_template(req->serial_tmpl, index, getpid(),
-                                          &error_abort);
-            backend = backend_file(path);
-            break;
+        case RULE_KEEP:
         case RULE_UNIX_SERVER:
-            /* The same chardev, listening elsewhere: any frontend */
+            /* The same chardev: its log, and a unix server's socket */
+            if (plan->log && !log_in_place(qemu_chr_find(plan->id), plan,
+                                           getpid(), errp)) {
+                error_prepend(errp, "vmfork: chardev '%s': ", plan->id);
+                return false;
+            }
+            if (plan->rule == RULE_KEEP) {
+                continue;
+            }
+            /* Listening elsewhere: any frontend */
             path = child_path(req, plan, index, getpid());
             trace_vmfork_child_chardev(plan->id, path);
             if (!qemu_chr_socket_listen_after_fork(
@@ -381,12 +481,22 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
                 return false;
             }
             continue;
+        case RULE_SERIAL_TEMPLATE:
+            path = vmfork_expand_template(req->serial_tmpl, index, getpid(),
+                                          &error_abort);
+            backend = backend_file(path);
+            backend_log(qapi_ChardevFile_base(backend->u.file.data), plan,
+                        getpid());
+            break;
         case RULE_FILE:
             path = child_path(req, plan, index, getpid());
             backend = backend_file(path);
+            backend_log(qapi_ChardevFile_base(backend->u.file.data), plan,
+                        getpid());
             break;
         default:
             backend = backend_null();
+            backend_log(backend->u.null.data, plan, getpid());
             break;
         }
         trace_vmfork_child_chardev(plan->id, path ? path : "null");

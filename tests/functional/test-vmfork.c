@@ -1428,6 +1428,110 @@ static void tiny_fork_chardev_template(void)
     vm_cleanup_all();
 }
 
+/* Wait until the file at @path has @needle in it; its contents */
+static char *file_wait_for(const char *path, const char *needle)
+{
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    char *text = NULL;
+
+    while (!(g_file_get_contents(path, &text, NULL, NULL) &&
+             strstr(text, needle))) {
+        g_clear_pointer(&text, g_free);
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    return text;
+}
+
+/*
+ * A chardev's log (logfile=) is the child's own: a pty's with a log, as
+ * libvirt writes a <serial type='pty'> with a <log> (a child's pty is a
+ * new null chardev, logging where the child's own log is), and a null
+ * chardev's (the same chardev in the child, its log moved), each on a
+ * serial port of the Linux guest.  What the child's guest writes is
+ * logged to PATH.fork-PID, never to the parent's log, which goes on.
+ */
+static void linux_fork_chardev_logs(void)
+{
+    const char *extra[] = {
+        "-chardev", "pty,id=ptylog,logfile=@DIR@/port2.log,logappend=on",
+        "-device", "isa-serial,chardev=ptylog,index=2",
+        "-chardev", "null,id=nulllog,logfile=@DIR@/port3.log",
+        "-device", "isa-serial,chardev=nulllog,index=3",
+        NULL
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .extra = extra };
+    g_autoptr(JsonArray) children = NULL;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    g_free(vm_sh(parent, "echo parent-before >/dev/ttyS2; "
+                 "echo parent-before >/dev/ttyS3"));
+    children = vm_fork(parent, NULL);
+    child = vm_attach_child(parent,
+                            json_array_get_object_element(children, 0));
+    g_free(vm_sh(child, "echo child-%d >/dev/ttyS2; echo child-%d "
+                 ">/dev/ttyS3", child->pid, child->pid));
+    for (int port = 2; port <= 3; port++) {
+        g_autofree char *log = g_strdup_printf("%s/port%d.log", parent->dir,
+                                               port);
+        g_autofree char *child_log = g_strdup_printf("%s.fork-%d", log,
+                                                     child->pid);
+        g_autofree char *mark = g_strdup_printf("child-%d", child->pid);
+        g_autofree char *text = file_wait_for(child_log, mark);
+        g_autofree char *parent_text = NULL;
+
+        g_test_message("TCG, Linux guest: %s: %s", child_log, text);
+        g_assert_null(strstr(text, "parent-"));
+        g_free(vm_sh(parent, "echo parent-after >/dev/ttyS%d", port));
+        parent_text = file_wait_for(log, "parent-after");
+        g_assert_nonnull(strstr(parent_text, "parent-before"));
+        g_assert_null(strstr(parent_text, "child-"));
+    }
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
+ * A chardev whose log is not a file, such as the pipe to virtlogd that
+ * libvirt passes for a <log>, is refused by name (here a FIFO): a child
+ * cannot have a log of its own there, nor share the parent's.
+ */
+static void tiny_fork_chardev_log_pipe_refused(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
+    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
+    const char *extra[] = {
+        "-chardev", arg, "-device", "isa-serial,chardev=piped,index=1", NULL
+    };
+    VmOptions o = { .guest = GUEST_TINY, .dir = dir, .extra = extra };
+    Vm *vm;
+    int reader;
+
+    g_assert_nonnull(dir);
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    /* A reader, so that QEMU's open of the log does not wait for one */
+    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    g_assert_cmpint(reader, >=, 0);
+    vm = vm_start(&o);
+    fork_refused(vm, NULL, NULL,
+                 "chardev 'piped' (chardev-null): its log (logfile=) is a "
+                 "pipe");
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+    vm_quit(vm);
+    close(reader);
+    vm_cleanup_all();
+}
+
 /*
  * A QEMU started with -daemonize forks (its pipe to the launcher is closed
  * once used, so no fd of unknown owner is left), and the child runs.
@@ -3109,6 +3213,10 @@ int main(int argc, char **argv)
                     fork_unclaimed_fd_refused);
     g_test_add_func("/vmfork/tiny/tcg/vnc-client-at-fork",
                     tiny_fork_vnc_with_client);
+    g_test_add_func("/vmfork/linux/tcg/chardev-logs",
+                    linux_fork_chardev_logs);
+    g_test_add_func("/vmfork/tiny/tcg/chardev-log-pipe-refused",
+                    tiny_fork_chardev_log_pipe_refused);
     g_test_add_func("/vmfork/tiny/tcg/chardev-template",
                     tiny_fork_chardev_template);
     g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);
