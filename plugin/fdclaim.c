@@ -16,6 +16,10 @@
  * - eventfds, epoll instances and signalfds, which fd.c replaces in the
  *   child;
  * - pidfds, which only tell when a process exits;
+ * - a regular file's fd in a monitor fd set (add-fd) when a handler
+ *   claimed an fd of the same file: the one that qemu_open() of
+ *   /dev/fdset/N duplicated for it (libvirt passes chardev files and logs
+ *   so); the child keeps the set's copy, unused, as the set does;
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
  *   fork() does not pass on (fd.c gives the child /dev/null instead).
@@ -119,6 +123,26 @@ static char *fdset_owner(FdsetInfoList *sets, int fd)
     return NULL;
 }
 
+/* Is @fd a regular file that a handler claimed an fd of? */
+static bool is_claimed_file(VmforkCheck *chk, int fd)
+{
+    GHashTableIter iter;
+    gpointer key;
+    struct stat st, claimed;
+
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        return false;
+    }
+    g_hash_table_iter_init(&iter, chk->fd_owner);
+    while (g_hash_table_iter_next(&iter, &key, NULL)) {
+        if (fstat(GPOINTER_TO_INT(key), &claimed) == 0 &&
+            claimed.st_dev == st.st_dev && claimed.st_ino == st.st_ino) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void vmfork_fd_safety_net(VmforkCheck *chk)
 {
     FdsetInfoList *sets = NULL;
@@ -149,6 +173,9 @@ void vmfork_fd_safety_net(VmforkCheck *chk)
             sets = qmp_query_fdsets(NULL);
         }
         owner = fdset_owner(sets, fd);
+        if (owner && is_claimed_file(chk, fd)) {
+            continue;
+        }
         vmfork_check_refuse(chk, "fd %d (%s%s)%s%s has no fork rule: no "
                             "part of the VM claims it", fd, target,
                             target[0] == '/' ? ", open for writing" : "",

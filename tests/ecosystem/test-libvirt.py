@@ -140,6 +140,15 @@ def run(argv, timeout=60, check_rc=True, **kw):
     return p
 
 
+def read_text(path):
+    """A file's text ('' while it does not exist)"""
+    try:
+        with open(path, errors='replace') as f:
+            return f.read()
+    except OSError:
+        return ''
+
+
 def tail(path, n=20):
     try:
         with open(path, errors='replace') as f:
@@ -148,17 +157,27 @@ def tail(path, n=20):
         return ''
 
 
-def serial_xml(agent_sock):
-    """The guest's two serial ports: its agent, and its console"""
-    return f'''    <serial type='unix'>
-      <source mode='bind' path='{escape(agent_sock)}'/>
-      <target port='0'/>
+def serial_xml(agent_sock, console_log=None):
+    """The guest's two serial ports: its agent, and its console (on a
+    socket, or a pty logged to @console_log, as virt-install writes a
+    console with a <log>)"""
+    if console_log:
+        console = f'''    <serial type='pty'>
+      <log file='{escape(console_log)}' append='off'/>
+      <target port='1'/>
     </serial>
-    <serial type='unix'>
+'''
+    else:
+        console = f'''    <serial type='unix'>
       <source mode='bind' path='{escape(agent_sock)}.console'/>
       <target port='1'/>
     </serial>
 '''
+    return f'''    <serial type='unix'>
+      <source mode='bind' path='{escape(agent_sock)}'/>
+      <target port='0'/>
+    </serial>
+''' + console
 
 
 class Agent:
@@ -1005,10 +1024,11 @@ class LibvirtTest:
 
     def virt_install_domain(self):
         """A domain as virt-install writes one (q35, qcow2 on virtio-blk
-        with an IOThread, a SATA cdrom, a qemu-ga channel, VNC, virtio-rng,
-        balloon, tablet, user network): forked with virsh
-        qemu-monitor-command, each VM writes its own disk, each guest's
-        channel carries its own line, every image passes qemu-img check"""
+        with an IOThread, a SATA cdrom, a qemu-ga channel, a pty console
+        with a <log>, VNC, virtio-rng, balloon, tablet, user network):
+        forked with virsh qemu-monitor-command, each VM writes its own
+        disk, each guest's channel carries its own line and its console
+        its own log, every image passes qemu-img check"""
         qimg = os.path.join(os.path.dirname(self.qemu), 'qemu-img')
         disk, cd = self.r.path('vi-disk.qcow2'), self.r.path('vi-cd.iso')
         odir = self.r.path('vi-overlays')
@@ -1018,6 +1038,7 @@ class LibvirtTest:
         agent_sock = os.path.join(self.sdir, 'vi-agent.sock')
         qga = os.path.join(self.sdir, 'vi-qga.sock')
         vnc = os.path.join(self.sdir, 'vi-vnc.sock')
+        console_log = self.r.path('vi-console.log')
         xml = f'''<domain type='qemu'>
   <name>{escape(self.vi_dom)}</name>
   <memory unit='MiB'>512</memory>
@@ -1049,7 +1070,7 @@ class LibvirtTest:
     </disk>
     <controller type='usb' model='qemu-xhci' ports='15'/>
     <interface type='user'><model type='virtio'/></interface>
-{serial_xml(agent_sock)}    <channel type='unix'>
+{serial_xml(agent_sock, console_log)}    <channel type='unix'>
       <source mode='bind' path='{escape(qga)}'/>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
@@ -1119,6 +1140,18 @@ class LibvirtTest:
                 got = a.sh('dd if=/dev/vda bs=512 skip=100 count=1 '
                          'iflag=direct 2>/dev/null | tr -d "\\000"')
                 check(got == 'before-the-fork', '%s reads %r' % (word, got))
+            # The console's log (a pty with a <log>): the child's is its own
+            child_log = '%s.fork-%d' % (console_log, kid['pid'])
+            for a, word in ((pa, 'parent'), (ca, 'child')):
+                a.sh('echo console-of-the-%s > /dev/ttyS1' % word)
+            for path, word, other in ((console_log, 'parent', 'child'),
+                                      (child_log, 'child', 'parent')):
+                check(ecotest.wait_for(lambda: 'console-of-the-' + word in
+                                       read_text(path), 10),
+                      '%s: no line of the %s: %r' % (path, word,
+                                                     read_text(path)))
+                check('console-of-the-' + other not in read_text(path),
+                      '%s has a line of the %s' % (path, other))
             # The child's qemu-ga channel: its own socket carries its guest
             ch = ecotest.connect_unix(chans['charchannel0'], TIMEOUT)
             try:
@@ -1242,9 +1275,10 @@ class LibvirtTest:
                'fails with EPERM, the domain runs on untouched',
                self.seccomp_spawn_deny)
         t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
-               'an IOThread, SATA cdrom, qemu-ga channel, VNC and virtio-vga '
-               'with the guest\'s driver, rng, balloon, tablet, user net) '
-               'forks: own disk data, own channel; paused '
+               'an IOThread, SATA cdrom, qemu-ga channel, pty console with '
+               'a log, VNC and virtio-vga with the guest\'s driver, rng, '
+               'balloon, tablet, user net) forks: own disk data, own '
+               'channel, own console log; paused '
                '(virsh suspend) and forked twice more, its disk keeps one '
                'layer; clean images', self.virt_install_domain)
 
