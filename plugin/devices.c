@@ -38,11 +38,26 @@ static int check_ram_block(RAMBlock *rb, void *opaque)
                             "parent and child would both write (use a "
                             "private memory backend)",
                             qemu_ram_get_idstr(rb));
-    } else {
-        /* A private mapping of a file or memfd: copied on write */
-        vmfork_check_claim_fd(chk, qemu_ram_get_fd(rb), "RAM block '%s'",
-                              qemu_ram_get_idstr(rb));
+    } else if (qemu_ram_pagesize(rb) > qemu_real_host_page_size()) {
+        /*
+         * A private hugetlbfs mapping: the parent owns the pool's
+         * reservation, and when a copy-on-write finds the pool empty the
+         * kernel takes the page from the children (unmap_ref_private()),
+         * which die of SIGBUS on their next access, or kills the child
+         * that wrote.  A fork would run only as long as the pool lasts.
+         */
+        vmfork_check_refuse(chk, "RAM block '%s' is on hugetlbfs (%zu KiB "
+                            "pages): each page that a child or its parent "
+                            "writes after the fork takes a huge page from "
+                            "the host's pool, and once the pool is empty "
+                            "the kernel kills children with SIGBUS (use "
+                            "anonymous memory: transparent huge pages fork "
+                            "well)", qemu_ram_get_idstr(rb),
+                            qemu_ram_pagesize(rb) >> 10);
     }
+    /* A private mapping of a file or memfd is copied on write */
+    vmfork_check_claim_fd(chk, qemu_ram_get_fd(rb), "RAM block '%s'",
+                          qemu_ram_get_idstr(rb));
     return 0;
 }
 

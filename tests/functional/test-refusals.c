@@ -15,12 +15,14 @@
 #define _GNU_SOURCE     /* unshare() */
 #include "vmtest.h"
 #include <gio/gio.h>
+#include <glib/gstdio.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #define TIMEOUT_MS 30000
@@ -288,6 +290,57 @@ static const char *setup_hyperv(const char *dir G_GNUC_UNUSED,
     return NULL;
 }
 
+/* A field of /proc/meminfo ("HugePages_Free"), 0 if it is not there */
+static guint64 meminfo(const char *field)
+{
+    g_autofree char *text = NULL;
+    g_autofree char *key = g_strdup_printf("\n%s:", field);
+    const char *at;
+
+    if (!g_file_get_contents("/proc/meminfo", &text, NULL, NULL) ||
+        !(at = strstr(text, key))) {
+        return 0;
+    }
+    return g_ascii_strtoull(at + strlen(key), NULL, 10);
+}
+
+/*
+ * The guest's RAM on hugetlbfs, as libvirt gives it for <hugepages/>: a
+ * private mapping of a file there.  The mount is in a mount namespace of
+ * this program's own, entered once as root; the huge pages come from the
+ * host's pool (vm.nr_hugepages, which .ci/run fills), 64 MiB of them.
+ */
+static const char *setup_hugetlbfs(const char *dir, GPtrArray *args)
+{
+    static bool entered;
+    g_autofree char *mnt = g_build_filename(dir, "hugetlbfs", NULL);
+    guint64 page_kib = meminfo("Hugepagesize");
+
+    if (geteuid() != 0) {
+        return "hugetlbfs needs root, to mount it";
+    }
+    if (!page_kib || meminfo("HugePages_Free") * page_kib < 64 * 1024) {
+        return "fewer free huge pages than the guest's 64 MiB "
+               "(vm.nr_hugepages)";
+    }
+    if (!entered) {
+        g_assert_cmpint(unshare(CLONE_NEWNS), ==, 0);
+        g_assert_cmpint(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL),
+                        ==, 0);
+        entered = true;
+    }
+    g_assert_cmpint(g_mkdir(mnt, 0700), ==, 0);
+    if (mount("hugetlbfs", mnt, "hugetlbfs", 0, NULL) < 0) {
+        return "hugetlbfs cannot be mounted here";
+    }
+    g_ptr_array_add(args, g_strdup("-object"));
+    g_ptr_array_add(args, g_strdup_printf("memory-backend-file,id=hp,"
+                                          "size=64M,mem-path=%s", mnt));
+    g_ptr_array_add(args, g_strdup("-machine"));
+    g_ptr_array_add(args, g_strdup("memory-backend=hp"));
+    return NULL;
+}
+
 static const char *setup_all(const char *dir, GPtrArray *args)
 {
     const char *why = setup_ivshmem(dir, args);
@@ -301,6 +354,14 @@ static const char *setup_all(const char *dir, GPtrArray *args)
 }
 
 /* ---- After the refusal -------------------------------------------------- */
+
+/* The hugetlbfs mount goes, once QEMU's file there is gone */
+static void hugetlbfs_unmount(Vm *vm)
+{
+    g_autofree char *mnt = g_build_filename(vm->dir, "hugetlbfs", NULL);
+
+    g_assert_cmpint(umount2(mnt, MNT_DETACH), ==, 0);
+}
 
 /*
  * A block job refuses the fork only while it exists: once it is
@@ -451,6 +512,10 @@ static const char *const dirty_ring_want[] = {
 static const char *const hyperv_args[] = {
     "-cpu", "qemu64,hv-relaxed,hv-vpindex,hv-time", NULL
 };
+static const char *const hugetlbfs_want[] = {
+    "RAM block 'hp' is on hugetlbfs (2048 KiB pages)", NULL
+};
+
 static const char *const hyperv_want[] = {
     "Hyper-V enlightenments cannot be forked", NULL
 };
@@ -558,6 +623,8 @@ static const Refusal rows[] = {
     { .name = "ivshmem-hot-plugged", .accel = "tcg",
       .extra = ivshmem_backend_args, .setup = setup_ivshmem,
       .steps = ivshmem_plug_steps, .want = ivshmem_plugged_want },
+    { .name = "hugetlbfs", .accel = "tcg", .setup = setup_hugetlbfs,
+      .want = hugetlbfs_want, .then = hugetlbfs_unmount },
     { .name = "block-job", .accel = "tcg", .extra = job_args,
       .setup = setup_disk, .steps = job_steps, .overlay_dir = true,
       .want = job_want, .then = block_job_cancelled_then_forks },
