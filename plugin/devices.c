@@ -153,9 +153,29 @@ static void devices_check(VmforkCheck *chk)
     qemu_pixman_shareable_foreach(claim_shareable_image, chk);
 }
 
+/*
+ * -overcommit mem-lock (libvirt's <locked/>): a child does not inherit
+ * its parent's memory locks (mlockall(2)), so it takes them again.  On
+ * fault, whatever the option says: MCL_CURRENT alone populates a private
+ * writable mapping with write faults, which would copy into the child all
+ * of the guest RAM it shares with its parent; with MCL_ONFAULT the pages
+ * it has are locked, shared ones included, and so is each page it faults
+ * in later.
+ */
+static bool relock_memory(Error **errp)
+{
+    if (should_mlock(mlock_state) &&
+        mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0) {
+        error_setg_errno(errp, errno, "vmfork: cannot lock the child's "
+                         "memory as -overcommit mem-lock asks");
+        return false;
+    }
+    return true;
+}
+
 static bool devices_child(VmforkRequest *req, int index, Error **errp)
 {
-    return qemu_pixman_unshare_after_fork(errp);
+    return relock_memory(errp) && qemu_pixman_unshare_after_fork(errp);
 }
 
 static const VmforkHandler devices_handler = {

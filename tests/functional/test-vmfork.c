@@ -1249,6 +1249,59 @@ static void tiny_siblings_own_generation_ids(void)
     vm_cleanup_all();
 }
 
+/* The "NAME:  N kB" line of /proc/PID/FILE, in KiB (-1 if none) */
+static gint64 proc_kib(pid_t pid, const char *file, const char *name)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/%s", pid, file);
+    g_autofree char *text = NULL;
+    g_autofree char *key = g_strdup_printf("\n%s:", name);
+    const char *at;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL) ||
+        !(at = strstr(text, key))) {
+        return -1;
+    }
+    return g_ascii_strtoll(at + strlen(key), NULL, 10);
+}
+
+/*
+ * -overcommit mem-lock=on (libvirt's <locked/>): a child does not inherit
+ * its parent's memory locks, so it takes them again; on fault, so that it
+ * still shares the guest's RAM with its parent instead of copying it all.
+ */
+static void tiny_fork_mem_lock(void)
+{
+    const char *extra[] = { "-overcommit", "mem-lock=on", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    gint64 locked_parent, locked_child, private_child;
+    Vm *parent, *child;
+
+    if (geteuid() != 0) {
+        g_test_skip("mem-lock=on needs root (RLIMIT_MEMLOCK) for QEMU");
+        return;
+    }
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    parent = vm_start(&o);
+    child = fork_one(parent, NULL);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    locked_parent = proc_kib(parent->pid, "status", "VmLck");
+    locked_child = proc_kib(child->pid, "status", "VmLck");
+    private_child = proc_kib(child->pid, "smaps_rollup", "Private_Clean") +
+                    proc_kib(child->pid, "smaps_rollup", "Private_Dirty");
+    g_test_message("TCG, tiny guest, mem-lock=on: %" G_GINT64_FORMAT
+                   " KiB locked in the parent, %" G_GINT64_FORMAT " KiB in "
+                   "the child, whose private memory is %" G_GINT64_FORMAT
+                   " KiB", locked_parent, locked_child, private_child);
+    g_assert_cmpint(locked_parent, >=, 64 * 1024);
+    g_assert_cmpint(locked_child, >=, 64 * 1024);
+    g_assert_cmpint(private_child, <, 16 * 1024);
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
 /* Without vmgenid the reply warns that the RNG state is shared */
 static void fork_without_vmgenid_warns(void)
 {
@@ -3252,6 +3305,7 @@ int main(int argc, char **argv)
                     tiny_tap_downscript_parent_only);
     g_test_add_func("/vmfork/tiny/tcg/siblings-own-generation-ids",
                     tiny_siblings_own_generation_ids);
+    g_test_add_func("/vmfork/tiny/tcg/mem-lock", tiny_fork_mem_lock);
     g_test_add_func("/vmfork/tiny/tcg/no-vmgenid-warning",
                     fork_without_vmgenid_warns);
     g_test_add_data_func("/vmfork/tiny/tcg/shares-nothing", "tcg",
