@@ -28,14 +28,128 @@
  * after 0.41 to 0.52 s, moved 0.43 to 1.07 s, 5 runs each).
  * Without sched_setaffinity() (-sandbox resourcecontrol=deny) the kernel
  * chooses as before.
+ *
+ * A child's vCPU threads and IOThreads are new threads, made by its main
+ * thread, so they would run where it runs and as it is scheduled.  A
+ * parent's may have CPUs and a policy of their own: libvirt's <vcpupin>,
+ * <iothreadpin> and <vcpusched> (or virsh vcpupin, taskset, chrt) set
+ * them on each thread.  So the parent records, in its pause, each such
+ * thread's CPU set and policy where they differ from the forking
+ * thread's (before the pause: a few system calls a thread), and the child
+ * gives them to the thread that stands for it.
  */
 
 #include "qemu/osdep.h"
 #include <sched.h>
+#include "qapi/error.h"
 #include "hw/core/cpu.h"
 #include "qemu/cutils.h"
+#include "system/iothread.h"
 #include "vmfork-internal.h"
 #include "trace.h"
+
+/* A thread whose CPUs or scheduling differ from the forking thread's */
+typedef struct VmforkPinned {
+    CPUState *cpu;              /* a vCPU's thread, or */
+    IOThread *iothread;         /* an IOThread's */
+    cpu_set_t cpus;
+    int policy;
+    struct sched_param param;
+} VmforkPinned;
+
+static QemuThread *pinned_thread(const VmforkPinned *p)
+{
+    return p->cpu ? p->cpu->thread : &p->iothread->thread;
+}
+
+static char *pinned_name(const VmforkPinned *p)
+{
+    return p->cpu ? g_strdup_printf("vCPU %d", p->cpu->cpu_index) :
+        g_strdup_printf("IOThread '%s'", object_get_canonical_path_component(
+                            OBJECT(p->iothread)));
+}
+
+/* Record @p's thread if it is not placed and scheduled as @self is */
+static void record_thread(VmforkPlacement *pl, VmforkPinned *p,
+                          const VmforkPinned *self)
+{
+    pthread_t t = pinned_thread(p)->thread;
+
+    if (pthread_getaffinity_np(t, sizeof(p->cpus), &p->cpus) ||
+        pthread_getschedparam(t, &p->policy, &p->param)) {
+        return;                 /* a thread that is gone: nothing to copy */
+    }
+    if (CPU_EQUAL(&p->cpus, &self->cpus) && p->policy == self->policy &&
+        p->param.sched_priority == self->param.sched_priority) {
+        return;
+    }
+    g_array_append_val(pl->pinned, *p);
+}
+
+static int record_iothread(Object *obj, void *opaque)
+{
+    VmforkPlacement *pl = opaque;
+    VmforkPinned p = {
+        .iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD),
+    };
+    VmforkPinned *self = &g_array_index(pl->pinned, VmforkPinned, 0);
+
+    if (p.iothread && p.iothread->thread_id > 0) {
+        record_thread(pl, &p, self);
+    }
+    return 0;
+}
+
+/* The parent's vCPU threads and IOThreads placed apart; [0] is its own */
+void vmfork_placement_record(VmforkPlacement *pl)
+{
+    VmforkPinned self = { 0 };
+    CPUState *cpu;
+
+    pl->pinned = g_array_new(false, false, sizeof(VmforkPinned));
+    if (pthread_getaffinity_np(pthread_self(), sizeof(self.cpus),
+                               &self.cpus) ||
+        pthread_getschedparam(pthread_self(), &self.policy, &self.param)) {
+        return;
+    }
+    g_array_append_val(pl->pinned, self);
+    CPU_FOREACH(cpu) {
+        VmforkPinned p = { .cpu = cpu };
+
+        if (cpu->thread) {
+            record_thread(pl, &p, &g_array_index(pl->pinned, VmforkPinned,
+                                                 0));
+        }
+    }
+    object_child_foreach(object_get_objects_root(), record_iothread, pl);
+}
+
+bool vmfork_placement_pin_threads(const VmforkPlacement *pl, Error **errp)
+{
+    for (guint i = 1; pl->pinned && i < pl->pinned->len; i++) {
+        const VmforkPinned *p = &g_array_index(pl->pinned, VmforkPinned, i);
+        pthread_t t = pinned_thread(p)->thread;
+        int err = pthread_setaffinity_np(t, sizeof(p->cpus), &p->cpus);
+
+        if (!err) {
+            err = pthread_setschedparam(t, p->policy, &p->param);
+        }
+        if (err) {
+            g_autofree char *name = pinned_name(p);
+
+            error_setg_errno(errp, err, "vmfork: cannot give the child's %s "
+                             "thread the CPUs and scheduling of the "
+                             "parent's", name);
+            return false;
+        }
+    }
+    return true;
+}
+
+void vmfork_placement_free(VmforkPlacement *pl)
+{
+    g_clear_pointer(&pl->pinned, g_array_unref);
+}
 
 /* The CPU the thread @tid last ran on, or -1 */
 static int thread_last_cpu(int tid)
@@ -126,4 +240,6 @@ void vmfork_placement_release(const VmforkPlacement *pl)
             sched_setaffinity(tid, sizeof(pl->all), &pl->all);
         }
     }
+    /* Done once already: the same calls, on the same threads */
+    vmfork_placement_pin_threads(pl, NULL);
 }

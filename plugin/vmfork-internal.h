@@ -20,8 +20,11 @@ typedef struct VmforkPlacement {
     bool steer;                 /* false: where the kernel queues it */
     cpu_set_t all;              /* the forking thread's */
     cpu_set_t first;            /* ... less those busy when children start */
+    GArray *pinned;             /* of VmforkPinned (placement.c) */
 } VmforkPlacement;
 
+/* In the parent, before its pause: the threads placed apart */
+void vmfork_placement_record(VmforkPlacement *pl);
 /*
  * In the parent, paused; @parent_runs: its guest resumes after the fork,
  * @children: how many this command makes
@@ -32,6 +35,12 @@ void vmfork_placement_prepare(VmforkPlacement *pl, bool parent_runs,
 void vmfork_placement_forked(const VmforkPlacement *pl, pid_t child);
 /* In the child, before its guest starts: all its threads get @all back */
 void vmfork_placement_release(const VmforkPlacement *pl);
+/*
+ * In the child, once its vCPU threads and IOThreads exist: each gets the
+ * CPUs and scheduling policy of the parent's thread it stands for
+ */
+bool vmfork_placement_pin_threads(const VmforkPlacement *pl, Error **errp);
+void vmfork_placement_free(VmforkPlacement *pl);
 
 /* One vmfork command, as validated in the parent before anything happens */
 struct VmforkRequest {

@@ -598,6 +598,7 @@ static void vmfork_request_free(VmforkRequest *req)
     g_free(req->overlay_dir);
     vmfork_taps_free(req);
     g_clear_pointer(&req->chardev_tmpls, g_hash_table_unref);
+    vmfork_placement_free(&req->placement);
 }
 
 /*
@@ -832,7 +833,8 @@ static void vmfork_in_new_child(VmforkRequest *req, int index, int gate,
     }
     g_array_append_val(vmfork_state.ancestors, vmfork_state.parent_pid);
     ram_set_fork(MADV_DONTFORK);
-    if (!vmfork_child_setup(req, index, &err)) {
+    if (!vmfork_child_setup(req, index, &err) ||
+        !vmfork_placement_pin_threads(&req->placement, &err)) {
         vmfork_child_failed(err);
     }
     vmfork_child_tell(STATUS_SET_UP);
@@ -1022,6 +1024,7 @@ static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
     vmfork_trim_heap_once();
+    vmfork_placement_record(&req->placement);
 
     /*
      * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads

@@ -1632,6 +1632,114 @@ static char *threads_cpus_allowed(pid_t pid)
     return g_steal_pointer(&common);
 }
 
+/* The thread ID of a VM's vCPU 0, or of its IOThread @id */
+static pid_t vm_thread_id(Vm *vm, const char *iothread)
+{
+    JsonNode *r = vm_qmp(vm, iothread ? "query-iothreads" :
+                         "query-cpus-fast", NULL);
+    JsonArray *a = json_node_get_array(r);
+    pid_t tid = -1;
+
+    for (guint i = 0; i < json_array_get_length(a); i++) {
+        JsonObject *o = json_array_get_object_element(a, i);
+
+        if (!iothread ||
+            !g_strcmp0(json_object_get_string_member(o, "id"), iothread)) {
+            tid = json_object_get_int_member(o, "thread-id");
+            break;
+        }
+    }
+    json_node_unref(r);
+    g_assert_cmpint(tid, >, 0);
+    return tid;
+}
+
+static void pin_thread(pid_t tid, int cpu)
+{
+    cpu_set_t one;
+
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    g_assert_cmpint(sched_setaffinity(tid, sizeof(one), &one), ==, 0);
+}
+
+/* Thread @tid of process @pid may run on CPU @cpu only */
+static void assert_pinned(pid_t pid, pid_t tid, int cpu)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task/%d/status", pid,
+                                            tid);
+    g_autofree char *status = NULL, *want = g_strdup_printf("%d", cpu);
+    g_autofree char *cpus = NULL;
+
+    g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
+    cpus = proc_status_value(status, "Cpus_allowed_list");
+    g_test_message("pid %d thread %d: CPUs %s", pid, tid, cpus);
+    g_assert_cmpstr(cpus, ==, want);
+}
+
+/*
+ * Threads placed apart, as libvirt's <vcpupin>, <iothreadpin> and
+ * <vcpusched> place them (sched_setaffinity() and sched_setscheduler() on
+ * each thread, from outside QEMU): a child's vCPU thread and IOThread are
+ * new threads, made by its main thread, and each gets the CPUs and the
+ * policy of the parent's thread it stands for; the child's other threads
+ * run where the parent's main thread does.  Started and pre-forked.
+ */
+static void tiny_fork_pinned_threads(void)
+{
+    static const char *const extra[] = { "-object", "iothread,id=io0", NULL };
+    VmOptions o = { .guest = GUEST_TINY, .extra = extra };
+    struct sched_param none = { 0 };
+    g_autofree char *main_cpus = NULL;
+    cpu_set_t mine;
+    int first = -1, last = -1;
+    Vm *vm, *child[2];
+
+    if (sched_getaffinity(0, sizeof(mine), &mine) < 0 ||
+        CPU_COUNT(&mine) < 2) {
+        g_test_skip("needs 2 CPUs: a thread placed apart from the others");
+        return;
+    }
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (CPU_ISSET(i, &mine)) {
+            first = first < 0 ? i : first;
+            last = i;
+        }
+    }
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    main_cpus = threads_cpus_allowed(vm->pid);
+    pin_thread(vm_thread_id(vm, NULL), last);
+    g_assert_cmpint(sched_setscheduler(vm_thread_id(vm, NULL), SCHED_BATCH,
+                                       &none), ==, 0);
+    pin_thread(vm_thread_id(vm, "io0"), first);
+    child[0] = fork_one(vm, NULL);
+    child[1] = fork_one(vm, "{\"start\": false}");
+    json_node_unref(vm_qmp(child[1], "cont", NULL));
+    for (int i = 0; i < 2; i++) {
+        pid_t vcpu, io;
+        g_autofree char *path = NULL, *status = NULL, *cpus = NULL;
+
+        g_assert_cmpint(vm_tiny_next_seq(child[i], 30000), >, 0);
+        vcpu = vm_thread_id(child[i], NULL);
+        io = vm_thread_id(child[i], "io0");
+        assert_pinned(child[i]->pid, vcpu, last);
+        g_assert_cmpint(sched_getscheduler(vcpu), ==, SCHED_BATCH);
+        assert_pinned(child[i]->pid, io, first);
+        g_assert_cmpint(sched_getscheduler(io), ==, SCHED_OTHER);
+        /* ... and its main thread where the parent's is */
+        path = g_strdup_printf("/proc/%d/status", child[i]->pid);
+        g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
+        cpus = proc_status_value(status, "Cpus_allowed_list");
+        g_assert_cmpstr(cpus, ==, main_cpus);
+        vm_quit(child[i]);
+    }
+    vm_quit(vm);
+    vm_cleanup_all();
+}
+
 /*
  * QEMU's log in a file (-D, here with trace events): the parent writes on
  * to it, and each child to PATH.fork-PID from its first steps on, as a
@@ -3275,6 +3383,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);
     g_test_add_func("/vmfork/tiny/tcg/child-cpu-affinity",
                     tiny_fork_child_cpu_affinity);
+    g_test_add_func("/vmfork/tiny/tcg/pinned-threads",
+                    tiny_fork_pinned_threads);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
                     tiny_fork_serial_template);
     g_test_add_func("/vmfork/linux/tcg/new-identity", linux_fork_new_identity);
