@@ -30,13 +30,17 @@
  * chooses as before.
  *
  * A child's vCPU threads and IOThreads are new threads, made by its main
- * thread, so they would run where it runs and as it is scheduled.  A
- * parent's may have CPUs and a policy of their own: libvirt's <vcpupin>,
- * <iothreadpin> and <vcpusched> (or virsh vcpupin, taskset, chrt) set
- * them on each thread.  So the parent records, in its pause, each such
- * thread's CPU set and policy where they differ from the forking
- * thread's (before the pause: a few system calls a thread), and the child
- * gives them to the thread that stands for it.
+ * thread, so they would run where it runs, as it is scheduled and in its
+ * cgroups.  A parent's may have CPUs, a policy and cgroups of their own:
+ * libvirt's <vcpupin>, <iothreadpin> and <vcpusched> (or virsh vcpupin,
+ * taskset, chrt) set the first two on each thread, and with cgroups
+ * libvirt also puts each vCPU thread and IOThread in a cgroup of its own
+ * (vcpu0, iothread1: cpuset, cpu quota), whose cpuset a thread left in
+ * the main thread's cgroup could not even be given.  So the parent
+ * records, before its pause, each such thread's CPU set, policy and the
+ * cgroups where they differ from the forking thread's (a few system calls
+ * a thread), and the child gives them to the thread that stands for it:
+ * the cgroups first, then the CPUs.
  */
 
 #include "qemu/osdep.h"
@@ -55,7 +59,127 @@ typedef struct VmforkPinned {
     cpu_set_t cpus;
     int policy;
     struct sched_param param;
+    GPtrArray *cgroups;         /* the files to write its thread ID to */
 } VmforkPinned;
+
+static void pinned_clear(gpointer p)
+{
+    g_clear_pointer(&((VmforkPinned *)p)->cgroups, g_ptr_array_unref);
+}
+
+/*
+ * Where each cgroup hierarchy is mounted: "cpu,cpuacct" (cgroup v1, the
+ * controllers as /proc/PID/cgroup names them) or "" (v2) -> the mount
+ * point, for a hierarchy mounted at its root
+ */
+static GHashTable *cgroup_mounts(void)
+{
+    GHashTable *mounts = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                               g_free, g_free);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL)) {
+        return mounts;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        g_auto(GStrv) f = g_strsplit(*l, " ", -1);
+        guint n = g_strv_length(f), sep;
+        g_autoptr(GString) ctrl = g_string_new(NULL);
+        g_auto(GStrv) opts = NULL;
+
+        for (sep = 6; sep < n && strcmp(f[sep], "-"); sep++) {
+            /* the optional fields end with "-" */
+        }
+        if (sep + 3 >= n || strcmp(f[3], "/")) {
+            continue;
+        }
+        if (!strcmp(f[sep + 1], "cgroup2")) {
+            g_hash_table_insert(mounts, g_strdup(""), g_strdup(f[4]));
+            continue;
+        }
+        if (strcmp(f[sep + 1], "cgroup")) {
+            continue;
+        }
+        /* Its controllers, in the super options, in the order named */
+        opts = g_strsplit(f[sep + 3], ",", -1);
+        for (char **o = opts; *o; o++) {
+            if (strcmp(*o, "rw") && strcmp(*o, "ro") &&
+                (!strchr(*o, '=') || g_str_has_prefix(*o, "name=")) &&
+                strcmp(*o, "noprefix") && strcmp(*o, "clone_children") &&
+                strcmp(*o, "xattr") && strcmp(*o, "cpuset_v2_mode")) {
+                g_string_append_printf(ctrl, "%s%s", ctrl->len ? "," : "",
+                                       *o);
+            }
+        }
+        g_hash_table_insert(mounts, g_string_free(g_steal_pointer(&ctrl),
+                                                  false), g_strdup(f[4]));
+    }
+    return mounts;
+}
+
+/* /proc/self/task/TID/cgroup: "controllers" -> path */
+static GHashTable *thread_cgroups(int tid)
+{
+    GHashTable *cg = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                           g_free);
+    g_autofree char *path = g_strdup_printf("/proc/self/task/%d/cgroup",
+                                            tid);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return cg;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        g_auto(GStrv) f = g_strsplit(*l, ":", 3);
+
+        if (g_strv_length(f) == 3) {
+            g_hash_table_insert(cg, g_strdup(f[1]), g_strdup(f[2]));
+        }
+    }
+    return cg;
+}
+
+/*
+ * The cgroup files that would put a thread where thread @tid is, for each
+ * hierarchy where it is not where @self's cgroups (the forking thread's)
+ * are; NULL if none
+ */
+static GPtrArray *cgroups_apart(int tid, GHashTable *self,
+                                GHashTable **mounts)
+{
+    g_autoptr(GHashTable) cg = thread_cgroups(tid);
+    GPtrArray *files = NULL;
+    GHashTableIter iter;
+    gpointer ctrl, path;
+
+    g_hash_table_iter_init(&iter, cg);
+    while (g_hash_table_iter_next(&iter, &ctrl, &path)) {
+        const char *mnt;
+
+        if (!g_strcmp0(g_hash_table_lookup(self, ctrl), path)) {
+            continue;
+        }
+        if (!*mounts) {
+            *mounts = cgroup_mounts();
+        }
+        mnt = g_hash_table_lookup(*mounts, ctrl);
+        if (!mnt) {
+            continue;           /* not mounted here: nothing to write */
+        }
+        if (!files) {
+            files = g_ptr_array_new_with_free_func(g_free);
+        }
+        g_ptr_array_add(files, g_strdup_printf("%s%s/%s", mnt,
+                                               (char *)path,
+                                               *(char *)ctrl ?
+                                               "tasks" : "cgroup.threads"));
+    }
+    return files;
+}
 
 static QemuThread *pinned_thread(const VmforkPinned *p)
 {
@@ -69,9 +193,15 @@ static char *pinned_name(const VmforkPinned *p)
                             OBJECT(p->iothread)));
 }
 
-/* Record @p's thread if it is not placed and scheduled as @self is */
-static void record_thread(VmforkPlacement *pl, VmforkPinned *p,
-                          const VmforkPinned *self)
+typedef struct PinRecord {
+    VmforkPlacement *pl;
+    VmforkPinned self;          /* the forking thread's */
+    GHashTable *self_cgroups;
+    GHashTable *mounts;         /* cgroup_mounts(), once needed */
+} PinRecord;
+
+/* Record @p's thread, @tid, if it is not placed as the forking thread */
+static void record_thread(PinRecord *r, VmforkPinned *p, int tid)
 {
     pthread_t t = pinned_thread(p)->thread;
 
@@ -79,67 +209,110 @@ static void record_thread(VmforkPlacement *pl, VmforkPinned *p,
         pthread_getschedparam(t, &p->policy, &p->param)) {
         return;                 /* a thread that is gone: nothing to copy */
     }
-    if (CPU_EQUAL(&p->cpus, &self->cpus) && p->policy == self->policy &&
-        p->param.sched_priority == self->param.sched_priority) {
+    p->cgroups = cgroups_apart(tid, r->self_cgroups, &r->mounts);
+    if (!p->cgroups && CPU_EQUAL(&p->cpus, &r->self.cpus) &&
+        p->policy == r->self.policy &&
+        p->param.sched_priority == r->self.param.sched_priority) {
         return;
     }
-    g_array_append_val(pl->pinned, *p);
+    g_array_append_val(r->pl->pinned, *p);
 }
 
 static int record_iothread(Object *obj, void *opaque)
 {
-    VmforkPlacement *pl = opaque;
     VmforkPinned p = {
         .iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD),
     };
-    VmforkPinned *self = &g_array_index(pl->pinned, VmforkPinned, 0);
 
     if (p.iothread && p.iothread->thread_id > 0) {
-        record_thread(pl, &p, self);
+        record_thread(opaque, &p, p.iothread->thread_id);
     }
     return 0;
 }
 
-/* The parent's vCPU threads and IOThreads placed apart; [0] is its own */
+/* The parent's vCPU threads and IOThreads placed apart */
 void vmfork_placement_record(VmforkPlacement *pl)
 {
-    VmforkPinned self = { 0 };
+    PinRecord r = { .pl = pl };
     CPUState *cpu;
 
     pl->pinned = g_array_new(false, false, sizeof(VmforkPinned));
-    if (pthread_getaffinity_np(pthread_self(), sizeof(self.cpus),
-                               &self.cpus) ||
-        pthread_getschedparam(pthread_self(), &self.policy, &self.param)) {
+    g_array_set_clear_func(pl->pinned, pinned_clear);
+    if (pthread_getaffinity_np(pthread_self(), sizeof(r.self.cpus),
+                               &r.self.cpus) ||
+        pthread_getschedparam(pthread_self(), &r.self.policy,
+                              &r.self.param)) {
         return;
     }
-    g_array_append_val(pl->pinned, self);
+    r.self_cgroups = thread_cgroups(qemu_get_thread_id());
     CPU_FOREACH(cpu) {
         VmforkPinned p = { .cpu = cpu };
 
-        if (cpu->thread) {
-            record_thread(pl, &p, &g_array_index(pl->pinned, VmforkPinned,
-                                                 0));
+        if (cpu->thread && cpu->thread_id > 0) {
+            record_thread(&r, &p, cpu->thread_id);
         }
     }
-    object_child_foreach(object_get_objects_root(), record_iothread, pl);
+    object_child_foreach(object_get_objects_root(), record_iothread, &r);
+    g_hash_table_unref(r.self_cgroups);
+    g_clear_pointer(&r.mounts, g_hash_table_unref);
+}
+
+/* The thread ID of the child's thread for @p, once it has one */
+static int pinned_tid(const VmforkPinned *p)
+{
+    if (p->cpu) {
+        return p->cpu->thread_id;
+    }
+    /* A new IOThread says its ID when it starts (iothread.c) */
+    while (qatomic_read(&p->iothread->thread_id) == -1) {
+        qemu_sem_wait(&p->iothread->init_done_sem);
+    }
+    return p->iothread->thread_id;
+}
+
+/* Put the child's thread for @p in the cgroups of the parent's */
+static bool join_cgroups(const VmforkPinned *p, Error **errp)
+{
+    g_autofree char *tid = NULL;
+
+    for (guint i = 0; p->cgroups && i < p->cgroups->len; i++) {
+        g_autoptr(GError) err = NULL;
+
+        if (!tid) {
+            tid = g_strdup_printf("%d", pinned_tid(p));
+        }
+        if (!g_file_set_contents_full(p->cgroups->pdata[i], tid, -1,
+                                      G_FILE_SET_CONTENTS_NONE, 0, &err)) {
+            error_setg(errp, "%s", err->message);
+            return false;
+        }
+    }
+    return true;
 }
 
 bool vmfork_placement_pin_threads(const VmforkPlacement *pl, Error **errp)
 {
-    for (guint i = 1; pl->pinned && i < pl->pinned->len; i++) {
+    for (guint i = 0; pl->pinned && i < pl->pinned->len; i++) {
         const VmforkPinned *p = &g_array_index(pl->pinned, VmforkPinned, i);
         pthread_t t = pinned_thread(p)->thread;
-        int err = pthread_setaffinity_np(t, sizeof(p->cpus), &p->cpus);
+        Error *local_err = NULL;
+        int err = 0;
 
-        if (!err) {
-            err = pthread_setschedparam(t, p->policy, &p->param);
+        if (join_cgroups(p, &local_err)) {
+            err = pthread_setaffinity_np(t, sizeof(p->cpus), &p->cpus);
+            if (!err) {
+                err = pthread_setschedparam(t, p->policy, &p->param);
+            }
+            if (err) {
+                error_setg_errno(&local_err, err, "its CPUs and scheduling");
+            }
         }
-        if (err) {
+        if (local_err) {
             g_autofree char *name = pinned_name(p);
 
-            error_setg_errno(errp, err, "vmfork: cannot give the child's %s "
-                             "thread the CPUs and scheduling of the "
-                             "parent's", name);
+            error_propagate_prepend(errp, local_err, "vmfork: the child's "
+                                    "%s thread cannot be placed as the "
+                                    "parent's: ", name);
             return false;
         }
     }

@@ -579,9 +579,13 @@ class LibvirtTest:
         self.tap.diag('libvirt probed %s: default machine %s' %
                       (self.qemu, m.group(1)))
 
-    def define(self, dom, emulator, agent_sock, qemu_args=()):
+    def define(self, dom, emulator, agent_sock, qemu_args=(), pins=None):
         cmdline = ''.join("    <qemu:arg value='%s'/>\n" % escape(a)
                           for a in qemu_args)
+        cputune = ("  <cputune><vcpupin vcpu='0' cpuset='%d'/>"
+                   "<emulatorpin cpuset='%d'/></cputune>\n" %
+                   (pins[1], pins[0])) if pins else ''
+
         if cmdline:
             cmdline = '  <qemu:commandline>\n%s  </qemu:commandline>\n' % \
                 cmdline
@@ -590,7 +594,7 @@ class LibvirtTest:
   <name>{escape(dom)}</name>
   <memory unit='MiB'>512</memory>
   <vcpu>1</vcpu>
-  <genid/>
+{cputune}  <genid/>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(self.kernel)}</kernel>
@@ -618,7 +622,11 @@ class LibvirtTest:
         self.domains.append(dom)
 
     def start_domain(self):
-        self.define(self.dom, self.qemu, os.path.join(self.sdir, 'agent.sock'))
+        # With two CPUs: the vCPU on one, the emulator on the other
+        cpus = sorted(os.sched_getaffinity(0))
+        self.pins = (cpus[0], cpus[-1]) if len(cpus) > 1 else None
+        self.define(self.dom, self.qemu, os.path.join(self.sdir, 'agent.sock'),
+                    pins=self.pins)
         p = self.virsh('start', self.dom, check_rc=False, timeout=120)
         check(p.returncode == 0, 'virsh start: %s\n%s' %
               (p.stderr.strip(), self.domain_log()[-3000:]))
@@ -710,6 +718,39 @@ class LibvirtTest:
         st = self.qmp_child(c['monitor'], 'query-status')
         check(st['status'] == 'running', 'child status %s' % st)
         self.child_cgroup_check(c['pid'])
+        if self.pins:
+            self.child_pins_check(c)
+
+    def child_pins_check(self, c):
+        """<vcpupin> and <emulatorpin>: libvirt put the parent's vCPU thread
+        on a CPU and in a cgroup of its own; the child's vCPU thread is
+        there too, and its main thread where the parent's is"""
+        def task(pid, tid, what):
+            with open('/proc/%d/task/%d/%s' % (pid, tid, what)) as f:
+                return f.read()
+
+        def cpus(pid, tid):
+            return [ln.split()[1] for ln in task(pid, tid, 'status')
+                    .splitlines() if ln.startswith('Cpus_allowed_list:')][0]
+        ptid = self.qmp_virsh('query-cpus-fast')[0]['thread-id']
+        ctid = self.qmp_child(c['monitor'], 'query-cpus-fast')[0]['thread-id']
+        want = (str(self.pins[0]), str(self.pins[1]))
+        got = (cpus(c['pid'], c['pid']), cpus(c['pid'], ctid))
+        check((cpus(self.qemu_pid, self.qemu_pid),
+               cpus(self.qemu_pid, ptid)) == want,
+              'libvirt did not pin the parent: %s' % (want,))
+        check(got == want, 'the child\'s main thread and vCPU thread may run '
+              'on CPUs %s, the parent\'s on %s' % (got, want))
+        check(task(c['pid'], ctid, 'cgroup') == task(self.qemu_pid, ptid,
+                                                     'cgroup'),
+              'the child\'s vCPU thread is in other cgroups than the '
+              'parent\'s:\n%s\n%s' % (task(c['pid'], ctid, 'cgroup'),
+                                       task(self.qemu_pid, ptid, 'cgroup')))
+        self.tap.diag('child %d: vCPU thread %d on CPU %s in the cgroups of '
+                      'the parent\'s (%s), main thread on CPU %s' %
+                      (c['pid'], ctid, got[1],
+                       [ln for ln in task(c['pid'], ctid, 'cgroup')
+                        .splitlines() if 'cpuset' in ln][:1], got[0]))
 
     def isolation(self):
         c = self.child
@@ -1250,7 +1291,9 @@ class LibvirtTest:
         t.step('VMFORK_CHILD_READY via vmfork-virsh.sh events (virsh '
                'qemu-monitor-event)', self.ready_event)
         t.step("the child's own monitor answers: query-vmfork generation 1, "
-               "parent-pid = the domain's QEMU; same cgroups", self.child_monitor)
+               "parent-pid = the domain's QEMU; same cgroups; its vCPU "
+               "thread pinned (<vcpupin>, <emulatorpin>) and in the cgroups "
+               "of the parent's", self.child_monitor)
         t.step('memory isolation via the guest agent (child serial0 moved '
                'with chardev-change)', self.isolation)
         t.step("libvirt's view: the domain runs, the child is no domain, "
