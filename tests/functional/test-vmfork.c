@@ -1249,19 +1249,15 @@ static void tiny_siblings_own_generation_ids(void)
     vm_cleanup_all();
 }
 
-/* The "NAME:  N kB" line of /proc/PID/FILE, in KiB (-1 if none) */
+/* The "NAME:  N kB" line of /proc/PID/FILE, in KiB */
 static gint64 proc_kib(pid_t pid, const char *file, const char *name)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/%s", pid, file);
-    g_autofree char *text = NULL;
-    g_autofree char *key = g_strdup_printf("\n%s:", name);
-    const char *at;
+    g_autofree char *text = NULL, *value = NULL;
 
-    if (!g_file_get_contents(path, &text, NULL, NULL) ||
-        !(at = strstr(text, key))) {
-        return -1;
-    }
-    return g_ascii_strtoll(at + strlen(key), NULL, 10);
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    value = proc_status_value(text, name);
+    return g_ascii_strtoll(value, NULL, 10);
 }
 
 /*
