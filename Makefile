@@ -41,8 +41,11 @@ tools: deps $(MESON_BUILD)/build.ninja
 	    if [ -x $(MESON_BUILD)/$$t ]; then ln -sf ../meson/$$t build/tools/$$(basename $$t); fi; \
 	done
 
+# A failure ends the output with what the failed tests said (CI keeps
+# only the output's tail)
 check: all
-	meson test -C $(MESON_BUILD) --print-errorlogs $(MESON_TEST_ARGS)
+	meson test -C $(MESON_BUILD) --print-errorlogs $(MESON_TEST_ARGS) || \
+	    { scripts/test-failures.py $(MESON_BUILD); exit 1; }
 
 check-unit: deps tools
 	meson test -C $(MESON_BUILD) --print-errorlogs --suite unit
