@@ -22,7 +22,9 @@
  *   so); the child keeps the set's copy, unused, as the set does;
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
- *   fork() does not pass on (fd.c gives the child /dev/null instead).
+ *   fork() does not pass on (fd.c gives the child /dev/null instead);
+ *   one this QEMU may no longer read (it wrote it as root, then
+ *   -run-with user= dropped its privileges) is known by its lock.
  * - the report files of ASan and UBSan (log_path in ASAN_OPTIONS and
  *   UBSAN_OPTIONS), which each process reopens under its own pid.
  *
@@ -34,6 +36,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/cutils.h"
 #include "qapi/qapi-commands-misc.h"
 #include "vmfork-internal.h"
 
@@ -55,6 +58,77 @@ static bool is_harmless_anon(const char *target)
            g_str_equal(target, "anon_inode:[pidfd]");
 }
 
+/*
+ * Whether this process holds a POSIX write lock on all of @fd's file, as
+ * QEMU holds one on its pidfile (qemu_write_pidfile(): lockf()); block
+ * image locks are OFD locks on a few bytes
+ */
+static bool ours_locked_whole(int fd)
+{
+    g_autofree char *path = g_strdup_printf("/proc/self/fdinfo/%d", fd);
+    g_autofree char *info = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents(path, &info, NULL, NULL)) {
+        return false;
+    }
+    lines = g_strsplit(info, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        /* "lock:\t1: POSIX  ADVISORY  WRITE 1006 fe:00:10993819 0 EOF" */
+        g_auto(GStrv) f = g_strsplit_set(*l, " \t", -1);
+        g_autoptr(GPtrArray) w = g_ptr_array_new();
+        int pid;
+
+        for (char **p = f; *p; p++) {
+            if (**p) {
+                g_ptr_array_add(w, *p);
+            }
+        }
+        if (w->len == 9 && g_str_equal(w->pdata[0], "lock:") &&
+            g_str_equal(w->pdata[2], "POSIX") &&
+            g_str_equal(w->pdata[4], "WRITE") &&
+            g_str_equal(w->pdata[7], "0") &&
+            g_str_equal(w->pdata[8], "EOF") &&
+            !qemu_strtoi(w->pdata[5], NULL, 10, &pid) && pid == getpid()) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * The pidfiles known by their lock (fd, device, inode), as the parent saw
+ * them: a child holds no lock (fcntl() locks are the process's)
+ */
+typedef struct LockedPidfile {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+} LockedPidfile;
+
+static GArray *locked_pidfiles;
+
+static bool is_locked_pidfile(int fd, const struct stat *st)
+{
+    LockedPidfile seen = { .fd = fd, .dev = st->st_dev, .ino = st->st_ino };
+
+    for (guint i = 0; locked_pidfiles && i < locked_pidfiles->len; i++) {
+        LockedPidfile *l = &g_array_index(locked_pidfiles, LockedPidfile, i);
+
+        if (l->fd == fd && l->dev == seen.dev && l->ino == seen.ino) {
+            return true;
+        }
+    }
+    if (!ours_locked_whole(fd)) {
+        return false;
+    }
+    if (!locked_pidfiles) {
+        locked_pidfiles = g_array_new(false, false, sizeof(LockedPidfile));
+    }
+    g_array_append_val(locked_pidfiles, seen);
+    return true;
+}
+
 /* A small regular file that holds this process's pid (or an ancestor's) */
 bool vmfork_fd_is_own_pidfile(int fd)
 {
@@ -73,7 +147,11 @@ bool vmfork_fd_is_own_pidfile(int fd)
     g_snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     rfd = open(path, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) {
-        return false;
+        /*
+         * Written before -run-with user= dropped QEMU's privileges, it is
+         * root's, mode 0600: known by QEMU's lock on it
+         */
+        return errno == EACCES && is_locked_pidfile(fd, &st);
     }
     n = pread(rfd, buf, sizeof(buf) - 1, 0);
     close(rfd);

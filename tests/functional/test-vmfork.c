@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1578,6 +1579,56 @@ static void tiny_fork_chardev_log_pipe_refused(void)
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     vm_quit(vm);
     close(reader);
+    vm_cleanup_all();
+}
+
+/*
+ * QEMU started as root that drops to a user of its own (-run-with user=,
+ * -runas before it): its pidfile, written before, is root's, mode 0600,
+ * and no longer readable to QEMU, which must still know it for its own
+ * (before: refused, "fd N (DIR/qemu.pid, open for writing) has no fork
+ * rule").  The child runs as that user, without the pidfile.
+ */
+static void tiny_fork_run_with_user(void)
+{
+    static const char *const extra[] = { "-run-with", "user=nobody", NULL };
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *pidfile = g_build_filename(dir, "qemu.pid", NULL);
+    g_autofree char *path = NULL, *status = NULL, *uid = NULL;
+    g_autofree char *want = NULL;
+    VmOptions o = { .guest = GUEST_TINY, .dir = dir, .extra = extra };
+    struct passwd *nobody = getpwnam("nobody");
+    GStatBuf st;
+    Vm *vm, *child;
+
+    g_assert_nonnull(dir);
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    if (geteuid() != 0 || !nobody) {
+        g_test_skip("needs root and a user 'nobody' for QEMU to drop to");
+        return;
+    }
+    /* Its directory, where the children's monitors go, is the user's */
+    g_assert_cmpint(chown(dir, nobody->pw_uid, nobody->pw_gid), ==, 0);
+    vm = vm_start(&o);
+    g_assert_cmpint(g_stat(pidfile, &st), ==, 0);
+    g_assert_cmpuint(st.st_uid, ==, 0);
+    g_assert_cmpuint(st.st_mode & 0077, ==, 0);
+    child = fork_one(vm, NULL);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
+
+    path = g_strdup_printf("/proc/%d/status", child->pid);
+    g_assert_true(g_file_get_contents(path, &status, NULL, NULL));
+    uid = proc_status_value(status, "Uid");
+    want = g_strdup_printf("%u\t", nobody->pw_uid);
+    g_assert_true(g_str_has_prefix(uid, want));
+    g_assert_cmpuint(audit_count_fds(child->pid, "/qemu.pid"), ==, 0);
+    g_assert_cmpuint(audit_count_fds(vm->pid, "/qemu.pid"), ==, 1);
+    vm_quit(child);
+    vm_quit(vm);
     vm_cleanup_all();
 }
 
@@ -3379,6 +3430,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);
     g_test_add_func("/vmfork/tiny/tcg/child-cpu-affinity",
                     tiny_fork_child_cpu_affinity);
+    g_test_add_func("/vmfork/tiny/tcg/run-with-user",
+                    tiny_fork_run_with_user);
     g_test_add_func("/vmfork/tiny/tcg/pinned-threads",
                     tiny_fork_pinned_threads);
     g_test_add_func("/vmfork/tiny/tcg/serial-template",
