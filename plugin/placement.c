@@ -40,11 +40,15 @@
  * records, before its pause, each such thread's CPU set, policy and the
  * cgroups where they differ from the forking thread's (a few system calls
  * a thread), and the child gives them to the thread that stands for it:
- * the cgroups first, then the CPUs.
+ * the cgroups first, then the CPUs.  What a child could not give (a
+ * cgroup file this QEMU may not write, a real-time policy it may not
+ * set) refuses the fork up front.
  */
 
 #include "qemu/osdep.h"
 #include <sched.h>
+#include <sys/resource.h>
+#include <linux/capability.h>
 #include "qapi/error.h"
 #include "hw/core/cpu.h"
 #include "qemu/cutils.h"
@@ -288,6 +292,73 @@ static bool join_cgroups(const VmforkPinned *p, Error **errp)
         }
     }
     return true;
+}
+
+/* Whether this process may give a thread a real-time policy at @prio */
+static bool may_set_realtime(int prio)
+{
+    g_autofree char *status = NULL;
+    const char *caps;
+    struct rlimit rt;
+    guint64 eff;
+
+    if (!getrlimit(RLIMIT_RTPRIO, &rt) &&
+        (rt.rlim_cur == RLIM_INFINITY || rt.rlim_cur >= (rlim_t)prio)) {
+        return true;
+    }
+    /* ... or it has CAP_SYS_NICE */
+    if (!g_file_get_contents("/proc/self/status", &status, NULL, NULL)) {
+        return false;
+    }
+    caps = g_strstr_len(status, -1, "\nCapEff:");
+    return caps && !qemu_strtou64(caps + strlen("\nCapEff:"), NULL, 16,
+                                  &eff) &&
+           (eff & (1ULL << CAP_SYS_NICE));
+}
+
+/*
+ * Refuse up front a thread that a child could not place as the parent's:
+ * one in a cgroup this QEMU may not put a thread in (libvirt runs QEMU as
+ * a user of its own, and the per-vCPU cgroups it makes are root's), with
+ * a real-time policy it may not set, or one that cannot be set per thread
+ */
+void vmfork_placement_check(const VmforkPlacement *pl, VmforkCheck *chk)
+{
+    for (guint i = 0; pl->pinned && i < pl->pinned->len; i++) {
+        const VmforkPinned *p = &g_array_index(pl->pinned, VmforkPinned, i);
+        g_autofree char *name = pinned_name(p);
+
+        for (guint j = 0; p->cgroups && j < p->cgroups->len; j++) {
+            const char *file = p->cgroups->pdata[j];
+
+            if (faccessat(AT_FDCWD, file, W_OK, AT_EACCESS) < 0) {
+                vmfork_check_refuse(chk, "the %s thread is in a cgroup of "
+                                    "its own, and a child's could not "
+                                    "join it: %s: %s", name, file,
+                                    g_strerror(errno));
+            }
+        }
+        switch (p->policy) {
+        case SCHED_OTHER:
+        case SCHED_BATCH:
+        case SCHED_IDLE:
+            break;
+        case SCHED_FIFO:
+        case SCHED_RR:
+            if (!may_set_realtime(p->param.sched_priority)) {
+                vmfork_check_refuse(chk, "the %s thread runs with real-time "
+                                    "priority %d, which this QEMU may not "
+                                    "give a child's (no CAP_SYS_NICE, "
+                                    "RLIMIT_RTPRIO below it)", name,
+                                    p->param.sched_priority);
+            }
+            break;
+        default:
+            vmfork_check_refuse(chk, "the %s thread has scheduling policy "
+                                "%d, which a child's thread cannot be given",
+                                name, p->policy);
+        }
+    }
 }
 
 bool vmfork_placement_pin_threads(const VmforkPlacement *pl, Error **errp)

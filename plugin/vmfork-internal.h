@@ -23,8 +23,10 @@ typedef struct VmforkPlacement {
     GArray *pinned;             /* of VmforkPinned (placement.c) */
 } VmforkPlacement;
 
-/* In the parent, before its pause: the threads placed apart */
+/* In the parent, before its checks: the threads placed apart */
 void vmfork_placement_record(VmforkPlacement *pl);
+/* ... refused if a child could not place its threads so */
+void vmfork_placement_check(const VmforkPlacement *pl, VmforkCheck *chk);
 /*
  * In the parent, paused; @parent_runs: its guest resumes after the fork,
  * @children: how many this command makes

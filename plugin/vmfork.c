@@ -480,6 +480,7 @@ static bool vmfork_check(const VmforkRequest *req, Error **errp)
         vmfork_check_claim_fd(&chk, c->status_fd, "vmfork");
     }
 
+    vmfork_placement_check(&req->placement, &chk);
     vmfork_handlers_check(&chk);
     vmfork_fd_safety_net(&chk);
 
@@ -1009,8 +1010,11 @@ static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
     int i = 0;
 
     req->was_running = runstate_is_running();
-    if (!vmfork_parse_request(req, cmd->args, errp) ||
-        !vmfork_check(req, errp)) {
+    if (!vmfork_parse_request(req, cmd->args, errp)) {
+        return false;
+    }
+    vmfork_placement_record(&req->placement);
+    if (!vmfork_check(req, errp)) {
         return false;
     }
     cmd->prepared = true;
@@ -1024,7 +1028,6 @@ static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
     vmfork_trim_heap_once();
-    vmfork_placement_record(&req->placement);
 
     /*
      * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads

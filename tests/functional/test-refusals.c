@@ -17,6 +17,7 @@
 #include <gio/gio.h>
 #include <glib/gstdio.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <stdio.h>
@@ -48,6 +49,9 @@ typedef struct Refusal {
     /* Fork with an overlay-dir, so that a writable disk (which would be
      * refused without one) is not what the refusal is about */
     bool overlay_dir;
+    /* Once QEMU runs, before the fork: its threads placed from outside,
+     * as libvirt places them; NULL when done, else the skip reason */
+    const char *(*placed)(Vm *vm);
     const char *const *want;    /* what the error must name, NULL-ended */
     void (*then)(Vm *vm);       /* after the refusal, with the VM running */
 } Refusal;
@@ -341,6 +345,139 @@ static const char *setup_hugetlbfs(const char *dir, GPtrArray *args)
     return NULL;
 }
 
+/*
+ * QEMU as libvirt runs it, under a user of its own (here nobody), while
+ * root places its threads: libvirt puts each vCPU thread in a cgroup of
+ * its own and gives threads real-time policies (<vcpusched>), which such
+ * a QEMU could not give a child's threads.
+ */
+static const char *setup_unprivileged(const char *dir, GPtrArray *args)
+{
+    struct passwd *nobody = getpwnam("nobody");
+
+    if (geteuid() != 0) {
+        return "needs root: QEMU runs as nobody, its threads placed by root";
+    }
+    if (!nobody) {
+        return "no user 'nobody' to run QEMU as";
+    }
+    /* Its directory, where children's monitors go, as libvirt's is */
+    g_assert_cmpint(chown(dir, nobody->pw_uid, nobody->pw_gid), ==, 0);
+    g_ptr_array_add(args, g_strdup("-run-with"));
+    g_ptr_array_add(args, g_strdup("user=nobody"));
+    return NULL;
+}
+
+/* The directory of the cgroup v1 "cpu" hierarchy that thread @tid is in */
+static char *cpu_cgroup_dir(pid_t pid, pid_t tid)
+{
+    g_autofree char *mountinfo = NULL, *cgroups = NULL, *path = NULL;
+    g_autofree char *where = g_strdup_printf("/proc/%d/task/%d/cgroup", pid,
+                                             tid);
+    g_auto(GStrv) lines = NULL;
+    const char *mnt = NULL, *in = NULL;
+
+    if (!g_file_get_contents("/proc/self/mountinfo", &mountinfo, NULL,
+                             NULL) ||
+        !g_file_get_contents(where, &cgroups, NULL, NULL)) {
+        return NULL;
+    }
+    /* "... /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu" */
+    lines = g_strsplit(mountinfo, "\n", -1);
+    for (char **l = lines; *l && !mnt; l++) {
+        g_auto(GStrv) f = g_strsplit(*l, " ", -1);
+        g_auto(GStrv) opts = NULL;
+        char **dash = f;
+
+        while (*dash && strcmp(*dash, "-")) {
+            dash++;
+        }
+        if (g_strv_length(dash) < 4 || strcmp(dash[1], "cgroup")) {
+            continue;
+        }
+        opts = g_strsplit(dash[3], ",", -1);
+        if (g_strv_contains((const char *const *)opts, "cpu")) {
+            mnt = g_intern_string(f[4]);
+        }
+    }
+    g_strfreev(lines);
+    /* "1:cpu:/PATH" or "2:cpu,cpuacct:/PATH" */
+    lines = g_strsplit(cgroups, "\n", -1);
+    for (char **l = lines; *l && !in; l++) {
+        g_auto(GStrv) f = g_strsplit(*l, ":", 3);
+        g_auto(GStrv) ctrl = NULL;
+
+        if (g_strv_length(f) == 3) {
+            ctrl = g_strsplit(f[1], ",", -1);
+            if (g_strv_contains((const char *const *)ctrl, "cpu")) {
+                in = g_intern_string(f[2]);
+            }
+        }
+    }
+    return mnt && in ? g_build_filename(mnt, in, NULL) : NULL;
+}
+
+static void write_tid(const char *dir, pid_t tid)
+{
+    g_autofree char *tasks = g_build_filename(dir, "tasks", NULL);
+    g_autofree char *text = g_strdup_printf("%d", tid);
+    g_autoptr(GError) err = NULL;
+
+    g_file_set_contents_full(tasks, text, -1, G_FILE_SET_CONTENTS_NONE, 0,
+                             &err);
+    g_assert_no_error(err);
+}
+
+/* vCPU 0's thread in a cgroup of its own, as libvirt's vcpu0 */
+static const char *vcpu_in_cgroup(Vm *vm)
+{
+    pid_t tid = vm_thread_id(vm, NULL);
+    g_autofree char *parent = cpu_cgroup_dir(vm->pid, tid);
+    g_autofree char *own = NULL;
+    g_autoptr(GDir) dir = NULL;
+    const char *name;
+
+    if (!parent) {
+        return "no cgroup v1 'cpu' hierarchy to put a thread in";
+    }
+    /* An earlier run's, left by a failure once its QEMU was gone */
+    dir = g_dir_open(parent, 0, NULL);
+    while (dir && (name = g_dir_read_name(dir))) {
+        if (g_str_has_prefix(name, "vmfork-refusal-")) {
+            g_autofree char *old = g_build_filename(parent, name, NULL);
+
+            g_rmdir(old);       /* fails while a thread is in it */
+        }
+    }
+    own = g_strdup_printf("%s/vmfork-refusal-%d", parent, (int)vm->pid);
+    if (g_mkdir(own, 0755) < 0) {
+        return "a cgroup cannot be made in the 'cpu' hierarchy here";
+    }
+    write_tid(own, tid);
+    return NULL;
+}
+
+/* ... and back where it was, the cgroup removed */
+static void vcpu_cgroup_removed(Vm *vm)
+{
+    pid_t tid = vm_thread_id(vm, NULL);
+    g_autofree char *own = cpu_cgroup_dir(vm->pid, tid);
+    g_autofree char *parent = g_path_get_dirname(own);
+
+    write_tid(parent, tid);
+    g_assert_cmpint(g_rmdir(own), ==, 0);
+}
+
+/* The IOThread with SCHED_FIFO, as <iothreadsched scheduler='fifo'> */
+static const char *iothread_realtime(Vm *vm)
+{
+    struct sched_param prio = { .sched_priority = 1 };
+
+    g_assert_cmpint(sched_setscheduler(vm_thread_id(vm, "io0"), SCHED_FIFO,
+                                       &prio), ==, 0);
+    return NULL;
+}
+
 static const char *setup_all(const char *dir, GPtrArray *args)
 {
     const char *why = setup_ivshmem(dir, args);
@@ -516,6 +653,18 @@ static const char *const hugetlbfs_want[] = {
     "RAM block 'hp' is on hugetlbfs (2048 KiB pages)", NULL
 };
 
+static const char *const vcpu_cgroup_want[] = {
+    "the vCPU 0 thread is in a cgroup of its own", "/vmfork-refusal-",
+    "/tasks: Permission denied", NULL
+};
+
+static const char *const iothread_args[] = {
+    "-object", "iothread,id=io0", NULL
+};
+static const char *const realtime_want[] = {
+    "the IOThread 'io0' thread runs with real-time priority 1", NULL
+};
+
 static const char *const hyperv_want[] = {
     "Hyper-V enlightenments cannot be forked", NULL
 };
@@ -625,6 +774,12 @@ static const Refusal rows[] = {
       .steps = ivshmem_plug_steps, .want = ivshmem_plugged_want },
     { .name = "hugetlbfs", .accel = "tcg", .setup = setup_hugetlbfs,
       .want = hugetlbfs_want, .then = hugetlbfs_unmount },
+    { .name = "vcpu-cgroup-unwritable", .accel = "tcg",
+      .setup = setup_unprivileged, .placed = vcpu_in_cgroup,
+      .want = vcpu_cgroup_want, .then = vcpu_cgroup_removed },
+    { .name = "realtime-iothread-unprivileged", .accel = "tcg",
+      .extra = iothread_args, .setup = setup_unprivileged,
+      .placed = iothread_realtime, .want = realtime_want },
     { .name = "block-job", .accel = "tcg", .extra = job_args,
       .setup = setup_disk, .steps = job_steps, .overlay_dir = true,
       .want = job_want, .then = block_job_cancelled_then_forks },
@@ -701,6 +856,12 @@ static void refusal_test(gconstpointer data)
         g_autofree char *step = subst_dir(s->args, dir);
 
         json_node_unref(vm_qmp(vm, s->command, step));
+    }
+    why = r->placed ? r->placed(vm) : NULL;
+    if (why) {
+        g_test_skip(why);
+        vm_cleanup_all();
+        return;
     }
     before = process_children(vm->pid);
     fork_args = r->overlay_dir ?

@@ -1679,28 +1679,6 @@ static char *threads_cpus_allowed(pid_t pid)
     return g_steal_pointer(&common);
 }
 
-/* The thread ID of a VM's vCPU 0, or of its IOThread @id */
-static pid_t vm_thread_id(Vm *vm, const char *iothread)
-{
-    JsonNode *r = vm_qmp(vm, iothread ? "query-iothreads" :
-                         "query-cpus-fast", NULL);
-    JsonArray *a = json_node_get_array(r);
-    pid_t tid = -1;
-
-    for (guint i = 0; i < json_array_get_length(a); i++) {
-        JsonObject *o = json_array_get_object_element(a, i);
-
-        if (!iothread ||
-            !g_strcmp0(json_object_get_string_member(o, "id"), iothread)) {
-            tid = json_object_get_int_member(o, "thread-id");
-            break;
-        }
-    }
-    json_node_unref(r);
-    g_assert_cmpint(tid, >, 0);
-    return tid;
-}
-
 static void pin_thread(pid_t tid, int cpu)
 {
     cpu_set_t one;

@@ -876,6 +876,27 @@ char *vm_runstate(Vm *vm)
     return s;
 }
 
+pid_t vm_thread_id(Vm *vm, const char *iothread)
+{
+    JsonNode *r = vm_qmp(vm, iothread ? "query-iothreads" :
+                         "query-cpus-fast", NULL);
+    JsonArray *a = json_node_get_array(r);
+    pid_t tid = -1;
+
+    for (guint i = 0; i < json_array_get_length(a); i++) {
+        JsonObject *o = json_array_get_object_element(a, i);
+
+        if (!iothread ||
+            !g_strcmp0(json_object_get_string_member(o, "id"), iothread)) {
+            tid = json_object_get_int_member(o, "thread-id");
+            break;
+        }
+    }
+    json_node_unref(r);
+    g_assert_cmpint(tid, >, 0);
+    return tid;
+}
+
 JsonArray *vm_fork(Vm *vm, const char *args_json)
 {
     JsonNode *r = vm_qmp(vm, "vmfork", args_json);

@@ -110,6 +110,8 @@ void vm_cleanup_all(void);
 JsonNode *vm_qmp(Vm *vm, const char *command, const char *args_json);
 GError *vm_qmp_error(Vm *vm, const char *command, const char *args_json);
 char *vm_runstate(Vm *vm);
+/* The thread ID of the VM's vCPU 0, or of its IOThread @iothread */
+pid_t vm_thread_id(Vm *vm, const char *iothread);
 
 /* vmfork with JSON arguments; returns the reply's children array */
 JsonArray *vm_fork(Vm *vm, const char *args_json);
