@@ -361,19 +361,24 @@ void vmfork_placement_check(const VmforkPlacement *pl, VmforkCheck *chk)
     }
 }
 
+/* Give the child's thread for @p the parent's thread's CPUs and policy */
+static int pin_thread(const VmforkPinned *p)
+{
+    pthread_t t = pinned_thread(p)->thread;
+    int err = pthread_setaffinity_np(t, sizeof(p->cpus), &p->cpus);
+
+    return err ? err : pthread_setschedparam(t, p->policy, &p->param);
+}
+
 bool vmfork_placement_pin_threads(const VmforkPlacement *pl, Error **errp)
 {
     for (guint i = 0; pl->pinned && i < pl->pinned->len; i++) {
         const VmforkPinned *p = &g_array_index(pl->pinned, VmforkPinned, i);
-        pthread_t t = pinned_thread(p)->thread;
         Error *local_err = NULL;
-        int err = 0;
+        int err;
 
         if (join_cgroups(p, &local_err)) {
-            err = pthread_setaffinity_np(t, sizeof(p->cpus), &p->cpus);
-            if (!err) {
-                err = pthread_setschedparam(t, p->policy, &p->param);
-            }
+            err = pin_thread(p);
             if (err) {
                 error_setg_errno(&local_err, err, "its CPUs and scheduling");
             }
@@ -484,6 +489,8 @@ void vmfork_placement_release(const VmforkPlacement *pl)
             sched_setaffinity(tid, sizeof(pl->all), &pl->all);
         }
     }
-    /* Done once already: the same calls, on the same threads */
-    vmfork_placement_pin_threads(pl, NULL);
+    /* The pinned ones: done once already, the same calls on each */
+    for (guint i = 0; pl->pinned && i < pl->pinned->len; i++) {
+        pin_thread(&g_array_index(pl->pinned, VmforkPinned, i));
+    }
 }

@@ -1708,7 +1708,8 @@ static void assert_pinned(pid_t pid, pid_t tid, int cpu)
  * each thread, from outside QEMU): a child's vCPU thread and IOThread are
  * new threads, made by its main thread, and each gets the CPUs and the
  * policy of the parent's thread it stands for; the child's other threads
- * run where the parent's main thread does.  Started and pre-forked.
+ * run where the parent's main thread does.  Started, pre-forked, and of a
+ * paused parent.
  */
 static void tiny_fork_pinned_threads(void)
 {
@@ -1718,7 +1719,7 @@ static void tiny_fork_pinned_threads(void)
     g_autofree char *main_cpus = NULL;
     cpu_set_t mine;
     int first = -1, last = -1;
-    Vm *vm, *child[2];
+    Vm *vm, *child[3];
 
     if (sched_getaffinity(0, sizeof(mine), &mine) < 0 ||
         CPU_COUNT(&mine) < 2) {
@@ -1743,7 +1744,14 @@ static void tiny_fork_pinned_threads(void)
     child[0] = fork_one(vm, NULL);
     child[1] = fork_one(vm, "{\"start\": false}");
     json_node_unref(vm_qmp(child[1], "cont", NULL));
-    for (int i = 0; i < 2; i++) {
+    /*
+     * Of a paused parent, a child is steered to the other CPU first
+     * (placement.c), then all its threads get the parent's CPUs back:
+     * the pinned ones their own again
+     */
+    json_node_unref(vm_qmp(vm, "stop", NULL));
+    child[2] = fork_one(vm, NULL);
+    for (int i = 0; i < 3; i++) {
         pid_t vcpu, io;
         g_autofree char *path = NULL, *status = NULL, *cpus = NULL;
 
