@@ -99,14 +99,6 @@ static bool is_type(Chardev *chr, const char *type)
     return object_dynamic_cast(OBJECT(chr), type) != NULL;
 }
 
-/* The path of the file open on @fd, or NULL */
-static char *fd_file_path(int fd)
-{
-    g_autofree char *link = g_strdup_printf("/proc/self/fd/%d", fd);
-
-    return g_file_read_link(link, NULL);
-}
-
 /* The path a file chardev writes to, from its fd */
 static char *file_chardev_path(Chardev *chr)
 {
@@ -116,7 +108,7 @@ static char *file_chardev_path(Chardev *chr)
                                             TYPE_QIO_CHANNEL_FILE)) {
         return NULL;
     }
-    return fd_file_path(QIO_CHANNEL_FILE(s->ioc_out)->fd);
+    return vmfork_fd_path(QIO_CHANNEL_FILE(s->ioc_out)->fd, NULL);
 }
 
 /* Is the log of @chr (logfile=) a regular file, where a child can have one
@@ -315,7 +307,7 @@ static int chardev_walk(Object *obj, void *opaque)
         plan->rule = rule;
         plan->path = g_steal_pointer(&path);
         if (chr->logfd >= 0) {
-            plan->log = fd_file_path(chr->logfd);
+            plan->log = vmfork_fd_path(chr->logfd, NULL);
             plan->log_append = fcntl(chr->logfd, F_GETFL) & O_APPEND;
         }
         g_ptr_array_add(w->plans, plan);

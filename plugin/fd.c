@@ -322,6 +322,13 @@ static void fd_target_insert(int fd, const char *target, void *opaque)
     g_hash_table_insert(opaque, GINT_TO_POINTER(fd), g_strdup(target));
 }
 
+char *vmfork_fd_path(int fd, GError **err)
+{
+    g_autofree char *link = g_strdup_printf("/proc/self/fd/%d", fd);
+
+    return g_file_read_link(link, err);
+}
+
 GHashTable *vmfork_fd_targets(Error **errp)
 {
     GHashTable *targets = g_hash_table_new_full(NULL, NULL, NULL, g_free);

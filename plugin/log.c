@@ -62,14 +62,13 @@ static void log_check(VmforkCheck *chk)
 static bool log_child(VmforkRequest *req, int index, Error **errp)
 {
     int fd = qemu_log_file_fd();
-    g_autofree char *link = NULL, *path = NULL, *own = NULL;
+    g_autofree char *path = NULL, *own = NULL;
     g_autoptr(GError) err = NULL;
 
     if (fd < 0) {
         return true;
     }
-    link = g_strdup_printf("/proc/self/fd/%d", fd);
-    path = g_file_read_link(link, &err);
+    path = vmfork_fd_path(fd, &err);
     if (!path) {
         error_setg(errp, "vmfork: the log file (-D, fd %d) cannot be read "
                    "back: %s", fd, err->message);

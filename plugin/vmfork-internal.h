@@ -90,6 +90,8 @@ void vmfork_fd_claim_detached(VmforkCheck *chk);
  * description of our own, read-only (same number, O_DIRECT kept): one
  * pass over the fds for all of them */
 bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp);
+/* ... the path of the file open on @fd (its link there), or NULL */
+char *vmfork_fd_path(int fd, GError **err);
 /* fdclaim.c: is @fd a pidfile of this process or of an ancestor? */
 bool vmfork_fd_is_own_pidfile(int fd);
 
