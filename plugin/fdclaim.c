@@ -66,14 +66,9 @@ static bool is_harmless_anon(const char *target)
 static bool ours_locked_whole(int fd)
 {
     g_autofree char *path = g_strdup_printf("/proc/self/fdinfo/%d", fd);
-    g_autofree char *info = NULL;
-    g_auto(GStrv) lines = NULL;
+    g_auto(GStrv) lines = vmfork_read_lines(path);
 
-    if (!g_file_get_contents(path, &info, NULL, NULL)) {
-        return false;
-    }
-    lines = g_strsplit(info, "\n", -1);
-    for (char **l = lines; *l; l++) {
+    for (char **l = lines; l && *l; l++) {
         /* "lock:\t1: POSIX  ADVISORY  WRITE 1006 fe:00:10993819 0 EOF" */
         g_auto(GStrv) f = g_strsplit_set(*l, " \t", -1);
         g_autoptr(GPtrArray) w = g_ptr_array_new();

@@ -80,14 +80,9 @@ static GHashTable *cgroup_mounts(void)
 {
     GHashTable *mounts = g_hash_table_new_full(g_str_hash, g_str_equal,
                                                g_free, g_free);
-    g_autofree char *text = NULL;
-    g_auto(GStrv) lines = NULL;
+    g_auto(GStrv) lines = vmfork_read_lines("/proc/self/mountinfo");
 
-    if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL)) {
-        return mounts;
-    }
-    lines = g_strsplit(text, "\n", -1);
-    for (char **l = lines; *l; l++) {
+    for (char **l = lines; l && *l; l++) {
         g_auto(GStrv) f = g_strsplit(*l, " ", -1);
         guint n = g_strv_length(f), sep;
         g_autoptr(GString) ctrl = g_string_new(NULL);
@@ -130,14 +125,9 @@ static GHashTable *thread_cgroups(int tid)
                                            g_free);
     g_autofree char *path = g_strdup_printf("/proc/self/task/%d/cgroup",
                                             tid);
-    g_autofree char *text = NULL;
-    g_auto(GStrv) lines = NULL;
+    g_auto(GStrv) lines = vmfork_read_lines(path);
 
-    if (!g_file_get_contents(path, &text, NULL, NULL)) {
-        return cg;
-    }
-    lines = g_strsplit(text, "\n", -1);
-    for (char **l = lines; *l; l++) {
+    for (char **l = lines; l && *l; l++) {
         g_auto(GStrv) f = g_strsplit(*l, ":", 3);
 
         if (g_strv_length(f) == 3) {

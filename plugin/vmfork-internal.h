@@ -105,6 +105,8 @@ void vmfork_child_phase_done(const char *phase);
 
 /* vmfork.c: the pid of this process, or of a QEMU it was forked from */
 bool vmfork_pid_is_ours(pid_t pid);
+/* ... the lines of a (/proc) file, or NULL if it cannot be read */
+char **vmfork_read_lines(const char *path);
 int64_t vmfork_clone_id(void);
 bool vmfork_args_check(VmforkArgs *args, Error **errp);
 /* ... is a vmfork command under way (its children setting up)? */

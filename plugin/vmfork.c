@@ -113,6 +113,16 @@ bool vmfork_pid_is_ours(pid_t pid)
     return false;
 }
 
+char **vmfork_read_lines(const char *path)
+{
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return NULL;
+    }
+    return g_strsplit(text, "\n", -1);
+}
+
 void vmfork_add_blocker(Error *reason)
 {
     vmfork_state.blockers = g_slist_prepend(vmfork_state.blockers, reason);
