@@ -1645,6 +1645,16 @@ static void tiny_fork_daemonized(void)
     if (vm_skip_if_missing(&o)) {
         return;
     }
+    /*
+     * GCC 12's ASan: -daemonize's forks leave the allocator's lock taken
+     * in the daemon, whose new threads then wait for it forever (seen in
+     * QEMU's own monitor IOThread, before any vmfork code; 3 of 4 starts
+     * hung with the ASan build of 38153d9 too)
+     */
+    if (g_getenv("VMFORK_SANITIZED")) {
+        g_test_skip("a -daemonize QEMU under ASan hangs in its own start");
+        return;
+    }
     vm = vm_start(&o);
     c = vm_fork(vm, NULL);
     child = vm_attach_child(vm, nth_child(c, 0));
