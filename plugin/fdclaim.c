@@ -36,7 +36,6 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
-#include "qemu/cutils.h"
 #include "qapi/qapi-commands-misc.h"
 #include "vmfork-internal.h"
 
@@ -70,21 +69,10 @@ static bool ours_locked_whole(int fd)
 
     for (char **l = lines; l && *l; l++) {
         /* "lock:\t1: POSIX  ADVISORY  WRITE 1006 fe:00:10993819 0 EOF" */
-        g_auto(GStrv) f = g_strsplit_set(*l, " \t", -1);
-        g_autoptr(GPtrArray) w = g_ptr_array_new();
-        int pid;
+        int pid, end = 0;
 
-        for (char **p = f; *p; p++) {
-            if (**p) {
-                g_ptr_array_add(w, *p);
-            }
-        }
-        if (w->len == 9 && g_str_equal(w->pdata[0], "lock:") &&
-            g_str_equal(w->pdata[2], "POSIX") &&
-            g_str_equal(w->pdata[4], "WRITE") &&
-            g_str_equal(w->pdata[7], "0") &&
-            g_str_equal(w->pdata[8], "EOF") &&
-            !qemu_strtoi(w->pdata[5], NULL, 10, &pid) && pid == getpid()) {
+        if (sscanf(*l, "lock: %*d: POSIX %*s WRITE %d %*s 0 EOF%n", &pid,
+                   &end) == 1 && end && !(*l)[end] && pid == getpid()) {
             return true;
         }
     }

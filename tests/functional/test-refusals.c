@@ -371,7 +371,7 @@ static const char *setup_unprivileged(const char *dir, GPtrArray *args)
 /* The directory of the cgroup v1 "cpu" hierarchy that thread @tid is in */
 static char *cpu_cgroup_dir(pid_t pid, pid_t tid)
 {
-    g_autofree char *mountinfo = NULL, *cgroups = NULL, *path = NULL;
+    g_autofree char *mountinfo = NULL, *cgroups = NULL;
     g_autofree char *where = g_strdup_printf("/proc/%d/task/%d/cgroup", pid,
                                              tid);
     g_auto(GStrv) lines = NULL;
