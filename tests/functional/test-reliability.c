@@ -30,11 +30,37 @@
  * @workers those of the block layer's thread pool: the pool starts them
  * as concurrent I/O needs them, up to 64, and each exits after 10 s idle,
  * so their number follows the guest's load, not the forks.
+ *
+ * QEMU names a thread from the thread itself, once it runs: until then it
+ * bears the main thread's name.  Two threads keep that name for good, the
+ * main thread and call_rcu, which a constructor starts before -name is
+ * read.  A sample that holds a third (a worker the pool is starting for
+ * the guest's writes) is taken again, for up to a second, so that a
+ * newborn worker is not counted as a thread of another kind.
  */
+#define UNNAMED_THREADS 2
+
 static guint count_threads(pid_t pid, guint *workers)
 {
-    g_autoptr(GPtrArray) comms = proc_threads_read(pid, "comm");
+    g_autofree char *path = g_strdup_printf("/proc/%d/comm", pid);
+    g_autofree char *main_comm = NULL;
+    g_autoptr(GPtrArray) comms = NULL;
+    guint unnamed = 0;
 
+    g_assert_true(g_file_get_contents(path, &main_comm, NULL, NULL));
+    for (int tries = 0; tries < 100; tries++) {
+        g_clear_pointer(&comms, g_ptr_array_unref);
+        comms = proc_threads_read(pid, "comm");
+        unnamed = 0;
+        for (guint i = 0; i < comms->len; i++) {
+            unnamed += g_str_equal(comms->pdata[i], main_comm);
+        }
+        if (unnamed <= UNNAMED_THREADS) {
+            break;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmpuint(unnamed, <=, UNNAMED_THREADS);
     *workers = 0;
     for (guint i = 0; i < comms->len; i++) {
         if (g_str_equal(g_strchomp(comms->pdata[i]), "worker")) {
