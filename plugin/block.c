@@ -36,9 +36,10 @@
  *
  * Refused, by name: a writable node that no disk uses (nobody could say
  * who writes it), drivers other than qcow2 and raw over a file or host
- * device, temporary images (snapshot=on), and Linux AIO or io_uring,
- * whose kernel contexts a child does not inherit.  Read-only disks (a
- * cdrom) are shared as they are.
+ * device, temporary images (snapshot=on), and aio=io_uring, whose ring
+ * a child would share with the parent.  Disks with aio=native are forked:
+ * each child sets up a Linux AIO context of its own (threads.c).
+ * Read-only disks (a cdrom) are shared as they are.
  */
 
 #include "qemu/osdep.h"
@@ -240,13 +241,12 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
         vmfork_check_refuse(chk, "%s uses snapshot=on, a temporary image "
                             "that parent and children would share", disk);
     }
-    /* -drive sets a flag, -blockdev an option of the file node */
+    /*
+     * -drive sets a flag, -blockdev an option of the file node.  aio=native
+     * can be forked: a child sets up a Linux AIO context of its own
+     * (threads.c).
+     */
     aio = bs->options ? qdict_get_try_str(bs->options, "aio") : NULL;
-    if ((bs->open_flags & BDRV_O_NATIVE_AIO) || !g_strcmp0(aio, "native")) {
-        vmfork_check_refuse(chk, "%s: node '%s' uses aio=native, whose "
-                            "kernel context a child does not inherit", disk,
-                            bdrv_get_node_name(bs));
-    }
     if ((bs->open_flags & BDRV_O_IO_URING) || !g_strcmp0(aio, "io_uring")) {
         vmfork_check_refuse(chk, "%s: node '%s' uses aio=io_uring, whose "
                             "ring a child would share with the parent",

@@ -17,6 +17,14 @@
  * monitor's once their guest runs: creating a thread before made the
  * child's start longer, and Linux lets a new thread take the CPU of the
  * thread that created it.
+ *
+ * Each AioContext also holds per-process state of its own, which a child
+ * must not share: its worker pool (above), and the Linux AIO context of
+ * the disks with aio=native, which is the parent's kernel context (the
+ * child's requests would fail) with a completion ring mapped shared with
+ * the parent (the child would take the parent's completions).  The child
+ * drops both before its IOThreads start again; its next request sets up a
+ * Linux AIO context of its own.
  */
 
 #include "qemu/osdep.h"
@@ -59,33 +67,35 @@ static bool threads_resumed(VmforkRequest *req, Error **errp)
     return true;
 }
 
-/* The thread pool of the child's AioContexts: main loop's and IOThreads' */
-static int reset_iothread_pool(Object *obj, void *opaque)
+/* What a child's AioContext must not share with the parent's */
+static void reset_aio_context(AioContext *ctx)
+{
+    if (ctx->thread_pool) {
+        thread_pool_reset_after_fork_aio(ctx->thread_pool);
+    }
+    aio_forget_linux_aio_after_fork(ctx);
+}
+
+static int reset_iothread_context(Object *obj, void *opaque)
 {
     IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
 
-    if (iothread && iothread_get_aio_context(iothread)->thread_pool) {
-        thread_pool_reset_after_fork_aio(
-            iothread_get_aio_context(iothread)->thread_pool);
+    if (iothread) {
+        reset_aio_context(iothread_get_aio_context(iothread));
     }
     return 0;
 }
 
+/* The main loop's AioContexts and the IOThreads', whose threads are gone */
 static bool threads_child(VmforkRequest *req, int index, Error **errp)
 {
-    AioContext *ctxs[] = {
-        qemu_get_aio_context(), iohandler_get_aio_context()
-    };
-
-    iothread_restart_user();
-    for (size_t i = 0; i < ARRAY_SIZE(ctxs); i++) {
-        if (ctxs[i]->thread_pool) {
-            thread_pool_reset_after_fork_aio(ctxs[i]->thread_pool);
-        }
-    }
-    object_child_foreach(object_get_objects_root(), reset_iothread_pool, NULL);
-    object_child_foreach(object_get_internal_root(), reset_iothread_pool,
+    reset_aio_context(qemu_get_aio_context());
+    reset_aio_context(iohandler_get_aio_context());
+    object_child_foreach(object_get_objects_root(), reset_iothread_context,
                          NULL);
+    object_child_foreach(object_get_internal_root(), reset_iothread_context,
+                         NULL);
+    iothread_restart_user();
     return true;
 }
 

@@ -1065,7 +1065,8 @@ class LibvirtTest:
 
     def virt_install_domain(self):
         """A domain as virt-install writes one (q35, qcow2 on virtio-blk
-        with an IOThread, a SATA cdrom, a qemu-ga channel, a pty console
+        with an IOThread, cache='none' and io='native' as tuned domains
+        and OpenStack's have it, a SATA cdrom, a qemu-ga channel, a pty console
         with a <log>, VNC, virtio-rng, balloon, tablet, user network):
         forked with virsh qemu-monitor-command, each VM writes its own
         disk, each guest's channel carries its own line and its console
@@ -1099,7 +1100,8 @@ class LibvirtTest:
   <devices>
     <emulator>{escape(self.qemu)}</emulator>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' iothread='1' discard='unmap'/>
+      <driver name='qemu' type='qcow2' cache='none' io='native'
+              iothread='1' discard='unmap'/>
       <source file='{escape(disk)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -1136,9 +1138,9 @@ class LibvirtTest:
         self.started(self.vi_dom)
         log = self.domain_log(self.vi_dom)
         check('-blockdev' in log and 'iothread' in log and '-vnc' in log and
-              'virtio-vga' in log,
-              'libvirt did not use -blockdev, an IOThread, VNC and '
-              'virtio-vga:\n%s' % log[-3000:])
+              'virtio-vga' in log and '"aio":"native"' in log,
+              'libvirt did not use -blockdev, an IOThread, Linux AIO, VNC '
+              'and virtio-vga:\n%s' % log[-3000:])
         pa = Agent(agent_sock)
         ca = None
         try:
@@ -1318,12 +1320,12 @@ class LibvirtTest:
                'fails with EPERM, the domain runs on untouched',
                self.seccomp_spawn_deny)
         t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
-               'an IOThread, SATA cdrom, qemu-ga channel, pty console with '
-               'a log, VNC and virtio-vga with the guest\'s driver, rng, '
-               'balloon, tablet, user net) forks: own disk data, own '
-               'channel, own console log; paused '
-               '(virsh suspend) and forked twice more, its disk keeps one '
-               'layer; clean images', self.virt_install_domain)
+               'an IOThread with io=\'native\', SATA cdrom, qemu-ga '
+               'channel, pty console with a log, VNC and virtio-vga with '
+               'the guest\'s driver, rng, balloon, tablet, user net) forks: '
+               'own disk data, own channel, own console log; paused (virsh '
+               'suspend) and forked twice more, its disk keeps one layer; '
+               'clean images', self.virt_install_domain)
 
 
 def have(cmd):

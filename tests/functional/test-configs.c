@@ -195,13 +195,42 @@ static const char *const sandbox_spawn_allow[] = {
 };
 
 /* a writable disk the guest cannot fork with: Linux AIO */
+/*
+ * libvirt's <driver name='qemu' type='qcow2' cache='none' io='native'/>:
+ * Linux AIO, whose kernel context a child must not share with the parent
+ */
+#define AIO_NATIVE_BLOCKDEV \
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
+                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"native\"," \
+                 "\"cache\":{\"direct\":true,\"no-flush\":false}," \
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
+                 "\"cache\":{\"direct\":true,\"no-flush\":false}," \
+                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
+
 static const char *const aio_native[] = {
-    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
-                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"native\","
-                 "\"cache\":{\"direct\":true}}",
-    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"driver\":\"qcow2\","
-                 "\"file\":\"libvirt-1-storage\"}",
+    AIO_NATIVE_BLOCKDEV,
     "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+    NULL
+};
+
+/* io='io_uring': its ring the child would share, refused */
+static const char *const aio_io_uring[] = {
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
+                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"io_uring\","
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}",
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false,"
+                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}",
+    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+    NULL
+};
+
+/* ... served by an IOThread (<driver ... iothread='1'/>) */
+static const char *const aio_native_iothread[] = {
+    "-object", "iothread,id=iothread1",
+    AIO_NATIVE_BLOCKDEV,
+    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
+               "id=virtio-disk0",
     NULL
 };
 
@@ -271,8 +300,12 @@ static const ConfigRow rows[] = {
       .refused = "the seccomp sandbox denies fork()" },
     { .name = "sandbox-spawn-allow", .extra = sandbox_spawn_allow,
       .has = HAS_DISK | HAS_SANDBOX, .dev = "vda" },
-    { .name = "aio-native", .extra = aio_native,
-      .refused = "node 'libvirt-1-storage' uses aio=native" },
+    { .name = "aio-native", .extra = aio_native, .has = HAS_DISK,
+      .dev = "vda" },
+    { .name = "aio-native-iothread", .extra = aio_native_iothread,
+      .has = HAS_DISK, .dev = "vda" },
+    { .name = "aio-io-uring", .extra = aio_io_uring,
+      .refused = "node 'libvirt-1-storage' uses aio=io_uring" },
     { .name = "tpm-crb-swtpm", .extra = tpm_crb_swtpm,
       .refused = "TPM 'tpm-tpm0' (tpm-crb, emulator backend)",
       .host_setup = start_swtpm },
