@@ -36,10 +36,11 @@
  *
  * Refused, by name: a writable node that no disk uses (nobody could say
  * who writes it), drivers other than qcow2 and raw over a file or host
- * device, temporary images (snapshot=on), and aio=io_uring, whose ring
- * a child would share with the parent.  Disks with aio=native are forked:
- * each child sets up a Linux AIO context of its own (threads.c).
- * Read-only disks (a cdrom) are shared as they are.
+ * device, and temporary images (snapshot=on).  Read-only disks (a cdrom)
+ * are shared as they are.  Disks with aio=native or aio=io_uring need
+ * nothing here: each child drops the parent's Linux AIO context and
+ * io_uring, which belong to the event loop, and sets up its own
+ * (threads.c).
  */
 
 #include "qemu/osdep.h"
@@ -221,7 +222,6 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
                           BlockDriverState *bs, GHashTable *covered)
 {
     BdrvChild *child;
-    const char *aio;
 
     GLOBAL_STATE_CODE();
     GRAPH_RDLOCK_GUARD_MAINLOOP();
@@ -240,17 +240,6 @@ static void check_subtree(VmforkCheck *chk, const char *disk,
         !bs->drv->protocol_name) {
         vmfork_check_refuse(chk, "%s uses snapshot=on, a temporary image "
                             "that parent and children would share", disk);
-    }
-    /*
-     * -drive sets a flag, -blockdev an option of the file node.  aio=native
-     * can be forked: a child sets up a Linux AIO context of its own
-     * (threads.c).
-     */
-    aio = bs->options ? qdict_get_try_str(bs->options, "aio") : NULL;
-    if ((bs->open_flags & BDRV_O_IO_URING) || !g_strcmp0(aio, "io_uring")) {
-        vmfork_check_refuse(chk, "%s: node '%s' uses aio=io_uring, whose "
-                            "ring a child would share with the parent",
-                            disk, bdrv_get_node_name(bs));
     }
     QLIST_FOREACH(child, &bs->children, next) {
         check_subtree(chk, disk, child->bs, covered);

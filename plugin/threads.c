@@ -19,12 +19,13 @@
  * thread that created it.
  *
  * Each AioContext also holds per-process state of its own, which a child
- * must not share: its worker pool (above), and the Linux AIO context of
- * the disks with aio=native, which is the parent's kernel context (the
+ * must not share: its worker pool (above); the Linux AIO context of the
+ * disks with aio=native, which is the parent's kernel context (the
  * child's requests would fail) with a completion ring mapped shared with
- * the parent (the child would take the parent's completions).  The child
- * drops both before its IOThreads start again; its next request sets up a
- * Linux AIO context of its own.
+ * the parent (the child would take the parent's completions); and the
+ * io_uring of the disks with aio=io_uring, whose rings and fd the child
+ * shares with the parent.  The child drops them before its IOThreads
+ * start again (the parent's go on); its next request sets up its own.
  */
 
 #include "qemu/osdep.h"
@@ -67,34 +68,71 @@ static bool threads_resumed(VmforkRequest *req, Error **errp)
     return true;
 }
 
+/*
+ * Each AioContext of this process: the main loop's two, and each
+ * IOThread's, user-created or internal, with a name for messages
+ */
+typedef void AioContextFn(AioContext *ctx, const char *name, void *opaque);
+
+typedef struct ForeachIOThread {
+    AioContextFn *fn;
+    void *opaque;
+} ForeachIOThread;
+
+static int foreach_iothread(Object *obj, void *opaque)
+{
+    ForeachIOThread *f = opaque;
+    IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
+    g_autofree char *name = NULL;
+
+    if (iothread) {
+        name = g_strdup_printf("IOThread '%s'",
+                               object_get_canonical_path_component(obj));
+        f->fn(iothread_get_aio_context(iothread), name, f->opaque);
+    }
+    return 0;
+}
+
+static void foreach_aio_context(AioContextFn *fn, void *opaque)
+{
+    ForeachIOThread f = { fn, opaque };
+
+    fn(qemu_get_aio_context(), "the main loop", opaque);
+    fn(iohandler_get_aio_context(), "the main loop's iohandler", opaque);
+    object_child_foreach(object_get_objects_root(), foreach_iothread, &f);
+    object_child_foreach(object_get_internal_root(), foreach_iothread, &f);
+}
+
+/* The io_uring of disks with aio=io_uring: the child drops its copy */
+static void claim_io_uring(AioContext *ctx, const char *name, void *opaque)
+{
+    int fd = aio_linux_io_uring_fd(ctx);
+
+    if (fd >= 0) {
+        vmfork_check_claim_fd(opaque, fd, "the io_uring of %s", name);
+    }
+}
+
+static void threads_check(VmforkCheck *chk)
+{
+    foreach_aio_context(claim_io_uring, chk);
+}
+
 /* What a child's AioContext must not share with the parent's */
-static void reset_aio_context(AioContext *ctx)
+static void reset_aio_context(AioContext *ctx, const char *name,
+                              void *opaque)
 {
     if (ctx->thread_pool) {
         thread_pool_reset_after_fork_aio(ctx->thread_pool);
     }
     aio_forget_linux_aio_after_fork(ctx);
+    aio_forget_linux_io_uring_after_fork(ctx);
 }
 
-static int reset_iothread_context(Object *obj, void *opaque)
-{
-    IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
-
-    if (iothread) {
-        reset_aio_context(iothread_get_aio_context(iothread));
-    }
-    return 0;
-}
-
-/* The main loop's AioContexts and the IOThreads', whose threads are gone */
+/* Before the IOThreads run again: those of the parent are gone */
 static bool threads_child(VmforkRequest *req, int index, Error **errp)
 {
-    reset_aio_context(qemu_get_aio_context());
-    reset_aio_context(iohandler_get_aio_context());
-    object_child_foreach(object_get_objects_root(), reset_iothread_context,
-                         NULL);
-    object_child_foreach(object_get_internal_root(), reset_iothread_context,
-                         NULL);
+    foreach_aio_context(reset_aio_context, NULL);
     iothread_restart_user();
     return true;
 }
@@ -102,6 +140,7 @@ static bool threads_child(VmforkRequest *req, int index, Error **errp)
 static const VmforkHandler threads_handler = {
     .name = "threads",
     .priority = VMFORK_PRIO_THREADS,
+    .check = threads_check,
     .paused = threads_paused,
     .parent = threads_parent,
     .child = threads_child,

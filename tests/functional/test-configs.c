@@ -194,7 +194,6 @@ static const char *const sandbox_spawn_allow[] = {
     NULL
 };
 
-/* a writable disk the guest cannot fork with: Linux AIO */
 /*
  * libvirt's <driver name='qemu' type='qcow2' cache='none' io='native'/>:
  * Linux AIO, whose kernel context a child must not share with the parent
@@ -214,21 +213,32 @@ static const char *const aio_native[] = {
     NULL
 };
 
-/* io='io_uring': its ring the child would share, refused */
-static const char *const aio_io_uring[] = {
-    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\","
-                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"io_uring\","
-                 "\"auto-read-only\":true,\"discard\":\"unmap\"}",
-    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false,"
-                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}",
-    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
-    NULL
-};
-
 /* ... served by an IOThread (<driver ... iothread='1'/>) */
 static const char *const aio_native_iothread[] = {
     "-object", "iothread,id=iothread1",
     AIO_NATIVE_BLOCKDEV,
+    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
+               "id=virtio-disk0",
+    NULL
+};
+
+/* io='io_uring': its ring, whose fd and mappings a child must not share */
+#define AIO_IO_URING_BLOCKDEV \
+    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
+                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"io_uring\"," \
+                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
+    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
+                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
+
+static const char *const aio_io_uring[] = {
+    AIO_IO_URING_BLOCKDEV,
+    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+    NULL
+};
+
+static const char *const aio_io_uring_iothread[] = {
+    "-object", "iothread,id=iothread1",
+    AIO_IO_URING_BLOCKDEV,
     "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
                "id=virtio-disk0",
     NULL
@@ -304,8 +314,10 @@ static const ConfigRow rows[] = {
       .dev = "vda" },
     { .name = "aio-native-iothread", .extra = aio_native_iothread,
       .has = HAS_DISK, .dev = "vda" },
-    { .name = "aio-io-uring", .extra = aio_io_uring,
-      .refused = "node 'libvirt-1-storage' uses aio=io_uring" },
+    { .name = "aio-io-uring", .extra = aio_io_uring, .has = HAS_DISK,
+      .dev = "vda" },
+    { .name = "aio-io-uring-iothread", .extra = aio_io_uring_iothread,
+      .has = HAS_DISK, .dev = "vda" },
     { .name = "tpm-crb-swtpm", .extra = tpm_crb_swtpm,
       .refused = "TPM 'tpm-tpm0' (tpm-crb, emulator backend)",
       .host_setup = start_swtpm },
