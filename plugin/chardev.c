@@ -25,9 +25,11 @@
  *
  * A chardev's log (logfile=) follows the same rule as a file: the child
  * logs to the path with ".fork-PID" appended (appending if the parent
- * does).  A log that is not a file, such as the pipe to virtlogd that
- * libvirt passes for a <log> with its default stdio_handler, is refused
- * by name: a child cannot have one of its own.
+ * does), or where the command's 'chardevs' says ('logfile', a template).
+ * A log that is not a file, such as the pipe to virtlogd that libvirt
+ * passes for a <log> with its default stdio_handler, needs that: vmfork
+ * cannot get a child a pipe of its own from virtlogd, and refuses it by
+ * name without.
  *
  * A unix server listens on its new path in place, whatever its frontend
  * (qemu_chr_socket_listen_after_fork()); a chardev that needs a new
@@ -67,6 +69,7 @@ typedef struct ChardevPlan {
     ChardevRule rule;
     char *path;                 /* unix server, file: the parent's path */
     char *log;                  /* its log file (logfile=), or NULL */
+    char *log_tmpl;             /* or the template of the children's */
     bool log_append;
 } ChardevPlan;
 
@@ -79,6 +82,7 @@ static void plan_free(gpointer p)
     g_free(plan->id);
     g_free(plan->path);
     g_free(plan->log);
+    g_free(plan->log_tmpl);
     g_free(plan);
 }
 
@@ -191,29 +195,58 @@ static ChardevRule chardev_rule(const VmforkRequest *req, Chardev *chr,
     return RULE_REFUSE;
 }
 
-bool vmfork_chardevs_parse(VmforkRequest *req, VmforkChardevList *list,
-                           Error **errp)
+bool vmfork_chardevs_parse(VmforkRequest *req,
+                           VmforkChardevConfigList *list, Error **errp)
 {
+    g_autoptr(GHashTable) named = g_hash_table_new(g_str_hash, g_str_equal);
+
     req->chardev_tmpls = g_hash_table_new_full(g_str_hash, g_str_equal,
                                                g_free, g_free);
+    req->chardev_log_tmpls = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                                   g_free, g_free);
     for (; list; list = list->next) {
-        VmforkChardev *c = list->value;
+        VmforkChardevConfig *c = list->value;
         Chardev *chr = qemu_chr_find(c->id);
         g_autofree char *what = g_strdup_printf("chardev '%s'", c->id);
+        g_autofree char *log_what = g_strdup_printf("chardev '%s' log",
+                                                    c->id);
 
-        if (!chr || !is_unix_server(chr) || is_monitor(chr)) {
-            error_setg(errp, "vmfork: chardevs: '%s' is not a unix socket "
-                       "server chardev (other than a monitor's)", c->id);
-            return false;
-        }
-        if (!g_hash_table_insert(req->chardev_tmpls, g_strdup(c->id),
-                                 g_strdup(c->path))) {
+        if (!g_hash_table_add(named, c->id)) {
             error_setg(errp, "vmfork: chardevs: '%s' is named twice", c->id);
             return false;
         }
-        if (!vmfork_check_socket_template(what, c->path, req->count,
-                                          errp)) {
+        if (!c->path && !c->logfile) {
+            error_setg(errp, "vmfork: chardevs: '%s' has neither a path nor "
+                       "a logfile", c->id);
             return false;
+        }
+        if (c->path) {
+            if (!chr || !is_unix_server(chr) || is_monitor(chr)) {
+                error_setg(errp, "vmfork: chardevs: '%s' is not a unix "
+                           "socket server chardev (other than a monitor's)",
+                           c->id);
+                return false;
+            }
+            if (!vmfork_check_socket_template(what, c->path, req->count,
+                                              errp)) {
+                return false;
+            }
+            g_hash_table_insert(req->chardev_tmpls, g_strdup(c->id),
+                                g_strdup(c->path));
+        }
+        if (c->logfile) {
+            if (!chr || chr->logfd < 0 || is_monitor(chr)) {
+                error_setg(errp, "vmfork: chardevs: '%s' is not a chardev "
+                           "with a log (logfile=), other than a monitor's",
+                           c->id);
+                return false;
+            }
+            if (!vmfork_check_file_template(log_what, c->logfile, req->count,
+                                            errp)) {
+                return false;
+            }
+            g_hash_table_insert(req->chardev_log_tmpls, g_strdup(c->id),
+                                g_strdup(c->logfile));
         }
     }
     return true;
@@ -281,12 +314,17 @@ static int chardev_walk(Object *obj, void *opaque)
         if (chr->logfd >= 0) {
             const char *what;
 
-            if (!log_is_file(chr, &what)) {
+            if (!log_is_file(chr, &what) &&
+                !g_hash_table_contains(w->req->chardev_log_tmpls,
+                                       chr->label)) {
                 vmfork_check_refuse(w->chk, "chardev '%s' (%s): its log "
                                     "(logfile=) is %s, as libvirt's to "
-                                    "virtlogd: a child could only share it",
+                                    "virtlogd: a child could only share it "
+                                    "(give the children's log files: "
+                                    "chardevs [{\"id\": \"%s\", "
+                                    "\"logfile\": TEMPLATE}])",
                                     chr->label, object_get_typename(obj),
-                                    what);
+                                    what, chr->label);
             }
             vmfork_check_claim_fd(w->chk, chr->logfd, "chardev '%s' log",
                                   chr->label);
@@ -307,7 +345,11 @@ static int chardev_walk(Object *obj, void *opaque)
         plan->rule = rule;
         plan->path = g_steal_pointer(&path);
         if (chr->logfd >= 0) {
-            plan->log = vmfork_fd_path(chr->logfd, NULL);
+            const char *tmpl = g_hash_table_lookup(w->req->chardev_log_tmpls,
+                                                   chr->label);
+
+            plan->log = tmpl ? NULL : vmfork_fd_path(chr->logfd, NULL);
+            plan->log_tmpl = g_strdup(tmpl);
             plan->log_append = fcntl(chr->logfd, F_GETFL) & O_APPEND;
         }
         g_ptr_array_add(w->plans, plan);
@@ -332,6 +374,22 @@ static void chardev_abort(VmforkRequest *req)
     g_clear_pointer(&plans, g_ptr_array_unref);
 }
 
+/* Does a child have a log of its own for @plan's chardev? */
+static bool has_log(const ChardevPlan *plan)
+{
+    return plan->log || plan->log_tmpl;
+}
+
+/* The log file of child number @index, @pid, for @plan's chardev */
+static char *child_log(const ChardevPlan *plan, int index, pid_t pid)
+{
+    if (plan->log_tmpl) {
+        return vmfork_expand_template(plan->log_tmpl, index, pid,
+                                      &error_abort);
+    }
+    return g_strdup_printf("%s.fork-%d", plan->log, (int)pid);
+}
+
 static bool chardev_prepare(VmforkRequest *req, Error **errp)
 {
     ChardevWalk w = { .req = req };
@@ -342,7 +400,7 @@ static bool chardev_prepare(VmforkRequest *req, Error **errp)
     for (guint i = 0; i < plans->len; i++) {
         ChardevPlan *plan = plans->pdata[i];
 
-        if (qemu_chr_find(plan->id)->logfd >= 0 && !plan->log) {
+        if (qemu_chr_find(plan->id)->logfd >= 0 && !has_log(plan)) {
             error_setg(errp, "vmfork: chardev '%s': the path of its log file "
                        "cannot be found", plan->id);
             chardev_abort(req);
@@ -390,26 +448,25 @@ static void chardev_child_info(VmforkRequest *req, int index,
     }
 }
 
-/* The log of child @pid for @plan's chardev, in a new backend's @common */
+/* The log of child @index for @plan's chardev, in a new backend's @common */
 static void backend_log(ChardevCommon *common, const ChardevPlan *plan,
-                        pid_t pid)
+                        int index)
 {
-    if (plan->log) {
-        common->logfile = g_strdup_printf("%s.fork-%d", plan->log, (int)pid);
+    if (has_log(plan)) {
+        common->logfile = child_log(plan, index, getpid());
         common->has_logappend = true;
         common->logappend = plan->log_append;
     }
 }
 
 /*
- * The log of child @pid for @plan's chardev @chr, which the child keeps:
+ * The log of child @index for @plan's chardev @chr, which the child keeps:
  * its own file on the same fd, opened as char.c opens a log
  */
-static bool log_in_place(Chardev *chr, const ChardevPlan *plan, pid_t pid,
+static bool log_in_place(Chardev *chr, const ChardevPlan *plan, int index,
                          Error **errp)
 {
-    g_autofree char *path = g_strdup_printf("%s.fork-%d", plan->log,
-                                            (int)pid);
+    g_autofree char *path = child_log(plan, index, getpid());
     int fd = qemu_create(path, O_WRONLY | (plan->log_append ? O_APPEND :
                                            O_TRUNC), 0666, errp);
 
@@ -456,8 +513,8 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
         case RULE_KEEP:
         case RULE_UNIX_SERVER:
             /* The same chardev: its log, and a unix server's socket */
-            if (plan->log && !log_in_place(qemu_chr_find(plan->id), plan,
-                                           getpid(), errp)) {
+            if (has_log(plan) && !log_in_place(qemu_chr_find(plan->id),
+                                               plan, index, errp)) {
                 error_prepend(errp, "vmfork: chardev '%s': ", plan->id);
                 return false;
             }
@@ -478,17 +535,17 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
                                           &error_abort);
             backend = backend_file(path);
             backend_log(qapi_ChardevFile_base(backend->u.file.data), plan,
-                        getpid());
+                        index);
             break;
         case RULE_FILE:
             path = child_path(req, plan, index, getpid());
             backend = backend_file(path);
             backend_log(qapi_ChardevFile_base(backend->u.file.data), plan,
-                        getpid());
+                        index);
             break;
         default:
             backend = backend_null();
-            backend_log(backend->u.null.data, plan, getpid());
+            backend_log(backend->u.null.data, plan, index);
             break;
         }
         trace_vmfork_child_chardev(plan->id, path ? path : "null");

@@ -56,6 +56,7 @@ struct VmforkRequest {
     int64_t hostfwd_offset;     /* 0: children get no host forwards */
     GPtrArray *taps;            /* of VmforkTapPlan: tap.c */
     GHashTable *chardev_tmpls;  /* chardev id -> child path template */
+    GHashTable *chardev_log_tmpls; /* chardev id -> child log template */
     VmforkPlacement placement;
 };
 
@@ -65,8 +66,8 @@ bool vmfork_taps_parse(VmforkRequest *req, VmforkTapList *taps,
 void vmfork_taps_free(VmforkRequest *req);
 
 /* chardev.c: the command's 'chardevs' argument */
-bool vmfork_chardevs_parse(VmforkRequest *req, VmforkChardevList *list,
-                           Error **errp);
+bool vmfork_chardevs_parse(VmforkRequest *req,
+                           VmforkChardevConfigList *list, Error **errp);
 
 /* A template of children's unix socket paths: valid, free, short enough */
 bool vmfork_check_socket_template(const char *what, const char *tmpl,
@@ -75,6 +76,9 @@ bool vmfork_check_socket_template(const char *what, const char *tmpl,
 /* With several children, a template must give each its own name */
 bool vmfork_check_template_per_child(const char *what, const char *tmpl,
                                      int count, Error **errp);
+/* A template of the files of @count children: each one can be created */
+bool vmfork_check_file_template(const char *what, const char *tmpl,
+                                int count, Error **errp);
 
 /* Expand "%i", "%p" and "%%" in a path template */
 char *vmfork_expand_template(const char *tmpl, int index, pid_t pid,

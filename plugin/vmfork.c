@@ -609,6 +609,7 @@ static void vmfork_request_free(VmforkRequest *req)
     g_free(req->overlay_dir);
     vmfork_taps_free(req);
     g_clear_pointer(&req->chardev_tmpls, g_hash_table_unref);
+    g_clear_pointer(&req->chardev_log_tmpls, g_hash_table_unref);
     vmfork_placement_free(&req->placement);
 }
 
@@ -616,17 +617,22 @@ static void vmfork_request_free(VmforkRequest *req)
  * The children's serial files: each a file that can be created, not a
  * directory (a child that could not open its file would exit at once)
  */
-static bool check_serial_template(const char *tmpl, int count, Error **errp)
+bool vmfork_check_file_template(const char *what, const char *tmpl,
+                                int count, Error **errp)
 {
+    if (!vmfork_check_template_per_child(what, tmpl, count, errp)) {
+        return false;
+    }
     for (int i = 0; i < count; i++) {
-        g_autofree char *path = child_path_checked("serial", "files", tmpl,
-                                                   i, errp);
+        g_autofree char *path = child_path_checked(what, "files", tmpl, i,
+                                                   errp);
 
         if (!path) {
             return false;
         }
         if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
-            error_setg(errp, "vmfork: serial path '%s' is a directory", path);
+            error_setg(errp, "vmfork: %s path '%s' is a directory", what,
+                       path);
             return false;
         }
     }
@@ -699,9 +705,8 @@ static bool vmfork_parse_request(VmforkRequest *req, const VmforkArgs *args,
                        "serial port");
             return false;
         }
-        if (!vmfork_check_template_per_child("serial", serial, req->count,
-                                             errp) ||
-            !check_serial_template(serial, req->count, errp)) {
+        if (!vmfork_check_file_template("serial", serial, req->count,
+                                        errp)) {
             return false;
         }
         req->serial_tmpl = g_strdup(serial);

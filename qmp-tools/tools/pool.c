@@ -1800,7 +1800,8 @@ int cmd_pool(Tool *tool, int argc, char **argv)
     }
     if (pool_chardevs) {
         json_object_set_array_member(pool.fork_args, "chardevs",
-                                     chardev_specs_to_json(pool_chardevs));
+                                     chardev_specs_to_json(pool_chardevs,
+                                                           NULL));
     }
     pool.children = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                           child_free);

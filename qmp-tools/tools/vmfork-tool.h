@@ -23,8 +23,11 @@ void command_init(Tool *tool, const char *name, const char *params,
 /* Whether @spec is a --chardev argument, ID=TEMPLATE. */
 gboolean chardev_spec_valid(const char *spec);
 
-/* vmfork's "chardevs" argument from --chardev ID=TEMPLATE arguments. */
-JsonArray *chardev_specs_to_json(char **specs);
+/*
+ * vmfork's "chardevs" argument from --chardev ID=TEMPLATE (path) and
+ * --chardev-log ID=TEMPLATE (logfile) arguments, one entry per ID.
+ */
+JsonArray *chardev_specs_to_json(char **specs, char **log_specs);
 
 int cmd_pool(Tool *tool, int argc, char **argv);
 int cmd_take(Tool *tool, int argc, char **argv);

@@ -3,7 +3,7 @@
  *
  *   vmfork fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]
  *                      [--no-start] [--paused-parent] [--overlay-dir DIR]
- *                      [--chardev ID=TEMPLATE]...
+ *                      [--chardev ID=TEMPLATE]... [--chardev-log ID=TEMPLATE]...
  *                      [--json]
  *   vmfork ls   SOCKET [--json]
  *   vmfork wait SOCKET PID
@@ -45,18 +45,35 @@ gboolean chardev_spec_valid(const char *spec)
     return eq && eq != spec && eq[1];
 }
 
-JsonArray *chardev_specs_to_json(char **specs)
+/* The member @member of @id's entry in @chardevs, made if need be */
+static void chardev_entry_set(JsonArray *chardevs, GHashTable *by_id,
+                              const char *spec, const char *member)
+{
+    const char *eq = strchr(spec, '=');     /* chardev_spec_valid() */
+    g_autofree char *id = g_strndup(spec, eq - spec);
+    JsonObject *o = g_hash_table_lookup(by_id, id);
+
+    if (!o) {
+        o = json_object_new();
+        json_object_set_string_member(o, "id", id);
+        json_array_add_object_element(chardevs, o);
+        g_hash_table_insert(by_id, g_strdup(id), o);
+    }
+    json_object_set_string_member(o, member, eq + 1);
+}
+
+JsonArray *chardev_specs_to_json(char **specs, char **log_specs)
 {
     JsonArray *chardevs = json_array_new();
+    g_autoptr(GHashTable) by_id = g_hash_table_new_full(g_str_hash,
+                                                        g_str_equal, g_free,
+                                                        NULL);
 
     for (char **c = specs; c && *c; c++) {
-        JsonObject *o = json_object_new();
-        const char *eq = strchr(*c, '=');   /* chardev_spec_valid() */
-        g_autofree char *id = g_strndup(*c, eq - *c);
-
-        json_object_set_string_member(o, "id", id);
-        json_object_set_string_member(o, "path", eq + 1);
-        json_array_add_object_element(chardevs, o);
+        chardev_entry_set(chardevs, by_id, *c, "path");
+    }
+    for (char **c = log_specs; c && *c; c++) {
+        chardev_entry_set(chardevs, by_id, *c, "logfile");
     }
     return chardevs;
 }
@@ -207,6 +224,7 @@ static gboolean fork_paused_parent;
 static char *fork_overlay_dir;
 static int fork_hostfwd_offset = -1;
 static char **fork_chardevs;
+static char **fork_chardev_logs;
 static gboolean fork_no_wait;
 static gboolean opt_json;
 
@@ -232,6 +250,10 @@ static const GOptionEntry fork_entries[] = {
       "Where each child's unix socket chardev ID listens: a path template "
       "(%i, %p); repeat for several (default: its path + .fork-PID)",
       "ID=TEMPLATE" },
+    { "chardev-log", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &fork_chardev_logs,
+      "Where each child logs what chardev ID logs (logfile=): a file path "
+      "template (%i, %p), required for a log on a pipe such as libvirt's "
+      "to virtlogd (default: the log's path + .fork-PID)", "ID=TEMPLATE" },
     { "no-wait", 0, 0, G_OPTION_ARG_NONE, &fork_no_wait,
       "Do not wait for the children's " EVENT_READY " events", NULL },
     { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json,
@@ -284,9 +306,10 @@ static JsonObject *fork_arguments(void)
         json_object_set_int_member(args, "hostfwd-offset",
                                    fork_hostfwd_offset);
     }
-    if (fork_chardevs) {
+    if (fork_chardevs || fork_chardev_logs) {
         json_object_set_array_member(args, "chardevs",
-                                     chardev_specs_to_json(fork_chardevs));
+                                     chardev_specs_to_json(fork_chardevs,
+                                                           fork_chardev_logs));
     }
     return args;
 }
@@ -469,6 +492,11 @@ static int cmd_fork(Tool *tool, int argc, char **argv)
     for (char **c = fork_chardevs; c && *c; c++) {
         if (!chardev_spec_valid(*c)) {
             return tool_usage_error(tool, "--chardev takes ID=TEMPLATE");
+        }
+    }
+    for (char **c = fork_chardev_logs; c && *c; c++) {
+        if (!chardev_spec_valid(*c)) {
+            return tool_usage_error(tool, "--chardev-log takes ID=TEMPLATE");
         }
     }
 
@@ -777,7 +805,7 @@ static const struct {
     "  fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]\n" \
     "              [--no-start] [--paused-parent] [--overlay-dir DIR] " \
     "[--json]\n" \
-    "              [--chardev ID=TEMPLATE]...\n" \
+    "              [--chardev ID=TEMPLATE]... [--chardev-log ID=TEMPLATE]...\n" \
     "                     fork the VM into children\n" \
     "  ls SOCKET [--json] list the children and this VM's identity\n" \
     "  wait SOCKET PID    wait for a child to exit\n" \

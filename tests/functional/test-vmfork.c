@@ -1435,6 +1435,10 @@ static void tiny_fork_chardev_template(void)
         { "{\"chardevs\": [{\"id\": \"agent\", "
           "\"path\": \"/nonexistent-dir/a.sock\"}]}",
           "cannot create chardev 'agent' sockets" },
+        { "{\"chardevs\": [{\"id\": \"agent\"}]}",
+          "'agent' has neither a path nor a logfile" },
+        { "{\"chardevs\": [{\"id\": \"agent\", \"logfile\": \"/tmp/x\"}]}",
+          "'agent' is not a chardev with a log" },
     };
     Vm *vm;
 
@@ -1548,8 +1552,9 @@ static void linux_fork_chardev_logs(void)
 
 /*
  * A chardev whose log is not a file, such as the pipe to virtlogd that
- * libvirt passes for a <log>, is refused by name (here a FIFO): a child
- * cannot have a log of its own there, nor share the parent's.
+ * libvirt passes for a <log>, is refused by name (here a FIFO) unless the
+ * command says where the children log: a child cannot have a log of its
+ * own there, nor share the parent's.
  */
 static void tiny_fork_chardev_log_pipe_refused(void)
 {
@@ -1575,9 +1580,86 @@ static void tiny_fork_chardev_log_pipe_refused(void)
     vm = vm_start(&o);
     fork_refused(vm, NULL, NULL,
                  "chardev 'piped' (chardev-null): its log (logfile=) is a "
-                 "pipe");
+                 "pipe, as libvirt's to virtlogd: a child could only share "
+                 "it (give the children's log files: chardevs [{\"id\": "
+                 "\"piped\", \"logfile\": TEMPLATE}])");
     g_assert_cmpint(vm_tiny_next_seq(vm, 30000), >, 0);
     vm_quit(vm);
+    close(reader);
+    vm_cleanup_all();
+}
+
+/*
+ * ... and forked when it does ('chardevs': [{id, logfile}], a template):
+ * each child logs to its own file, the parent's log goes on in the pipe
+ * (read here, as virtlogd would), which never carries a child's line.
+ * Linux guest, a null chardev with a log on its third serial port.
+ */
+static void linux_fork_chardev_log_pipe_template(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
+    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
+    g_autofree char *args = NULL;
+    g_autoptr(GString) piped = g_string_new(NULL);
+    g_autoptr(JsonArray) children = NULL;
+    const char *extra[] = {
+        "-chardev", arg, "-device", "isa-serial,chardev=piped,index=2", NULL
+    };
+    VmOptions o = { .guest = GUEST_LINUX, .dir = dir, .extra = extra };
+    gint64 deadline;
+    Vm *parent, *child[2];
+    int reader;
+
+    g_assert_nonnull(dir);
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    g_assert_cmpint(reader, >=, 0);
+    parent = vm_start(&o);
+    g_free(vm_sh(parent, "echo parent-before >/dev/ttyS2"));
+    args = g_strdup_printf("{\"count\": 2, \"chardevs\": [{\"id\": "
+                           "\"piped\", \"logfile\": \"%s/piped-%%i-%%p.log\"}]}",
+                           dir);
+    children = vm_fork(parent, args);
+    for (int i = 0; i < 2; i++) {
+        child[i] = vm_attach_child(parent,
+                                   json_array_get_object_element(children,
+                                                                 i));
+        g_free(vm_sh(child[i], "echo child-%d >/dev/ttyS2", child[i]->pid));
+    }
+    g_free(vm_sh(parent, "echo parent-after >/dev/ttyS2"));
+    for (int i = 0; i < 2; i++) {
+        g_autofree char *log = g_strdup_printf("%s/piped-%d-%d.log", dir, i,
+                                               child[i]->pid);
+        g_autofree char *mark = g_strdup_printf("child-%d", child[i]->pid);
+        g_autofree char *text = file_wait_for(log, mark);
+
+        g_test_message("TCG, Linux guest: %s: %s", log, text);
+        g_assert_null(strstr(text, "parent-"));
+        vm_quit(child[i]);
+    }
+    /* The pipe: the parent's lines, before and after the fork, only */
+    deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (!strstr(piped->str, "parent-after")) {
+        char buf[4096];
+        ssize_t n = read(reader, buf, sizeof(buf));
+
+        if (n > 0) {
+            g_string_append_len(piped, buf, n);
+            continue;
+        }
+        g_assert_true(n < 0 && errno == EAGAIN);
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    g_test_message("the parent's log, in the pipe: %s", piped->str);
+    g_assert_nonnull(strstr(piped->str, "parent-before"));
+    g_assert_null(strstr(piped->str, "child-"));
+    vm_quit(parent);
     close(reader);
     vm_cleanup_all();
 }
@@ -3421,6 +3503,8 @@ int main(int argc, char **argv)
                     linux_fork_chardev_logs);
     g_test_add_func("/vmfork/tiny/tcg/chardev-log-pipe-refused",
                     tiny_fork_chardev_log_pipe_refused);
+    g_test_add_func("/vmfork/linux/tcg/chardev-log-pipe-template",
+                    linux_fork_chardev_log_pipe_template);
     g_test_add_func("/vmfork/tiny/tcg/chardev-template",
                     tiny_fork_chardev_template);
     g_test_add_func("/vmfork/tiny/tcg/daemonized", tiny_fork_daemonized);

@@ -551,7 +551,9 @@ static void fork_sends_arguments_and_waits_for_ready(Fixture *f,
                 "--monitor", "/tmp/c-%i.sock", "--serial", "/tmp/s-%p.log",
                 "--no-start", "--paused-parent", "--overlay-dir", "/tmp/ov",
                 "--chardev", "charchannel0=/tmp/qga-%i.sock",
-                "-c", "agent=/tmp/a=%p", "--json", "--timeout", "5000"));
+                "-c", "agent=/tmp/a=%p", "--chardev-log", "pty0=/tmp/l-%p",
+                "--chardev-log", "agent=/tmp/al-%i", "--json", "--timeout",
+                "5000"));
     REQUIRE(peer_finished(f->peer));
 
     g_assert_cmpint(f->run.status, ==, 0);
@@ -563,7 +565,8 @@ static void fork_sends_arguments_and_waits_for_ready(Fixture *f,
                 "\"parent\": \"paused\", \"overlay-dir\": \"/tmp/ov\", "
                 "\"chardevs\": [{\"id\": \"charchannel0\", "
                 "\"path\": \"/tmp/qga-%i.sock\"}, {\"id\": \"agent\", "
-                "\"path\": \"/tmp/a=%p\"}]}");
+                "\"path\": \"/tmp/a=%p\", \"logfile\": \"/tmp/al-%i\"}, "
+                "{\"id\": \"pty0\", \"logfile\": \"/tmp/l-%p\"}]}");
 
     out = stdout_json(&f->run);
     REQUIRE(out && JSON_NODE_HOLDS_OBJECT(out));
@@ -910,6 +913,7 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "fork", sock, "--chardev", "qga", NULL },
         { "vmfork", "fork", sock, "--chardev", "=/tmp/x", NULL },
         { "vmfork", "fork", sock, "--chardev", "qga=", NULL },
+        { "vmfork", "fork", sock, "--chardev-log", "qga", NULL },
         { "vmfork", "ls", sock, "extra", NULL },
         { "vmfork", "wait", sock, NULL },
         { "vmfork", "wait", sock, "abc", NULL },
