@@ -16,10 +16,12 @@
  * - eventfds, epoll instances and signalfds, which fd.c replaces in the
  *   child;
  * - pidfds, which only tell when a process exits;
- * - a regular file's fd in a monitor fd set (add-fd) when a handler
- *   claimed an fd of the same file: the one that qemu_open() of
- *   /dev/fdset/N duplicated for it (libvirt passes chardev files and logs
- *   so); the child keeps the set's copy, unused, as the set does;
+ * - a regular file's or a pipe's fd in a monitor fd set (add-fd) when a
+ *   handler claimed an fd of the same file or pipe: the one that
+ *   qemu_open() of /dev/fdset/N duplicated for it (libvirt passes chardev
+ *   files and logs so, and a log's pipe to virtlogd, which the chardev
+ *   handler replaces in a child with a file of its own); the child keeps
+ *   the set's copy, unused, as the set does;
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
  *   fork() does not pass on (fd.c gives the child /dev/null instead);
@@ -184,14 +186,15 @@ static char *fdset_owner(FdsetInfoList *sets, int fd)
     return NULL;
 }
 
-/* Is @fd a regular file that a handler claimed an fd of? */
+/* Is @fd a regular file or a pipe that a handler claimed an fd of? */
 static bool is_claimed_file(VmforkCheck *chk, int fd)
 {
     GHashTableIter iter;
     gpointer key;
     struct stat st, claimed;
 
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0 ||
+        !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode))) {
         return false;
     }
     g_hash_table_iter_init(&iter, chk->fd_owner);

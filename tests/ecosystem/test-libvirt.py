@@ -29,10 +29,12 @@
 # looks up at start) are bind mounts of files in the test's directory.
 # virsh reaches it at qemu+unix:///system?socket=DIR/run/libvirt-sock.
 # Its qemu.conf: user/group root, security_driver "none",
-# dynamic_ownership 0, seccomp_sandbox 0, stdio_handler "file" (no
-# virtlogd).  Everything is stopped and removed at the end: the domains,
-# their children, libvirtd, the cgroups libvirt made, the mount points made
-# for the bind mounts, the directory.
+# dynamic_ownership 0, seccomp_sandbox 0, and libvirt's default
+# stdio_handler "logd": a private virtlogd, started in the same namespace,
+# gets QEMU's output and the chardevs' logs through pipes, as on a host
+# with libvirt-daemon-system.  Everything is stopped and removed at the
+# end: the domains, their children, libvirtd and virtlogd, the cgroups
+# libvirt made, the mount points made for the bind mounts, the directory.
 
 import json
 import os
@@ -55,6 +57,7 @@ TIMEOUT = 30.0
 # What the test runs, and the Debian package that has it (libvirt-daemon
 # comes with libvirt-daemon-driver-qemu)
 TOOLS = [('libvirtd', 'libvirt-daemon'), ('virsh', 'libvirt-clients'),
+         ('virtlogd', 'libvirt-daemon'),
          ('unshare', 'util-linux'), ('mount', 'mount')]
 # Bind-mounted in the private mount namespace: the mount point, our name
 PRIVATE_DIRS = [('/etc/libvirt', 'etc'), ('/var/lib/libvirt', 'lib'),
@@ -84,7 +87,7 @@ dynamic_ownership = 0
 remember_owner = 0
 security_driver = "none"
 seccomp_sandbox = 0
-stdio_handler = "file"
+stdio_handler = "logd"
 '''
 
 
@@ -271,6 +274,7 @@ class LibvirtTest:
         self.uri = 'qemu+unix:///system?socket=%s' % \
             reaper.path('run/libvirt-sock')
         self.libvirtd = None
+        self.virtlogd_pid = reaper.path('run/virtlogd.pid')
         self.made_mountpoints = []
         self.cgroup_parents_before = set()
         self.qemu_pid = None
@@ -328,6 +332,7 @@ class LibvirtTest:
                   (self.r.path('group'), '/etc/group')]
         script = 'set -e\n' + ''.join(
             'mount --bind "%s" "%s"\n' % b for b in binds) + \
+            'virtlogd --daemon --pid-file "%s"\n' % self.virtlogd_pid + \
             'exec libvirtd --pid-file "%s"\n' % self.r.path('run/libvirtd.pid')
         self.libvirtd = self.r.spawn(
             ['unshare', '--mount', '--propagation', 'private', '--',
@@ -409,6 +414,7 @@ class LibvirtTest:
                 sys.stderr.write('cleanup: rmdir %s: %s\n' % (mp, e))
 
     def stop_libvirtd(self):
+        self.stop_virtlogd()
         if self.libvirtd is None or self.libvirtd.poll() is not None:
             return
         self.libvirtd.terminate()
@@ -417,6 +423,21 @@ class LibvirtTest:
         except subprocess.TimeoutExpired:
             self.libvirtd.kill()
             self.libvirtd.wait(timeout=5)
+
+    def stop_virtlogd(self):
+        """virtlogd, a daemon of its own (its pid file), once it is up"""
+        try:
+            with open(self.virtlogd_pid) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if not ecotest.pid_wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+            ecotest.pid_wait_gone(pid, 5)
 
     def is_our_qemu(self, pid):
         """Is pid a QEMU of our domain (libvirt's "-name guest=NAME,...",
@@ -1138,9 +1159,11 @@ class LibvirtTest:
         self.started(self.vi_dom)
         log = self.domain_log(self.vi_dom)
         check('-blockdev' in log and 'iothread' in log and '-vnc' in log and
-              'virtio-vga' in log and '"aio":"native"' in log,
-              'libvirt did not use -blockdev, an IOThread, Linux AIO, VNC '
-              'and virtio-vga:\n%s' % log[-3000:])
+              'virtio-vga' in log and '"aio":"native"' in log and
+              'logfile=/dev/fdset/' in log,
+              'libvirt did not use -blockdev, an IOThread, Linux AIO, VNC, '
+              'virtio-vga and virtlogd for the console\'s log:\n%s' %
+              log[-3000:])
         pa = Agent(agent_sock)
         ca = None
         try:
@@ -1152,10 +1175,14 @@ class LibvirtTest:
             check(got.strip() == 'loaded', 'virtio-gpu: %r' % got)
             pa.sh('printf before-the-fork | dd of=/dev/vda bs=512 seek=100 '
                'conv=fsync 2>/dev/null')
+            # The console's <log> is a pipe to virtlogd: the child's log
+            # goes where the command says
             p = self.virsh('qemu-monitor-command', self.vi_dom, json.dumps(
                 {'execute': 'vmfork', 'arguments': {
                     'monitor': os.path.join(self.sdir, 'vi-child-%i.sock'),
-                    'overlay-dir': odir}}))
+                    'overlay-dir': odir,
+                    'chardevs': [{'id': 'charserial1',
+                                  'logfile': console_log + '.child-%p'}]}}))
             reply = json.loads(p.stdout)
             check('return' in reply, 'vmfork: %s' % reply)
             kid = reply['return']['children'][0]
@@ -1183,8 +1210,9 @@ class LibvirtTest:
                 got = a.sh('dd if=/dev/vda bs=512 skip=100 count=1 '
                          'iflag=direct 2>/dev/null | tr -d "\\000"')
                 check(got == 'before-the-fork', '%s reads %r' % (word, got))
-            # The console's log (a pty with a <log>): the child's is its own
-            child_log = '%s.fork-%d' % (console_log, kid['pid'])
+            # The console's log (a pty with a <log>): the parent's through
+            # virtlogd, the child's its own file
+            child_log = '%s.child-%d' % (console_log, kid['pid'])
             for a, word in ((pa, 'parent'), (ca, 'child')):
                 a.sh('echo console-of-the-%s > /dev/ttyS1' % word)
             for path, word, other in ((console_log, 'parent', 'child'),
@@ -1255,7 +1283,9 @@ class LibvirtTest:
         for i in range(2):
             kid = self.qmp_virsh('vmfork', {
                 'monitor': os.path.join(self.sdir, 'vi-tmpl-%p.sock'),
-                'overlay-dir': odir, 'start': False},
+                'overlay-dir': odir, 'start': False,
+                'chardevs': [{'id': 'charserial1',
+                              'logfile': self.r.path('vi-tmpl-%p.log')}]},
                 dom=self.vi_dom)['children'][0]
             self.children[kid['pid']] = kid
             ov = kid.get('overlays', [])
@@ -1321,7 +1351,8 @@ class LibvirtTest:
                self.seccomp_spawn_deny)
         t.step('a domain as virt-install writes one (q35, -blockdev qcow2 on '
                'an IOThread with io=\'native\', SATA cdrom, qemu-ga '
-               'channel, pty console with a log, VNC and virtio-vga with '
+               'channel, pty console with a log through virtlogd (the '
+               'child\'s in its own file), VNC and virtio-vga with '
                'the guest\'s driver, rng, balloon, tablet, user net) forks: '
                'own disk data, own channel, own console log; paused (virsh '
                'suspend) and forked twice more, its disk keeps one layer; '
