@@ -3,7 +3,8 @@
  *
  *   vmfork fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]
  *                      [--no-start] [--paused-parent] [--overlay-dir DIR]
- *                      [--chardev ID=TEMPLATE]... [--chardev-log ID=TEMPLATE]...
+ *                      [--chardev ID=TEMPLATE]...
+ *                      [--chardev-log ID=TEMPLATE]...
  *                      [--json]
  *   vmfork ls   SOCKET [--json]
  *   vmfork wait SOCKET PID
@@ -805,7 +806,8 @@ static const struct {
     "  fork SOCKET [--count N] [--monitor TEMPLATE] [--serial TEMPLATE]\n" \
     "              [--no-start] [--paused-parent] [--overlay-dir DIR] " \
     "[--json]\n" \
-    "              [--chardev ID=TEMPLATE]... [--chardev-log ID=TEMPLATE]...\n" \
+    "              [--chardev ID=TEMPLATE]...\n" \
+    "              [--chardev-log ID=TEMPLATE]...\n" \
     "                     fork the VM into children\n" \
     "  ls SOCKET [--json] list the children and this VM's identity\n" \
     "  wait SOCKET PID    wait for a child to exit\n" \

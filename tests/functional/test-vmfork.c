@@ -1551,6 +1551,33 @@ static void linux_fork_chardev_logs(void)
 }
 
 /*
+ * A VM whose serial port @index is a null chardev 'piped' that logs to a
+ * FIFO, as libvirt's <log> through virtlogd does; *reader is the FIFO's
+ * read end, opened first so that QEMU's open of the log does not wait
+ * for one.  NULL when the test is skipped.
+ */
+static Vm *start_with_piped_log(GuestKind guest, int index, int *reader)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
+    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
+    g_autofree char *dev = g_strdup_printf("isa-serial,chardev=piped,"
+                                           "index=%d", index);
+    const char *extra[] = { "-chardev", arg, "-device", dev, NULL };
+    VmOptions o = { .guest = guest, .dir = dir, .extra = extra };
+
+    g_assert_nonnull(dir);
+    vm_register_dir(dir);
+    if (vm_skip_if_missing(&o)) {
+        return NULL;
+    }
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    *reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    g_assert_cmpint(*reader, >=, 0);
+    return vm_start(&o);
+}
+
+/*
  * A chardev whose log is not a file, such as the pipe to virtlogd that
  * libvirt passes for a <log>, is refused by name (here a FIFO) unless the
  * command says where the children log: a child cannot have a log of its
@@ -1558,26 +1585,12 @@ static void linux_fork_chardev_logs(void)
  */
 static void tiny_fork_chardev_log_pipe_refused(void)
 {
-    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
-    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
-    const char *extra[] = {
-        "-chardev", arg, "-device", "isa-serial,chardev=piped,index=1", NULL
-    };
-    VmOptions o = { .guest = GUEST_TINY, .dir = dir, .extra = extra };
-    Vm *vm;
     int reader;
+    Vm *vm = start_with_piped_log(GUEST_TINY, 1, &reader);
 
-    g_assert_nonnull(dir);
-    vm_register_dir(dir);
-    if (vm_skip_if_missing(&o)) {
+    if (!vm) {
         return;
     }
-    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
-    /* A reader, so that QEMU's open of the log does not wait for one */
-    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    g_assert_cmpint(reader, >=, 0);
-    vm = vm_start(&o);
     fork_refused(vm, NULL, NULL,
                  "chardev 'piped' (chardev-null): its log (logfile=) is a "
                  "pipe, as libvirt's to virtlogd: a child could only share "
@@ -1593,37 +1606,25 @@ static void tiny_fork_chardev_log_pipe_refused(void)
  * ... and forked when it does ('chardevs': [{id, logfile}], a template):
  * each child logs to its own file, the parent's log goes on in the pipe
  * (read here, as virtlogd would), which never carries a child's line.
- * Linux guest, a null chardev with a log on its third serial port.
+ * Linux guest, the null chardev with a log on its third serial port.
  */
 static void linux_fork_chardev_log_pipe_template(void)
 {
-    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
-    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
     g_autofree char *args = NULL;
     g_autoptr(GString) piped = g_string_new(NULL);
     g_autoptr(JsonArray) children = NULL;
-    const char *extra[] = {
-        "-chardev", arg, "-device", "isa-serial,chardev=piped,index=2", NULL
-    };
-    VmOptions o = { .guest = GUEST_LINUX, .dir = dir, .extra = extra };
     gint64 deadline;
     Vm *parent, *child[2];
     int reader;
 
-    g_assert_nonnull(dir);
-    vm_register_dir(dir);
-    if (vm_skip_if_missing(&o)) {
+    parent = start_with_piped_log(GUEST_LINUX, 2, &reader);
+    if (!parent) {
         return;
     }
-    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
-    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    g_assert_cmpint(reader, >=, 0);
-    parent = vm_start(&o);
     g_free(vm_sh(parent, "echo parent-before >/dev/ttyS2"));
     args = g_strdup_printf("{\"count\": 2, \"chardevs\": [{\"id\": "
-                           "\"piped\", \"logfile\": \"%s/piped-%%i-%%p.log\"}]}",
-                           dir);
+                           "\"piped\", \"logfile\": "
+                           "\"%s/piped-%%i-%%p.log\"}]}", parent->dir);
     children = vm_fork(parent, args);
     for (int i = 0; i < 2; i++) {
         child[i] = vm_attach_child(parent,
@@ -1633,8 +1634,8 @@ static void linux_fork_chardev_log_pipe_template(void)
     }
     g_free(vm_sh(parent, "echo parent-after >/dev/ttyS2"));
     for (int i = 0; i < 2; i++) {
-        g_autofree char *log = g_strdup_printf("%s/piped-%d-%d.log", dir, i,
-                                               child[i]->pid);
+        g_autofree char *log = g_strdup_printf("%s/piped-%d-%d.log",
+                                               parent->dir, i, child[i]->pid);
         g_autofree char *mark = g_strdup_printf("child-%d", child[i]->pid);
         g_autofree char *text = file_wait_for(log, mark);
 
