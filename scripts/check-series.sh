@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check that every patch of qemu-patches/series applies in order, builds
-# on its own (qemu-system-x86_64 and qemu-img, with -Werror) and passes
+# on its own (qemu-system-x86_64 and the tools, with -Werror) and passes
 # QEMU's scripts/checkpatch.pl.  Works in a scratch tree under the cache
 # (ccache makes the builds after the first one incremental); slow: run it
 # before mailing or merging a series change, not in make check.
@@ -38,7 +38,10 @@ while read -r patch; do
         mkdir -p "$work/src/system/vmfork"
         cp -a "$VMFORK_TOP/plugin/." "$work/src/system/vmfork/"
     fi
-    ninja -C "$work/build" qemu-system-x86_64 qemu-img 2>&1 | ninja_progress ||
+    # The emulator, and tools that link util/ without the block layer or
+    # with it (qemu-pr-helper needs stubs/ for what util/ calls there)
+    ninja -C "$work/build" qemu-system-x86_64 qemu-img qemu-io qemu-nbd \
+        qemu-pr-helper 2>&1 | ninja_progress ||
         { echo "check-series: $patch does not build" >&2; exit 1; }
 done < "$VMFORK_TOP/qemu-patches/series"
 log "all $total patches apply, build with -Werror and pass checkpatch"
