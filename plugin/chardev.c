@@ -207,9 +207,6 @@ bool vmfork_chardevs_parse(VmforkRequest *req,
     for (; list; list = list->next) {
         VmforkChardevConfig *c = list->value;
         Chardev *chr = qemu_chr_find(c->id);
-        g_autofree char *what = g_strdup_printf("chardev '%s'", c->id);
-        g_autofree char *log_what = g_strdup_printf("chardev '%s' log",
-                                                    c->id);
 
         if (!g_hash_table_add(named, c->id)) {
             error_setg(errp, "vmfork: chardevs: '%s' is named twice", c->id);
@@ -221,6 +218,8 @@ bool vmfork_chardevs_parse(VmforkRequest *req,
             return false;
         }
         if (c->path) {
+            g_autofree char *what = g_strdup_printf("chardev '%s'", c->id);
+
             if (!chr || !is_unix_server(chr) || is_monitor(chr)) {
                 error_setg(errp, "vmfork: chardevs: '%s' is not a unix "
                            "socket server chardev (other than a monitor's)",
@@ -235,13 +234,16 @@ bool vmfork_chardevs_parse(VmforkRequest *req,
                                 g_strdup(c->path));
         }
         if (c->logfile) {
+            g_autofree char *what = g_strdup_printf("chardev '%s' log",
+                                                    c->id);
+
             if (!chr || chr->logfd < 0 || is_monitor(chr)) {
                 error_setg(errp, "vmfork: chardevs: '%s' is not a chardev "
                            "with a log (logfile=), other than a monitor's",
                            c->id);
                 return false;
             }
-            if (!vmfork_check_file_template(log_what, c->logfile, req->count,
+            if (!vmfork_check_file_template(what, c->logfile, req->count,
                                             errp)) {
                 return false;
             }

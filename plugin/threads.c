@@ -69,10 +69,11 @@ static bool threads_resumed(VmforkRequest *req, Error **errp)
 }
 
 /*
- * Each AioContext of this process: the main loop's two, and each
- * IOThread's, user-created or internal, with a name for messages
+ * Each AioContext of this process: the main loop's two (@iothread NULL),
+ * and each IOThread's, user-created or internal (@iothread its id)
  */
-typedef void AioContextFn(AioContext *ctx, const char *name, void *opaque);
+typedef void AioContextFn(AioContext *ctx, const char *iothread,
+                          void *opaque);
 
 typedef struct ForeachIOThread {
     AioContextFn *fn;
@@ -83,12 +84,10 @@ static int foreach_iothread(Object *obj, void *opaque)
 {
     ForeachIOThread *f = opaque;
     IOThread *iothread = (IOThread *)object_dynamic_cast(obj, TYPE_IOTHREAD);
-    g_autofree char *name = NULL;
 
     if (iothread) {
-        name = g_strdup_printf("IOThread '%s'",
-                               object_get_canonical_path_component(obj));
-        f->fn(iothread_get_aio_context(iothread), name, f->opaque);
+        f->fn(iothread_get_aio_context(iothread),
+              object_get_canonical_path_component(obj), f->opaque);
     }
     return 0;
 }
@@ -97,19 +96,26 @@ static void foreach_aio_context(AioContextFn *fn, void *opaque)
 {
     ForeachIOThread f = { fn, opaque };
 
-    fn(qemu_get_aio_context(), "the main loop", opaque);
-    fn(iohandler_get_aio_context(), "the main loop's iohandler", opaque);
+    fn(qemu_get_aio_context(), NULL, opaque);
+    fn(iohandler_get_aio_context(), NULL, opaque);
     object_child_foreach(object_get_objects_root(), foreach_iothread, &f);
     object_child_foreach(object_get_internal_root(), foreach_iothread, &f);
 }
 
 /* The io_uring of disks with aio=io_uring: the child drops its copy */
-static void claim_io_uring(AioContext *ctx, const char *name, void *opaque)
+static void claim_io_uring(AioContext *ctx, const char *iothread,
+                           void *opaque)
 {
     int fd = aio_linux_io_uring_fd(ctx);
 
-    if (fd >= 0) {
-        vmfork_check_claim_fd(opaque, fd, "the io_uring of %s", name);
+    if (fd < 0) {
+        return;
+    }
+    if (iothread) {
+        vmfork_check_claim_fd(opaque, fd, "the io_uring of IOThread '%s'",
+                              iothread);
+    } else {
+        vmfork_check_claim_fd(opaque, fd, "the io_uring of the main loop");
     }
 }
 
@@ -119,7 +125,7 @@ static void threads_check(VmforkCheck *chk)
 }
 
 /* What a child's AioContext must not share with the parent's */
-static void reset_aio_context(AioContext *ctx, const char *name,
+static void reset_aio_context(AioContext *ctx, const char *iothread,
                               void *opaque)
 {
     if (ctx->thread_pool) {

@@ -195,53 +195,41 @@ static const char *const sandbox_spawn_allow[] = {
 };
 
 /*
- * libvirt's <driver name='qemu' type='qcow2' cache='none' io='native'/>:
- * Linux AIO, whose kernel context a child must not share with the parent
+ * libvirt's <driver name='qemu' type='qcow2' cache='none' io='AIO'/>:
+ * io='native' (Linux AIO, whose kernel context a child must not share
+ * with the parent) or io='io_uring' (its ring, whose fd and mappings a
+ * child must not share), on the disk alone or served by an IOThread
+ * (<driver ... iothread='1'/>)
  */
-#define AIO_NATIVE_BLOCKDEV \
+#define LIBVIRT_BLOCKDEV_AIO(aio) \
     "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
-                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"native\"," \
+                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"" aio "\"," \
                  "\"cache\":{\"direct\":true,\"no-flush\":false}," \
                  "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
     "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
                  "\"cache\":{\"direct\":true,\"no-flush\":false}," \
                  "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
+#define VIRTIO_DISK0 \
+    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0"
+#define VIRTIO_DISK0_IOTHREAD \
+    "-object", "iothread,id=iothread1", \
+    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format," \
+               "id=virtio-disk0"
 
 static const char *const aio_native[] = {
-    AIO_NATIVE_BLOCKDEV,
-    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
-    NULL
+    LIBVIRT_BLOCKDEV_AIO("native"), VIRTIO_DISK0, NULL
 };
 
-/* ... served by an IOThread (<driver ... iothread='1'/>) */
 static const char *const aio_native_iothread[] = {
-    "-object", "iothread,id=iothread1",
-    AIO_NATIVE_BLOCKDEV,
-    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
-               "id=virtio-disk0",
-    NULL
+    LIBVIRT_BLOCKDEV_AIO("native"), VIRTIO_DISK0_IOTHREAD, NULL
 };
-
-/* io='io_uring': its ring, whose fd and mappings a child must not share */
-#define AIO_IO_URING_BLOCKDEV \
-    "-blockdev", "{\"driver\":\"file\",\"filename\":\"@DIR@/disk.qcow2\"," \
-                 "\"node-name\":\"libvirt-1-storage\",\"aio\":\"io_uring\"," \
-                 "\"auto-read-only\":true,\"discard\":\"unmap\"}", \
-    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"read-only\":false," \
-                 "\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\"}"
 
 static const char *const aio_io_uring[] = {
-    AIO_IO_URING_BLOCKDEV,
-    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
-    NULL
+    LIBVIRT_BLOCKDEV_AIO("io_uring"), VIRTIO_DISK0, NULL
 };
 
 static const char *const aio_io_uring_iothread[] = {
-    "-object", "iothread,id=iothread1",
-    AIO_IO_URING_BLOCKDEV,
-    "-device", "virtio-blk-pci,iothread=iothread1,drive=libvirt-1-format,"
-               "id=virtio-disk0",
-    NULL
+    LIBVIRT_BLOCKDEV_AIO("io_uring"), VIRTIO_DISK0_IOTHREAD, NULL
 };
 
 /* libvirt's <tpm model='tpm-crb'><backend type='emulator' .../> */
