@@ -776,6 +776,43 @@ static void vmfork_trim_heap_once(void)
 }
 
 /*
+ * A child's first new thread takes one of the stacks that its parent's
+ * threads left it (glibc keeps them as cached stacks), and glibc
+ * initialises a cached stack's TLS through a call into the dynamic linker
+ * (_dl_allocate_tls_init()) that is bound lazily.  A parent that never
+ * reused a stack has not bound it yet, so each child looked the symbol up
+ * in every loaded library: about 15 page faults of its set-up, on library
+ * pages that fork() does not map.  A process binds it once, before its
+ * first fork, by starting a thread twice (the second on the first's
+ * stack).
+ */
+static void *vmfork_no_work(void *opaque)
+{
+    return NULL;
+}
+
+static void vmfork_bind_stack_reuse_once(void)
+{
+    static bool bound;
+    sigset_t all, old;
+    pthread_t t;
+
+    if (bound) {
+        return;
+    }
+    bound = true;
+    /* As qemu_thread_create(), but a failure only leaves it to the child */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (int i = 0; i < 2; i++) {
+        if (pthread_create(&t, NULL, vmfork_no_work, NULL) == 0) {
+            pthread_join(t, NULL);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/*
  * A child shares its parent's heap and thread arenas copy-on-write, so
  * each page that its malloc() writes becomes a page of its own.  glibc
  * keeps freed chunks of up to 128 bytes unmerged in "fastbins", and an
@@ -1043,6 +1080,7 @@ static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
     vmfork_trim_heap_once();
+    vmfork_bind_stack_reuse_once();
 
     /*
      * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads

@@ -693,6 +693,47 @@ static void tiny_fork_stop_resume_events(void)
 }
 
 /*
+ * A child starts its threads on the stacks of its parent's threads, which
+ * glibc keeps for it as cached stacks, and the first reuse of a cached
+ * stack binds a call into the dynamic linker (_dl_allocate_tls_init()).
+ * The parent binds it before its first fork, so that no child looks the
+ * symbol up in every loaded library.  ld.so says what each process binds,
+ * with its process ID, on QEMU's stderr (LD_DEBUG=bindings).
+ */
+static void tiny_fork_stack_reuse_bound(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autofree char *in_parent = NULL, *in_child = NULL;
+    guint by_parent, by_child;
+    Vm *parent, *child;
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    g_setenv("LD_DEBUG", "bindings", TRUE);
+    parent = vm_start(&o);
+    g_unsetenv("LD_DEBUG");
+    g_assert_cmpint(vm_tiny_next_seq(parent, 30000), >, 0);
+    child = fork_one(parent, NULL);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+
+    in_parent = g_strdup_printf("^ *%d:\\tbinding file .*"
+                                "`_dl_allocate_tls_init'", parent->pid);
+    in_child = g_strdup_printf("^ *%d:\\tbinding file .*"
+                               "`_dl_allocate_tls_init'", child->pid);
+    by_parent = vm_log_count(parent, in_parent);
+    by_child = vm_log_count(parent, in_child);
+    g_test_message("%s: _dl_allocate_tls_init() bound %u time(s) by the "
+                   "parent, %u by the child", vm_describe(&o), by_parent,
+                   by_child);
+    g_assert_cmpuint(by_parent, ==, 1);
+    g_assert_cmpuint(by_child, ==, 0);
+    vm_quit(child);
+    vm_quit(parent);
+    vm_cleanup_all();
+}
+
+/*
  * Where the RTC's second begins, as a fraction of the host's second in
  * (-0.5, 0.5]: `qom-get /machine rtc-time` is read until its second
  * changes, and the change lies between the read before (which saw the old
@@ -3479,6 +3520,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vmfork/tiny/tcg/log-file", tiny_fork_log_file);
     g_test_add_func("/vmfork/tiny/tcg/stop-resume-events",
                     tiny_fork_stop_resume_events);
+    g_test_add_func("/vmfork/tiny/tcg/stack-reuse-bound-before-fork",
+                    tiny_fork_stack_reuse_bound);
     g_test_add_func("/vmfork/tiny/tcg/rtc-in-phase-with-host",
                     tiny_fork_rtc_in_phase);
     g_test_add_data_func("/vmfork/tiny/kvm/memslots-before-irqchip", "kvm",
