@@ -1679,6 +1679,7 @@ static char *pool_monitor;
 static char *pool_serial;
 static char *pool_overlay_dir;
 static char **pool_chardevs;
+static char **pool_chardev_logs;
 
 static const GOptionEntry pool_entries[] = {
     { "listen", 'l', 0, G_OPTION_ARG_FILENAME, &pool_listen,
@@ -1717,6 +1718,10 @@ static const GOptionEntry pool_entries[] = {
     { "chardev", 'c', 0, G_OPTION_ARG_FILENAME_ARRAY, &pool_chardevs,
       "Where each child's unix socket chardev ID listens: a path template "
       "with %p; repeat for several", "ID=TEMPLATE" },
+    { "chardev-log", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &pool_chardev_logs,
+      "Where each child logs what chardev ID logs (logfile=): a file path "
+      "template with %p (needed for a log on a pipe, such as libvirt's "
+      "<log> through virtlogd); repeat for several", "ID=TEMPLATE" },
     { NULL }
 };
 
@@ -1774,6 +1779,12 @@ int cmd_pool(Tool *tool, int argc, char **argv)
                                     "template with %%p");
         }
     }
+    for (char **c = pool_chardev_logs; c && *c; c++) {
+        if (!chardev_spec_valid(*c) || !strstr(*c, "%p")) {
+            return tool_usage_error(tool, "--chardev-log takes ID=TEMPLATE, "
+                                    "the template with %%p");
+        }
+    }
 
     pool.template_path = argv[1];
     pool.listen_path = pool_listen ? pool_listen :
@@ -1798,10 +1809,10 @@ int cmd_pool(Tool *tool, int argc, char **argv)
         json_object_set_string_member(pool.fork_args, "overlay-dir",
                                       pool_overlay_dir);
     }
-    if (pool_chardevs) {
+    if (pool_chardevs || pool_chardev_logs) {
         json_object_set_array_member(pool.fork_args, "chardevs",
                                      chardev_specs_to_json(pool_chardevs,
-                                                           NULL));
+                                                           pool_chardev_logs));
     }
     pool.children = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                           child_free);

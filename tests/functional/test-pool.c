@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,9 +54,9 @@ static const char *vmfork_tool(void)
 }
 
 /* A paused tiny template, or NULL after skipping */
-static Vm *start_template(void)
+static Vm *start_template_with(const VmOptions *opts)
 {
-    VmOptions o = { .guest = GUEST_TINY, .extra = pool_monitor };
+    VmOptions o = *opts;
     Vm *tmpl;
 
     if (vm_skip_if_missing(&o)) {
@@ -68,6 +69,13 @@ static Vm *start_template(void)
     tmpl = vm_start(&o);
     json_node_unref(vm_qmp(tmpl, "stop", NULL));
     return tmpl;
+}
+
+static Vm *start_template(void)
+{
+    VmOptions o = { .guest = GUEST_TINY, .extra = pool_monitor };
+
+    return start_template_with(&o);
 }
 
 /* Starts "vmfork pool" on the template's second monitor */
@@ -521,6 +529,60 @@ static void test_settle(void)
         g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
         pool_free(pool);
     }
+    vm_cleanup_all();
+}
+
+/*
+ * A template whose second serial port logs to a pipe, as libvirt's <log>
+ * through virtlogd does (a FIFO here): vmfork forks it only when told
+ * where each child logs, which the pool passes on from --chardev-log.
+ * The child it hands out has its log file.
+ */
+static void test_chardev_log(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
+    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
+    g_autofree char *chardev = g_strdup_printf("null,id=piped,logfile=%s",
+                                               fifo);
+    g_autofree char *logs = g_build_filename(dir, "piped-%p.log", NULL);
+    g_autofree char *log = NULL;
+    const char *extra[] = {
+        "-qmp", "unix:@DIR@/pool-qmp.sock,server=on,wait=off",
+        "-chardev", chardev, "-device", "isa-serial,chardev=piped,index=1",
+        NULL
+    };
+    const char *options[] = { "--size", "1", "--chardev-log", NULL, NULL };
+    VmOptions o = { .guest = GUEST_TINY, .dir = dir, .extra = extra };
+    g_autoptr(JsonObject) reply = NULL;
+    gint64 pid;
+    Pool *pool;
+    Vm *tmpl;
+    int reader;
+
+    g_assert_nonnull(dir);
+    vm_register_dir(dir);
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    g_assert_cmpint(reader, >=, 0);
+    tmpl = start_template_with(&o);
+    if (!tmpl) {
+        close(reader);
+        return;
+    }
+    options[3] = g_strdup_printf("piped=%s", logs);
+    pool = pool_start(tmpl, options);
+    wait_status(pool, "ready", 1);
+    reply = pool_call(pool, "{\"execute\": \"take\"}");
+    pid = json_object_get_int_member(reply_return(reply, "take"), "pid");
+    log = g_strdup_printf("%s/piped-%" G_GINT64_FORMAT ".log", dir, pid);
+    g_test_message("TCG, tiny guest, a serial port logging to a FIFO: the "
+                   "taken child %" G_GINT64_FORMAT " logs to %s", pid, log);
+    g_assert_true(g_file_test(log, G_FILE_TEST_IS_REGULAR));
+    kill(pid, SIGKILL);
+    g_assert_true(pid_wait_gone(pid, TIMEOUT_MS));
+    pool_free(pool);
+    g_free((char *)options[3]);
+    close(reader);
     vm_cleanup_all();
 }
 
@@ -1225,6 +1287,7 @@ int main(int argc, char **argv)
                     test_limits_and_bad_requests);
     g_test_add_func("/pool/tcg/tiny/template-gone", test_template_gone);
     g_test_add_func("/pool/tcg/tiny/settle", test_settle);
+    g_test_add_func("/pool/tcg/tiny/chardev-log", test_chardev_log);
     g_test_add_func("/pool/tcg/linux/warm-template", test_warm);
     g_test_add_func("/pool/tcg/linux/blockdev-disk", test_disk);
     g_test_add_func("/serve/tcg/linux/50-connections-50-clones",

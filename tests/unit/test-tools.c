@@ -924,6 +924,7 @@ static void vmfork_bad_usage_exits_2(Fixture *f, gconstpointer data)
         { "vmfork", "pool", sock, "--size", "4", "--max-live", "2", NULL },
         { "vmfork", "pool", sock, "--monitor", "/tmp/child-%i", NULL },
         { "vmfork", "pool", sock, "--chardev", "qga=/tmp/qga", NULL },
+        { "vmfork", "pool", sock, "--chardev-log", "qga=/tmp/qga.log", NULL },
         { "vmfork", "pool", sock, "--hostfwd-step", "-1", NULL },
         { "vmfork", "pool", sock, "--warm", "-1", NULL },
         { "vmfork", "take", NULL },
