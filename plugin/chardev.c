@@ -29,7 +29,8 @@
  * A log that is not a file, such as the pipe to virtlogd that libvirt
  * passes for a <log> with its default stdio_handler, needs that: vmfork
  * cannot get a child a pipe of its own from virtlogd, and refuses it by
- * name without.
+ * name without.  The copies of that pipe in the monitor's fd sets become
+ * /dev/null in the child, which holds nothing of the parent's log.
  *
  * A unix server listens on its new path in place, whatever its frontend
  * (qemu_chr_socket_listen_after_fork()); a chardev that needs a new
@@ -71,6 +72,9 @@ typedef struct ChardevPlan {
     char *log;                  /* its log file (logfile=), or NULL */
     char *log_tmpl;             /* or the template of the children's */
     bool log_append;
+    bool log_not_file;          /* a pipe (virtlogd's): its device and */
+    dev_t log_dev;              /* inode, for the copies in fd sets */
+    ino_t log_ino;
 } ChardevPlan;
 
 static GPtrArray *plans;        /* of ChardevPlan, during one vmfork */
@@ -350,9 +354,16 @@ static int chardev_walk(Object *obj, void *opaque)
             const char *tmpl = g_hash_table_lookup(w->req->chardev_log_tmpls,
                                                    chr->label);
 
+            struct stat st;
+
             plan->log = tmpl ? NULL : vmfork_fd_path(chr->logfd, NULL);
             plan->log_tmpl = g_strdup(tmpl);
             plan->log_append = fcntl(chr->logfd, F_GETFL) & O_APPEND;
+            if (fstat(chr->logfd, &st) == 0 && !S_ISREG(st.st_mode)) {
+                plan->log_not_file = true;
+                plan->log_dev = st.st_dev;
+                plan->log_ino = st.st_ino;
+            }
         }
         g_ptr_array_add(w->plans, plan);
     }
@@ -558,6 +569,22 @@ static bool chardev_child(VmforkRequest *req, int index, Error **errp)
             return false;
         }
         qapi_free_ChardevReturn(ret);
+    }
+    /*
+     * A log that is not a file came in an fd set (libvirt's /dev/fdset/N
+     * to virtlogd), whose own copy of the pipe the child must not keep
+     * either: virtlogd would see the end of the parent's log only once
+     * every child had exited
+     */
+    for (guint i = 0; plans && i < plans->len; i++) {
+        ChardevPlan *plan = plans->pdata[i];
+
+        if (plan->log_not_file &&
+            !vmfork_fd_release_fdset_copies(plan->log_dev, plan->log_ino,
+                                            errp)) {
+            error_prepend(errp, "vmfork: chardev '%s': ", plan->id);
+            return false;
+        }
     }
     g_clear_pointer(&plans, g_ptr_array_unref);
     return true;

@@ -33,7 +33,9 @@
  *   the mask would still be one object for two processes;
  * - a pidfile of this process or an ancestor (QEMU's -pidfile, libvirt's):
  *   replaced by /dev/null.  Its lock stays with the parent (fcntl() locks
- *   do not pass to a child) and the child must never write it.
+ *   do not pass to a child) and the child must never write it.  So is the
+ *   copy in a monitor fd set of a chardev log's pipe, when the chardev
+ *   handler asks (vmfork_fd_release_fdset_copies()).
  *
  * Everything else is left as it is: regular files (shared offsets are
  * handled by their owners), pipes, /dev/kvm (the accelerator rebuilds the
@@ -47,6 +49,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include "qapi/error.h"
+#include "qapi/qapi-commands-misc.h"
 #include "vmfork-internal.h"
 #include "trace.h"
 
@@ -224,22 +227,49 @@ static bool replace_signalfd(int fd, Error **errp)
     return fd_replace(fd, newfd, flags, errp);
 }
 
-/* The parent's pidfile: the child keeps the number, not the file */
-static bool replace_pidfile(int fd, Error **errp)
+/* An fd whose file the child must not hold: it keeps the number */
+static bool replace_with_null(int fd, const char *what, Error **errp)
 {
     int flags = fcntl(fd, F_GETFD);
-    int newfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int newfd = open("/dev/null", O_RDWR | O_CLOEXEC);
 
     if (newfd < 0 || flags < 0) {
-        error_setg_errno(errp, errno, "vmfork: cannot replace pidfile fd %d",
-                         fd);
+        error_setg_errno(errp, errno, "vmfork: cannot replace %s fd %d",
+                         what, fd);
         if (newfd >= 0) {
             close(newfd);
         }
         return false;
     }
-    trace_vmfork_fd_pidfile(fd);
     return fd_replace(fd, newfd, (flags & FD_CLOEXEC) ? O_CLOEXEC : 0, errp);
+}
+
+/* The parent's pidfile: the child keeps the number, not the file */
+static bool replace_pidfile(int fd, Error **errp)
+{
+    trace_vmfork_fd_pidfile(fd);
+    return replace_with_null(fd, "pidfile", errp);
+}
+
+bool vmfork_fd_release_fdset_copies(dev_t dev, ino_t ino, Error **errp)
+{
+    FdsetInfoList *sets = qmp_query_fdsets(NULL);
+    bool ok = true;
+
+    for (FdsetInfoList *l = sets; ok && l; l = l->next) {
+        for (FdsetFdInfoList *f = l->value->fds; ok && f; f = f->next) {
+            struct stat st;
+            int fd = f->value->fd;
+
+            if (fstat(fd, &st) == 0 && st.st_dev == dev &&
+                st.st_ino == ino) {
+                trace_vmfork_fd_fdset_copy(fd, l->value->fdset_id);
+                ok = replace_with_null(fd, "fd set", errp);
+            }
+        }
+    }
+    qapi_free_FdsetInfoList(sets);
+    return ok;
 }
 
 static bool detach_socket(int fd, Error **errp)

@@ -21,7 +21,8 @@
  *   qemu_open() of /dev/fdset/N duplicated for it (libvirt passes chardev
  *   files and logs so, and a log's pipe to virtlogd, which the chardev
  *   handler replaces in a child with a file of its own); the child keeps
- *   the set's copy, unused, as the set does;
+ *   the set's copy of a file, unused, as the set does, and that of a pipe
+ *   on /dev/null (chardev.c);
  * - pidfiles of this process (or of the QEMU it was forked from): QEMU's
  *   -pidfile and the one libvirt hands down, open for their lock, which
  *   fork() does not pass on (fd.c gives the child /dev/null instead);

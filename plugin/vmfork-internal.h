@@ -96,6 +96,9 @@ void vmfork_fd_claim_detached(VmforkCheck *chk);
 bool vmfork_fd_reopen_readonly(GPtrArray *paths, Error **errp);
 /* ... the path of the file open on @fd (its link there), or NULL */
 char *vmfork_fd_path(int fd, GError **err);
+/* ... the fds of the monitor's fd sets (add-fd) open on the pipe or socket
+ * @dev/@ino keep their numbers, on /dev/null */
+bool vmfork_fd_release_fdset_copies(dev_t dev, ino_t ino, Error **errp);
 /* fdclaim.c: is @fd a pidfile of this process or of an ancestor? */
 bool vmfork_fd_is_own_pidfile(int fd);
 

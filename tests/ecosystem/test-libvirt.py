@@ -152,6 +152,18 @@ def read_text(path):
         return ''
 
 
+def fd_links(pid, fds=None):
+    """The targets of process @pid's fds (those in @fds, or all)"""
+    d = '/proc/%d/fd' % pid
+    links = []
+    for fd in fds if fds is not None else os.listdir(d):
+        try:
+            links.append(os.readlink('%s/%s' % (d, fd)))
+        except FileNotFoundError:
+            pass                # closed meanwhile
+    return links
+
+
 def tail(path, n=20):
     try:
         with open(path, errors='replace') as f:
@@ -1156,7 +1168,7 @@ class LibvirtTest:
         p = self.virsh('start', self.vi_dom, check_rc=False, timeout=120)
         check(p.returncode == 0, 'virsh start: %s\n%s' %
               (p.stderr.strip(), self.domain_log(self.vi_dom)[-3000:]))
-        self.started(self.vi_dom)
+        vi_pid = self.started(self.vi_dom)
         log = self.domain_log(self.vi_dom)
         check('-blockdev' in log and 'iothread' in log and '-vnc' in log and
               'virtio-vga' in log and '"aio":"native"' in log and
@@ -1223,6 +1235,17 @@ class LibvirtTest:
                                                      read_text(path)))
                 check('console-of-the-' + other not in read_text(path),
                       '%s has a line of the %s' % (path, other))
+            # The console's pipe to virtlogd, in an fd set of the parent
+            # (libvirt's /dev/fdset/N): no fd of the child holds it, or
+            # virtlogd would see the parent's log end only with the child
+            pipes = {t for t in fd_links(vi_pid, [
+                f['fd'] for s in self.qmp_virsh('query-fdsets',
+                                                dom=self.vi_dom)
+                for f in s['fds']]) if t.startswith('pipe:')}
+            check(pipes, 'no pipe in the fd sets of %s' % self.vi_dom)
+            held = pipes & set(fd_links(kid['pid']))
+            check(not held, 'the child holds the parent\'s log pipe %s' %
+                  held)
             # The child's qemu-ga channel: its own socket carries its guest
             ch = ecotest.connect_unix(chans['charchannel0'], TIMEOUT)
             try:

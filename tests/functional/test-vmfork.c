@@ -1644,6 +1644,74 @@ static void tiny_fork_chardev_log_pipe_refused(void)
 }
 
 /*
+ * The same log on a pipe passed in an fd set, as libvirt passes its pipe
+ * to virtlogd (add-fd, then logfile=/dev/fdset/N,logappend=on): the child
+ * logs to its own file and holds no copy of the pipe, the set's included,
+ * so that the reader (virtlogd) sees the end of the parent's log when the
+ * parent exits, while the child runs on.
+ */
+static void tiny_fork_chardev_log_fdset_pipe(void)
+{
+    VmOptions o = { .guest = GUEST_TINY };
+    g_autoptr(JsonObject) addfd = json_object_new();
+    g_autoptr(GError) err = NULL;
+    g_autofree char *tmpl = NULL, *args = NULL, *log = NULL, *link = NULL;
+    struct stat st;
+    gint64 deadline;
+    char buf[256];
+    ssize_t n;
+    Vm *vm, *child;
+    int p[2];
+
+    if (vm_skip_if_missing(&o)) {
+        return;
+    }
+    vm = vm_start(&o);
+    g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+    g_assert_cmpint(fcntl(p[0], F_SETFL, O_NONBLOCK), ==, 0);
+    g_assert_cmpint(fstat(p[0], &st), ==, 0);
+    link = g_strdup_printf("pipe:[%lu]", (unsigned long)st.st_ino);
+    json_object_set_int_member(addfd, "fdset-id", 3);
+    json_node_unref(qmp_execute_with_fd(vm->qmp, "add-fd", addfd, p[1], 10000,
+                                        &err));
+    g_assert_no_error(err);
+    close(p[1]);
+    json_node_unref(vm_qmp(vm, "chardev-add", "{\"id\": \"piped\", "
+                           "\"backend\": {\"type\": \"null\", \"data\": "
+                           "{\"logfile\": \"/dev/fdset/3\", "
+                           "\"logappend\": true}}}"));
+    /* The set's copy and the chardev's */
+    g_assert_cmpuint(audit_count_fds(vm->pid, link), ==, 2);
+
+    tmpl = g_build_filename(vm->dir, "piped-%p.log", NULL);
+    args = g_strdup_printf("{\"chardevs\": [{\"id\": \"piped\", "
+                           "\"logfile\": \"%s\"}]}", tmpl);
+    child = fork_one(vm, args);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    log = g_strdup_printf("%s/piped-%d.log", vm->dir, child->pid);
+    g_assert_true(g_file_test(log, G_FILE_TEST_IS_REGULAR));
+    g_test_message("%s: the parent holds the pipe in %u fds, the child in "
+                   "%u", vm_describe(&o), audit_count_fds(vm->pid, link),
+                   audit_count_fds(child->pid, link));
+    g_assert_cmpuint(audit_count_fds(vm->pid, link), ==, 2);
+    g_assert_cmpuint(audit_count_fds(child->pid, link), ==, 0);
+    audit_vm_pair(vm, child);
+
+    vm_quit(vm);
+    deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while ((n = read(p[0], buf, sizeof(buf))) != 0 &&
+           g_get_monotonic_time() < deadline) {
+        g_assert_true(n > 0 || errno == EAGAIN);
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmpint(n, ==, 0);
+    g_assert_cmpint(vm_tiny_next_seq(child, 30000), >, 0);
+    vm_quit(child);
+    close(p[0]);
+    vm_cleanup_all();
+}
+
+/*
  * ... and forked when it does ('chardevs': [{id, logfile}], a template):
  * each child logs to its own file, the parent's log goes on in the pipe
  * (read here, as virtlogd would), which never carries a child's line.
@@ -3547,6 +3615,8 @@ int main(int argc, char **argv)
                     linux_fork_chardev_logs);
     g_test_add_func("/vmfork/tiny/tcg/chardev-log-pipe-refused",
                     tiny_fork_chardev_log_pipe_refused);
+    g_test_add_func("/vmfork/tiny/tcg/chardev-log-fdset-pipe",
+                    tiny_fork_chardev_log_fdset_pipe);
     g_test_add_func("/vmfork/linux/tcg/chardev-log-pipe-template",
                     linux_fork_chardev_log_pipe_template);
     g_test_add_func("/vmfork/tiny/tcg/chardev-template",
