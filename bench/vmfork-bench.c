@@ -632,11 +632,13 @@ static JsonArray *evaluate_targets(GString *md)
     return arr;
 }
 
+#define SCHED_VCPU_PACK "/proc/sys/kernel/sched_vcpu_pack"
+
 static JsonObject *host_info(void)
 {
     JsonObject *h = json_object_new();
     struct utsname u;
-    g_autofree char *cpuinfo = NULL, *load = NULL;
+    g_autofree char *cpuinfo = NULL, *pack = NULL;
     double la[3];
 
     if (uname(&u) == 0) {
@@ -658,6 +660,11 @@ static JsonObject *host_info(void)
                                    access("/dev/kvm", R_OK | W_OK) == 0);
     if (getloadavg(la, 3) == 3) {
         json_object_set_double_member(h, "loadavg_1min", la[0]);
+    }
+    /* Some boots of the project's machine pack threads (bench/README.md) */
+    if (g_file_get_contents(SCHED_VCPU_PACK, &pack, NULL, NULL)) {
+        json_object_set_int_member(h, "sched_vcpu_pack",
+                                   g_ascii_strtoll(pack, NULL, 10));
     }
     return h;
 }

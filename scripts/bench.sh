@@ -325,6 +325,11 @@ cpu_busy() {
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 busy=$(cpu_busy)
 log "before the run: CPUs $busy busy with other work, load average $load (above ~10% the numbers are noisy)"
+# A kernel of the project's machine that packs runnable threads onto fewer
+# CPUs (bench/README.md, "Noise"): latencies several times an unpacked boot's
+pack=$(cat /proc/sys/kernel/sched_vcpu_pack 2>/dev/null || echo 0)
+[ "$pack" = 0 ] ||
+    log "this kernel packs runnable threads (sched_vcpu_pack=$pack): expect latencies several times an unpacked boot's; compare binaries within one run"
 set +e
 "$bench_bin" --tiny "$out/guest/tiny/tiny.elf" \
     --output "$out/results.json" --csv "$out/results.csv" \
@@ -361,5 +366,6 @@ echo "== Targets (benchmark goals, not assertions) =="
 cat "$out/summary.md"
 echo
 echo "before the run: CPUs $busy busy with other work, load average $load; after: CPUs $(cpu_busy) busy"
+[ "$pack" = 0 ] || echo "sched_vcpu_pack=$pack: this boot packs runnable threads (bench/README.md, \"Noise\")"
 echo "results: $out/results.json, results.csv, samples.csv, summary.md, *.png"
 exit "$status"
