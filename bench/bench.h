@@ -163,6 +163,7 @@ typedef struct VmSpawnOpts {
     bool mem_share;         /* share=on */
     bool connect_qmp;       /* wait for the QMP socket and connect */
     const char *const *extra;   /* more QEMU arguments, NULL-terminated */
+    const char *kernel_args;    /* Linux: appended to its command line */
 } VmSpawnOpts;
 
 const char *guest_name(GuestKind g);
@@ -297,6 +298,13 @@ JsonObject *bench_base_object(const char *scenario, const char *kind,
  * scenario's result object (peers: one per method) as it is done */
 void run_group(const Group *g, void (*emit)(JsonObject *o, gpointer data),
                gpointer data);
+/* The container peer: why it cannot run here (or NULL), and an OCI
+ * bundle in @bundle that runs @args (NULL-ended), with the Linux guest's
+ * agent at /agent and its busybox in /bin (sh, cat, nc);
+ * @host_net: in the host's network namespace */
+const char *container_missing(void);
+bool container_bundle(const char *bundle, const char *const *args,
+                      bool host_net, GError **errp);
 
 /* ---- service.c -------------------------------------------------------- */
 

@@ -1448,7 +1448,7 @@ static void measure_preforked(GroupRun *gr, const Spec *s, ForkCtx *pc,
  * later.  Root and runc only (crun refuses this machine's hybrid cgroup
  * layout).
  */
-static const char *container_missing(void)
+const char *container_missing(void)
 {
     if (geteuid() != 0) {
         return "the container peer needs root (runc as root)";
@@ -1459,20 +1459,38 @@ static const char *container_missing(void)
     return NULL;
 }
 
-static bool container_bundle(const char *bundle, GError **errp)
+/* Copy the Linux guest's file @name (under its kernel's directory) to
+ * @path in @rootfs */
+static bool copy_guest_file(const char *name, const char *rootfs,
+                            const char *path, GError **errp)
 {
     g_autofree char *kdir = g_path_get_dirname(bench_paths.linux_kernel);
-    g_autofree char *agent = g_build_filename(kdir, "agent", NULL);
+    g_autofree char *src = g_build_filename(kdir, name, NULL);
+    g_autofree char *dst = g_build_filename(rootfs, path, NULL);
+    g_autofree char *dir = g_path_get_dirname(dst);
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_mkdir_with_parents(dir, 0755);
+    if (!g_file_get_contents(src, &data, &len, errp) ||
+        !g_file_set_contents(dst, data, len, errp)) {
+        return false;
+    }
+    chmod(dst, 0755);
+    return true;
+}
+
+bool container_bundle(const char *bundle, const char *const *args,
+                      bool host_net, GError **errp)
+{
     g_autofree char *rootfs = g_build_filename(bundle, "rootfs", NULL);
-    g_autofree char *dst = g_build_filename(rootfs, "agent", NULL);
     g_autofree char *config = g_build_filename(bundle, "config.json", NULL);
-    g_autofree char *data = NULL, *out = NULL;
+    g_autofree char *out = NULL;
     const char *spec[] = { "runc", "spec", "--bundle", bundle, NULL };
     g_autoptr(JsonParser) parser = json_parser_new();
     g_autoptr(JsonGenerator) gen = json_generator_new();
     JsonObject *root, *proc;
-    JsonArray *args;
-    gsize len;
+    JsonArray *argv;
     int status;
 
     for (const char *const *d = (const char *const[]){ "dev", "proc", "sys",
@@ -1481,11 +1499,22 @@ static bool container_bundle(const char *bundle, GError **errp)
 
         g_mkdir_with_parents(path, 0755);
     }
-    if (!g_file_get_contents(agent, &data, &len, errp) ||
-        !g_file_set_contents(dst, data, len, errp)) {
+    /* The agent, and the guest's busybox (static) with its shell tools */
+    if (!copy_guest_file("agent", rootfs, "agent", errp) ||
+        !copy_guest_file("initramfs.d/bin/busybox", rootfs, "bin/busybox",
+                         errp)) {
         return false;
     }
-    chmod(dst, 0755);
+    for (const char *const *t = (const char *const[]){ "sh", "cat", "nc",
+         NULL }; *t; t++) {
+        g_autofree char *link = g_build_filename(rootfs, "bin", *t, NULL);
+
+        if (symlink("busybox", link) < 0 && errno != EEXIST) {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "symlink %s: "
+                        "%s", link, g_strerror(errno));
+            return false;
+        }
+    }
     if (!g_spawn_sync(NULL, (char **)spec, NULL, G_SPAWN_SEARCH_PATH, NULL,
                       NULL, &out, NULL, &status, errp) ||
         !g_spawn_check_wait_status(status, errp) ||
@@ -1495,10 +1524,29 @@ static bool container_bundle(const char *bundle, GError **errp)
     root = json_node_get_object(json_parser_get_root(parser));
     proc = json_object_get_object_member(root, "process");
     json_object_set_boolean_member(proc, "terminal", false);
-    args = json_array_new();
-    json_array_add_string_element(args, "/agent");
-    json_array_add_string_element(args, "-");
-    json_object_set_array_member(proc, "args", args);
+    argv = json_array_new();
+    for (const char *const *a = args; *a; a++) {
+        json_array_add_string_element(argv, *a);
+    }
+    json_object_set_array_member(proc, "args", argv);
+    json_object_set_string_member(proc, "cwd", "/");
+    if (host_net) {
+        /* The host's network: a port it listens on is the host's */
+        JsonArray *ns = json_object_get_array_member(
+            json_object_get_object_member(root, "linux"), "namespaces");
+        JsonArray *kept = json_array_new();
+
+        for (guint i = 0; i < json_array_get_length(ns); i++) {
+            JsonObject *n = json_array_get_object_element(ns, i);
+
+            if (!g_str_equal(json_object_get_string_member(n, "type"),
+                             "network")) {
+                json_array_add_object_element(kept, json_object_ref(n));
+            }
+        }
+        json_object_set_array_member(json_object_get_object_member(
+            root, "linux"), "namespaces", kept);
+    }
     json_generator_set_root(gen, json_parser_get_root(parser));
     return json_generator_to_file(gen, config, errp);
 }
@@ -1509,7 +1557,9 @@ static void run_container(GroupRun *gr, const Spec *s, PeerAgg *p,
     g_autofree char *bundle = g_build_filename(gr->dir, "container", NULL);
     g_autofree char *log = g_build_filename(gr->dir, "container.log", NULL);
 
-    if (!container_bundle(bundle, errp)) {
+    if (!container_bundle(bundle, (const char *const[]){ "/agent", "-",
+                                                          NULL },
+                          false, errp)) {
         return;
     }
     for (int i = 0; i < s->cold_runs && !*errp && !procs_interrupted(); i++) {

@@ -22,12 +22,17 @@
  *   pool-memory-LABEL     private memory (USS) of the ready children
  *                         (paused) and of children handed out (running
  *                         their idle guest for 2 s)
- *   first-response-{vmfork,snapshot,snapshot-prestarted}-LABEL
+ *   first-response-{vmfork,vmfork-command,cold-boot,snapshot,
+ *   snapshot-prestarted,container}-LABEL
  *                         the request for a fresh VM -> the first byte of
  *                         its guest's answer on its forwarded port: a
- *                         take from the pool, against restoring a snapshot
- *                         of a running clone (a new QEMU with -incoming
- *                         file:, or a QEMU waiting with -incoming defer)
+ *                         take from the pool (against the pre-started
+ *                         peer) or a vmfork command on the template
+ *                         (against the others), against booting a new QEMU,
+ *                         restoring a snapshot of a running clone (a new
+ *                         QEMU with -incoming file:, or a QEMU waiting
+ *                         with -incoming defer), and the same service in
+ *                         a container that runc starts
  *   migrate-precopy-LABEL, migrate-postcopy-LABEL
  *                         "vmfork migrate" of a running clone to a QEMU
  *                         on this host (-incoming over loopback): total
@@ -43,16 +48,20 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "bench.h"
 
 #define GUEST_PORT 7777
+/* The guest's init serves GUEST_PORT (tests/guest/linux/init) */
+#define SERVICE_ARGS "vmfork.service=7777"
 /*
  * Ports from the template's forward up: pool 0's slots 1..40, pool 1's
  * at 41, 82, 123 (step 41), destinations from 130, migration 180, the
- * two servers 190 and 191
+ * container 185, a command's children 186..189, the two servers 190 and
+ * 191
  */
 #define PORTS 200
 #define WARM_SIZE 8
@@ -301,21 +310,13 @@ static bool service_setup(Service *sv, GError **errp)
     const char *extra[] = { "-netdev", netdev, "-device",
                             "virtio-net-pci,netdev=n0,romfile=",
                             "-qmp", qmp0, "-qmp", qmp1, NULL };
-    VmSpawnOpts o = { .paused = true, .connect_qmp = true, .extra = extra };
-    g_autofree char *r = NULL;
+    VmSpawnOpts o = { .paused = true, .connect_qmp = true, .extra = extra,
+                      .kernel_args = SERVICE_ARGS };
     g_autoptr(JsonNode) stopped = NULL;
     gint64 deadline;
 
     sv->tmpl = vm_spawn(sv->cfg, sv->dir, "template", &o, errp);
     if (!sv->tmpl || !vm_boot(sv->tmpl, errp)) {
-        return false;
-    }
-    r = serial_command(sv->tmpl->serial,
-        "sh ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && "
-        "printf '#!/bin/sh\\ncat /sys/firmware/qemu_fw_cfg/by_name/opt/"
-        "vmfork/clone-id/raw\\nexec cat\\n' > /tmp/svc && chmod +x /tmp/svc "
-        "&& (nc -ll -p 7777 -e /tmp/svc >/dev/null 2>&1 &)", STEP_MS, errp);
-    if (!r) {
         return false;
     }
     /* Paused once the service answers, so that every clone's does */
@@ -422,6 +423,15 @@ static void set_dist(JsonObject *o, const char *name, GArray *v)
     dist_of(v, &d);
     json_object_set_member(o, name, dist_json(&d, false));
     json_object_set_int_member(o, "n", d.n);
+}
+
+/* The p50 of a distribution member, NAN when there is none */
+static double p50(JsonObject *o, const char *name)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    return n && JSON_NODE_HOLDS_OBJECT(n) ?
+        json_object_get_double_member(json_node_get_object(n), "p50") : NAN;
 }
 
 static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
@@ -579,6 +589,206 @@ static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
     }
     set_dist(o, "first_response_ms", ms);
     return o;
+}
+
+/*
+ * Connects to 127.0.0.1:@port until something answers (or @deadline_ns),
+ * each try given 20 ms: a service that is not up yet refuses the
+ * connection, or (behind slirp's forward) closes it or never answers the
+ * SYN that slirp passed on, which slirp would only resend seconds later.
+ * The time of the first byte, or -1.
+ */
+static gint64 first_byte_retry(int port, gint64 deadline_ns)
+{
+    while (now_ns() < deadline_ns) {
+        g_autoptr(GString) line = g_string_new(NULL);
+        gint64 first = 0;
+        int fd = tcp_connect(port);
+        bool ok = fd >= 0 && read_line_timed(fd, 20, &first, line) &&
+                  first > 0;
+
+        if (fd >= 0) {
+            close(fd);
+        } else {
+            g_usleep(200);
+        }
+        if (ok) {
+            return first;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Cold boot: a new QEMU of the same configuration whose guest's init
+ * starts the same service: from its spawn to the first byte on its
+ * forward
+ */
+static JsonObject *first_response_cold(Service *sv, int n, GError **errp)
+{
+    JsonObject *o = scenario(sv, "first-response-cold-boot");
+    g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
+
+    json_object_set_string_member(o, "method", "spawn of a new QEMU whose "
+                                  "guest starts the service at boot -> first "
+                                  "byte on its forward");
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        g_autofree char *netdev = net_arg(sv->next_dest_port++);
+        const char *extra[] = { "-netdev", netdev, "-device",
+                                "virtio-net-pci,netdev=n0,romfile=", NULL };
+        VmSpawnOpts vo = { .extra = extra, .kernel_args = SERVICE_ARGS };
+        int port = sv->next_dest_port - 1;
+        BenchVm *vm;
+        gint64 t1;
+
+        if (sv->next_dest_port >= sv->base_port + 180) {
+            sv->next_dest_port = sv->base_port + 130;
+        }
+        vm = vm_spawn(sv->cfg, sv->dir, "cold", &vo, errp);
+        if (!vm) {
+            break;
+        }
+        t1 = first_byte_retry(port, vm->spawn_ns + 180000 * 1000000LL);
+        if (t1 > 0) {
+            double v = MS(t1 - vm->spawn_ns);
+
+            g_array_append_val(ms, v);
+        }
+        vm_destroy(vm);
+    }
+    set_dist(o, "first_response_ms", ms);
+    return o;
+}
+
+/*
+ * A container: the same service (the guest's busybox nc, answering with
+ * an id, then an echo) as the only process of an OCI container that runc
+ * starts in the host's network: from the spawn of `runc run` to the first
+ * byte on its port
+ */
+static JsonObject *first_response_container(Service *sv, int n,
+                                            GError **errp)
+{
+    JsonObject *o = scenario(sv, "first-response-container");
+    g_autofree char *bundle = g_build_filename(sv->dir, "container", NULL);
+    g_autofree char *log = g_build_filename(sv->dir, "container.log", NULL);
+    g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
+    g_autofree char *svc = g_build_filename(bundle, "rootfs", "svc", NULL);
+    const char *why = container_missing();
+    int port = sv->base_port + 185;
+    g_autofree char *port_s = g_strdup_printf("%d", port);
+
+    /* No comma: scripts/bench.sh splits results.csv on them */
+    json_object_set_string_member(o, "method", "spawn of `runc run` (the "
+                                  "guest's busybox nc as the container's "
+                                  "service in the host's network) -> first "
+                                  "byte on its port");
+    if (why) {
+        json_object_set_string_member(o, "skipped", why);
+        return o;
+    }
+    /* As the guest's (its root file system is read-only) */
+    if (!container_bundle(bundle, (const char *const[]){
+                              "/bin/nc", "-ll", "-p", port_s, "-e", "/svc",
+                              NULL }, true, errp) ||
+        !g_file_set_contents(svc, "#!/bin/sh\necho 0\nexec cat\n", -1,
+                             errp)) {
+        return o;
+    }
+    chmod(svc, 0755);
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        g_autofree char *name = g_strdup_printf("vmfork-bench-svc-%d-%d",
+                                                (int)getpid(), k);
+        char *argv[] = { "/usr/bin/env", "runc", "run", "--bundle", bundle,
+                         name, NULL };
+        char *kill_argv[] = { "runc", "kill", name, "KILL", NULL };
+        char *del_argv[] = { "runc", "delete", "--force", name, NULL };
+        gint64 t0 = now_ns(), t1;
+        pid_t pid = procs_spawn(argv, log);
+
+        t1 = pid > 0 ? first_byte_retry(port, t0 + STEP_MS * 1000000LL) : -1;
+        if (t1 > 0) {
+            double v = MS(t1 - t0);
+
+            g_array_append_val(ms, v);
+        } else {
+            g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "the container's service did not answer (see %s)",
+                        log);
+        }
+        g_spawn_sync(NULL, kill_argv, NULL, G_SPAWN_SEARCH_PATH |
+                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, NULL, NULL, NULL, NULL);
+        if (pid > 0) {
+            procs_wait_gone(pid, 10000);
+        }
+        g_spawn_sync(NULL, del_argv, NULL, G_SPAWN_SEARCH_PATH |
+                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, NULL, NULL, NULL, NULL);
+        if (t1 < 0) {
+            break;
+        }
+    }
+    set_dist(o, "first_response_ms", ms);
+    return o;
+}
+
+/*
+ * vmfork from nothing ready: a vmfork command on the paused template (its
+ * own monitor, not a pool's), from its send to the first byte on the
+ * child's forward; the like for like of a cold boot, a snapshot restore
+ * or a container start, where the pool's take is that of a pre-started
+ * peer
+ */
+static JsonObject *first_response_command(Service *sv, int n, GError **errp)
+{
+    JsonObject *o = scenario(sv, "first-response-vmfork-command");
+    g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
+
+    json_object_set_string_member(o, "method", "vmfork command on the "
+                                  "paused template -> first byte on the "
+                                  "child's own forward");
+    for (int k = 0; k < n && !procs_interrupted(); k++) {
+        int off = 186 + k % 4;          /* free slots (see PORTS) */
+        g_autofree char *args = g_strdup_printf(
+            "{\"count\": 1, \"parent\": \"paused\", \"hostfwd-offset\": "
+            "%d, \"monitor\": \"%s/cmd-%%p.qmp\", \"serial\": "
+            "\"%s/cmd-%%p.out\"}", off, sv->dir, sv->dir);
+        g_autoptr(JsonNode) ret = NULL;
+        JsonArray *children;
+        gint64 t0 = now_ns(), t1, pid;
+
+        ret = vm_qmp(sv->tmpl, "vmfork", args, STEP_MS, errp);
+        children = ret ? json_object_get_array_member(
+            json_node_get_object(ret), "children") : NULL;
+        if (!children || !json_array_get_length(children)) {
+            break;
+        }
+        pid = json_object_get_int_member(
+            json_array_get_object_element(children, 0), "pid");
+        t1 = first_byte_at(sv->base_port + off, t0 + STEP_MS * 1000000LL);
+        kill(pid, SIGKILL);
+        procs_wait_gone(pid, 10000);
+        if (t1 > 0) {
+            double v = MS(t1 - t0);
+
+            g_array_append_val(ms, v);
+        }
+    }
+    set_dist(o, "first_response_ms", ms);
+    return o;
+}
+
+/* Each peer's first response against vmfork's (p50 over p50) */
+static void first_response_ratio(JsonObject *peer, JsonObject *vmfork)
+{
+    double v = p50(vmfork, "first_response_ms");
+    double p = p50(peer, "first_response_ms");
+
+    if (!isnan(v) && v > 0 && !isnan(p)) {
+        json_object_set_double_member(peer, "ratio_vs_vmfork",
+                                      round(p / v * 10.0) / 10.0);
+    }
 }
 
 /*
@@ -923,15 +1133,6 @@ static JsonObject *measure_migrate(Service *sv, bool postcopy, int n,
     return o;
 }
 
-/* The p50 of a distribution member, NAN when there is none */
-static double p50(JsonObject *o, const char *name)
-{
-    JsonNode *n = json_object_get_member(o, name);
-
-    return n && JSON_NODE_HOLDS_OBJECT(n) ?
-        json_object_get_double_member(json_node_get_object(n), "p50") : NAN;
-}
-
 static void report(JsonObject *o, GError *err,
                    void (*emit)(JsonObject *, gpointer), gpointer data)
 {
@@ -953,7 +1154,10 @@ void run_service(const VmConfig *cfg, const Spec *s,
                                   "migrate-postcopy", "serve-direct",
                                   "first-response-vmfork",
                                   "first-response-snapshot",
-                                  "first-response-snapshot-prestarted" };
+                                  "first-response-snapshot-prestarted",
+                                  "first-response-cold-boot",
+                                  "first-response-container",
+                                  "first-response-vmfork-command" };
 
     sv.label = vm_config_label(cfg);
     if (!bench_paths.vmfork_tool ||
@@ -992,19 +1196,39 @@ void run_service(const VmConfig *cfg, const Spec *s,
         report(o, e, emit, data);
     }
     if (!procs_interrupted()) {
-        g_autoptr(GError) e = NULL, e2 = NULL;
+        g_autoptr(GError) e = NULL, e2 = NULL, e3 = NULL, e4 = NULL;
+        g_autoptr(GError) e5 = NULL;
         JsonObject *o = first_response_vmfork(&sv, s->n, &e);
-        JsonObject *cold = NULL, *pre = NULL;
+        JsonObject *cmd = first_response_command(&sv, s->n, &e5);
+        JsonObject *cold = NULL, *pre = NULL, *boot, *ctr;
+        int np = MAX(s->n / 3, 3);
 
-        g_printerr("   first-response-vmfork: p50 %.2f ms\n",
-                   p50(o, "first_response_ms"));
-        report(o, e, emit, data);
-        first_response_snapshot(&sv, MAX(s->n / 3, 3), &cold, &pre, &e2);
+        g_printerr("   first-response-vmfork: p50 %.2f ms from the pool, "
+                   "%.2f ms by a command\n", p50(o, "first_response_ms"),
+                   p50(cmd, "first_response_ms"));
+        first_response_snapshot(&sv, np, &cold, &pre, &e2);
         g_printerr("   first-response-snapshot: p50 %.2f ms, prestarted "
                    "p50 %.2f ms\n", p50(cold, "first_response_ms"),
                    p50(pre, "first_response_ms"));
+        boot = first_response_cold(&sv, np, &e3);
+        g_printerr("   first-response-cold-boot: p50 %.2f ms\n",
+                   p50(boot, "first_response_ms"));
+        ctr = first_response_container(&sv, np, &e4);
+        g_printerr("   first-response-container: p50 %.2f ms\n",
+                   p50(ctr, "first_response_ms"));
+        /* Like for like: cold peers against the command, the pre-started
+         * one against the pool */
+        first_response_ratio(pre, o);
+        for (JsonObject **peer = (JsonObject *[]){ cold, boot, ctr, NULL };
+             *peer; peer++) {
+            first_response_ratio(*peer, cmd);
+        }
+        report(o, e, emit, data);
+        report(cmd, e5, emit, data);
         report(cold, e2, emit, data);
         report(pre, NULL, emit, data);
+        report(boot, e3, emit, data);
+        report(ctr, e4, emit, data);
     }
     if (!procs_interrupted()) {
         JsonObject *o = measure_load(&sv);

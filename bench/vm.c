@@ -268,7 +268,9 @@ BenchVm *vm_spawn(const VmConfig *c, const char *dir, const char *name,
     if (c->guest == GUEST_LINUX) {
         ARG("-kernel"); ARG("%s", bench_paths.linux_kernel);
         ARG("-initrd"); ARG("%s", bench_paths.linux_initrd);
-        ARG("-append"); ARG("console=ttyS1 quiet panic=-1");
+        ARG("-append"); ARG("console=ttyS1 quiet panic=-1%s%s",
+                            o->kernel_args ? " " : "",
+                            o->kernel_args ? o->kernel_args : "");
         ARG("-no-reboot");
     } else {
         ARG("-kernel"); ARG("%s", bench_paths.tiny);

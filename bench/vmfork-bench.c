@@ -594,6 +594,19 @@ static const Target targets[] = {
     { "pre-forked vs pre-started template clone, tiny guest (KVM)",
       "peer-template-prestarted-tiny-kvm-512m-1cpu", "ratio_vs_vmfork",
       ">= 10x", 10, true, 1, "x" },
+    /* A fresh VM's first answer on its port (service.c) */
+    { "first response: faster than cold boot, Linux guest",
+      "first-response-cold-boot-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      "> 1x", 1.01, true, 1, "x" },
+    { "first response: faster than snapshot restore, Linux guest",
+      "first-response-snapshot-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      "> 1x", 1.01, true, 1, "x" },
+    { "first response: faster than a container start (runc), same service",
+      "first-response-container-linux-tcg-512m-1cpu", "ratio_vs_vmfork",
+      "> 1x", 1.01, true, 1, "x" },
+    { "first response: pool vs pre-started snapshot restore, Linux guest",
+      "first-response-snapshot-prestarted-linux-tcg-512m-1cpu",
+      "ratio_vs_vmfork", "> 1x", 1.01, true, 1, "x" },
 };
 
 static JsonArray *evaluate_targets(GString *md)

@@ -218,7 +218,7 @@ EOF
             ttfb_ms.p50 ttfb_ms.p99 | sed -E 's/^serve-([a-z]+)-[^ ]*/serve:\1/'
         csv_rows 'v_kind == "service" && v_scenario ~ /^first-response-/' \
             first_response_ms.p50 first_response_ms.p99 \
-            | sed -E 's/^first-response-(vmfork|snapshot-prestarted|snapshot)-[^ ]*/fresh:\1/; s/fresh:snapshot-prestarted/fresh:prestarted/'
+            | sed -E 's/^first-response-(vmfork-command|vmfork|cold-boot|container|snapshot-prestarted|snapshot)-(linux|tiny)-[^ ]*/fresh:\1/; s/fresh:snapshot-prestarted/fresh:prestarted/; s/fresh:vmfork-command/fresh:command/'
         csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-precopy-/' \
             migrate_total_ms.p50 migrate_total_ms.p99 | awk '{print "precopy:total", $2, $3}'
         csv_rows 'v_kind == "service" && v_scenario ~ /^migrate-postcopy-/' \
