@@ -305,6 +305,8 @@ void run_group(const Group *g, void (*emit)(JsonObject *o, gpointer data),
 const char *container_missing(void);
 bool container_bundle(const char *bundle, const char *const *args,
                       bool host_net, GError **errp);
+/* Kill container @name (its `runc run` is @pid, if > 0), wait, delete */
+void container_remove(const char *name, pid_t pid);
 
 /* ---- service.c -------------------------------------------------------- */
 

@@ -1551,6 +1551,22 @@ bool container_bundle(const char *bundle, const char *const *args,
     return json_generator_to_file(gen, config, errp);
 }
 
+void container_remove(const char *name, pid_t pid)
+{
+    char *kill_argv[] = { "runc", "kill", (char *)name, "KILL", NULL };
+    char *del_argv[] = { "runc", "delete", "--force", (char *)name, NULL };
+
+    g_spawn_sync(NULL, kill_argv, NULL, G_SPAWN_SEARCH_PATH |
+                 G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                 NULL, NULL, NULL, NULL, NULL, NULL);
+    if (pid > 0) {
+        procs_wait_gone(pid, 10000);
+    }
+    g_spawn_sync(NULL, del_argv, NULL, G_SPAWN_SEARCH_PATH |
+                 G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                 NULL, NULL, NULL, NULL, NULL, NULL);
+}
+
 static void run_container(GroupRun *gr, const Spec *s, PeerAgg *p,
                           GError **errp)
 {
@@ -1567,8 +1583,6 @@ static void run_container(GroupRun *gr, const Spec *s, PeerAgg *p,
                                                 (int)getpid(), i);
         char *argv[] = { "/usr/bin/env", "runc", "run", "--bundle", bundle,
                          name, NULL };
-        char *kill_argv[] = { "runc", "kill", name, "KILL", NULL };
-        char *del_argv[] = { "runc", "delete", "--force", name, NULL };
         Stream *st;
         gint64 t0;
         pid_t pid;
@@ -1616,15 +1630,7 @@ static void run_container(GroupRun *gr, const Spec *s, PeerAgg *p,
                 }
             }
         }
-        g_spawn_sync(NULL, kill_argv, NULL, G_SPAWN_SEARCH_PATH |
-                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
-                     NULL, NULL, NULL, NULL, NULL, NULL);
-        if (pid > 0) {
-            procs_wait_gone(pid, 10000);
-        }
-        g_spawn_sync(NULL, del_argv, NULL, G_SPAWN_SEARCH_PATH |
-                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
-                     NULL, NULL, NULL, NULL, NULL, NULL);
+        container_remove(name, pid);
         stream_free(st);
     }
 }

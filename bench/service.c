@@ -294,6 +294,17 @@ static bool wait_log(const char *path, const char *text, pid_t pid)
     return false;
 }
 
+/* The next destination port, 130..179 from the template's forward */
+static int next_dest_port(Service *sv)
+{
+    int port = sv->next_dest_port++;
+
+    if (sv->next_dest_port >= sv->base_port + 180) {
+        sv->next_dest_port = sv->base_port + 130;
+    }
+    return port;
+}
+
 static char *net_arg(int port)
 {
     return g_strdup_printf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", port,
@@ -410,10 +421,17 @@ static double request(Service *sv, int i, double *total_ms)
     return ok ? MS(first - t0) : -1;
 }
 
-static JsonObject *scenario(Service *sv, const char *what)
+/* The result object of scenario @what-LABEL, measured by @method */
+static JsonObject *scenario(Service *sv, const char *what,
+                            const char *method)
 {
     g_autofree char *name = g_strdup_printf("%s-%s", what, sv->label);
-    return bench_base_object(name, "service", sv->cfg);
+    JsonObject *o = bench_base_object(name, "service", sv->cfg);
+
+    if (method) {
+        json_object_set_string_member(o, "method", method);
+    }
+    return o;
 }
 
 static void set_dist(JsonObject *o, const char *name, GArray *v)
@@ -436,7 +454,7 @@ static double p50(JsonObject *o, const char *name)
 
 static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
 {
-    JsonObject *o = scenario(sv, i ? "serve-empty" : "serve-warm");
+    JsonObject *o = scenario(sv, i ? "serve-empty" : "serve-warm", NULL);
     g_autoptr(GArray) ttfb = g_array_new(false, false, sizeof(double));
 
     for (int k = 0; k < n && !procs_interrupted(); k++) {
@@ -495,14 +513,13 @@ static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
  */
 static JsonObject *measure_direct(Service *sv, int n, GError **errp)
 {
-    JsonObject *o = scenario(sv, "serve-direct");
+    JsonObject *o = scenario(sv, "serve-direct", "a running clone's own "
+                             "host forward; one clone for all connections");
     g_autoptr(GArray) ttfb = g_array_new(false, false, sizeof(double));
     g_autoptr(JsonObject) ret = pool_request(sv, 0, "{\"execute\": "
                                              "\"take\"}");
     int port = reply_port(ret);
 
-    json_object_set_string_member(o, "method", "a running clone's own host "
-                                  "forward; one clone for all connections");
     if (port < 0) {
         g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take: no clone "
                     "with a host forward");
@@ -558,11 +575,11 @@ static gint64 first_byte_at(int port, gint64 deadline_ns)
 /* vmfork: a take from the full pool, then its forward's first byte */
 static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
 {
-    JsonObject *o = scenario(sv, "first-response-vmfork");
+    JsonObject *o = scenario(sv, "first-response-vmfork", "take from a "
+                             "full pool (cont) -> first byte on its own "
+                             "forward");
     g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
 
-    json_object_set_string_member(o, "method", "take from a full pool "
-                                  "(cont) -> first byte on its own forward");
     for (int k = 0; k < n && !procs_interrupted(); k++) {
         g_autoptr(JsonObject) ret = NULL;
         gint64 t0, t1;
@@ -626,24 +643,20 @@ static gint64 first_byte_retry(int port, gint64 deadline_ns)
  */
 static JsonObject *first_response_cold(Service *sv, int n, GError **errp)
 {
-    JsonObject *o = scenario(sv, "first-response-cold-boot");
+    JsonObject *o = scenario(sv, "first-response-cold-boot", "spawn of a "
+                             "new QEMU whose guest starts the service at "
+                             "boot -> first byte on its forward");
     g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
 
-    json_object_set_string_member(o, "method", "spawn of a new QEMU whose "
-                                  "guest starts the service at boot -> first "
-                                  "byte on its forward");
     for (int k = 0; k < n && !procs_interrupted(); k++) {
-        g_autofree char *netdev = net_arg(sv->next_dest_port++);
+        int port = next_dest_port(sv);
+        g_autofree char *netdev = net_arg(port);
         const char *extra[] = { "-netdev", netdev, "-device",
                                 "virtio-net-pci,netdev=n0,romfile=", NULL };
         VmSpawnOpts vo = { .extra = extra, .kernel_args = SERVICE_ARGS };
-        int port = sv->next_dest_port - 1;
         BenchVm *vm;
         gint64 t1;
 
-        if (sv->next_dest_port >= sv->base_port + 180) {
-            sv->next_dest_port = sv->base_port + 130;
-        }
         vm = vm_spawn(sv->cfg, sv->dir, "cold", &vo, errp);
         if (!vm) {
             break;
@@ -669,7 +682,11 @@ static JsonObject *first_response_cold(Service *sv, int n, GError **errp)
 static JsonObject *first_response_container(Service *sv, int n,
                                             GError **errp)
 {
-    JsonObject *o = scenario(sv, "first-response-container");
+    /* (No comma in a method: scripts/bench.sh splits results.csv on them) */
+    JsonObject *o = scenario(sv, "first-response-container", "spawn of "
+                             "`runc run` (the guest's busybox nc as the "
+                             "container's service in the host's network) -> "
+                             "first byte on its port");
     g_autofree char *bundle = g_build_filename(sv->dir, "container", NULL);
     g_autofree char *log = g_build_filename(sv->dir, "container.log", NULL);
     g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
@@ -678,11 +695,6 @@ static JsonObject *first_response_container(Service *sv, int n,
     int port = sv->base_port + 185;
     g_autofree char *port_s = g_strdup_printf("%d", port);
 
-    /* No comma: scripts/bench.sh splits results.csv on them */
-    json_object_set_string_member(o, "method", "spawn of `runc run` (the "
-                                  "guest's busybox nc as the container's "
-                                  "service in the host's network) -> first "
-                                  "byte on its port");
     if (why) {
         json_object_set_string_member(o, "skipped", why);
         return o;
@@ -701,8 +713,6 @@ static JsonObject *first_response_container(Service *sv, int n,
                                                 (int)getpid(), k);
         char *argv[] = { "/usr/bin/env", "runc", "run", "--bundle", bundle,
                          name, NULL };
-        char *kill_argv[] = { "runc", "kill", name, "KILL", NULL };
-        char *del_argv[] = { "runc", "delete", "--force", name, NULL };
         gint64 t0 = now_ns(), t1;
         pid_t pid = procs_spawn(argv, log);
 
@@ -716,15 +726,7 @@ static JsonObject *first_response_container(Service *sv, int n,
                         "the container's service did not answer (see %s)",
                         log);
         }
-        g_spawn_sync(NULL, kill_argv, NULL, G_SPAWN_SEARCH_PATH |
-                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
-                     NULL, NULL, NULL, NULL, NULL, NULL);
-        if (pid > 0) {
-            procs_wait_gone(pid, 10000);
-        }
-        g_spawn_sync(NULL, del_argv, NULL, G_SPAWN_SEARCH_PATH |
-                     G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
-                     NULL, NULL, NULL, NULL, NULL, NULL);
+        container_remove(name, pid);
         if (t1 < 0) {
             break;
         }
@@ -742,12 +744,11 @@ static JsonObject *first_response_container(Service *sv, int n,
  */
 static JsonObject *first_response_command(Service *sv, int n, GError **errp)
 {
-    JsonObject *o = scenario(sv, "first-response-vmfork-command");
+    JsonObject *o = scenario(sv, "first-response-vmfork-command", "vmfork "
+                             "command on the paused template -> first byte "
+                             "on the child's own forward");
     g_autoptr(GArray) ms = g_array_new(false, false, sizeof(double));
 
-    json_object_set_string_member(o, "method", "vmfork command on the "
-                                  "paused template -> first byte on the "
-                                  "child's own forward");
     for (int k = 0; k < n && !procs_interrupted(); k++) {
         int off = 186 + k % 4;          /* free slots (see PORTS) */
         g_autofree char *args = g_strdup_printf(
@@ -809,14 +810,12 @@ static void first_response_snapshot(Service *sv, int n,
     g_autoptr(JsonObject) ret = pool_request(sv, 0, "{\"execute\": "
                                              "\"take\"}");
 
-    *cold = scenario(sv, "first-response-snapshot");
-    *pre = scenario(sv, "first-response-snapshot-prestarted");
-    json_object_set_string_member(*cold, "method", "a new QEMU restores a "
-                                  "snapshot of a running clone (-incoming "
-                                  "file:) -> first byte on its forward");
-    json_object_set_string_member(*pre, "method", "a QEMU waiting with "
-                                  "-incoming defer: migrate-incoming of the "
-                                  "snapshot -> first byte on its forward");
+    *cold = scenario(sv, "first-response-snapshot", "a new QEMU restores "
+                     "a snapshot of a running clone (-incoming file:) -> "
+                     "first byte on its forward");
+    *pre = scenario(sv, "first-response-snapshot-prestarted", "a QEMU "
+                    "waiting with -incoming defer: migrate-incoming of the "
+                    "snapshot -> first byte on its forward");
     if (!ret) {
         g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED, "take failed");
         goto out;
@@ -855,18 +854,15 @@ static void first_response_snapshot(Service *sv, int n,
     }
     for (int k = 0; k < 2 * n && !procs_interrupted(); k++) {
         bool prestarted = k % 2;
-        g_autofree char *netdev = net_arg(sv->next_dest_port++);
+        int port = next_dest_port(sv);
+        g_autofree char *netdev = net_arg(port);
         const char *extra[] = { "-netdev", netdev, "-device",
                                 "virtio-net-pci,netdev=n0,romfile=", NULL };
         VmSpawnOpts o = { .incoming = prestarted ? "defer" : file_uri,
                           .extra = extra, .connect_qmp = true };
-        int port = sv->next_dest_port - 1;
         BenchVm *vm;
         gint64 t0, t1;
 
-        if (sv->next_dest_port >= sv->base_port + 180) {
-            sv->next_dest_port = sv->base_port + 130;
-        }
         vm = vm_spawn(sv->cfg, sv->dir, "peer", &o, errp);
         if (!vm) {
             break;
@@ -944,7 +940,7 @@ static gpointer load_client(gpointer data)
 
 static JsonObject *measure_load(Service *sv)
 {
-    JsonObject *o = scenario(sv, "serve-load");
+    JsonObject *o = scenario(sv, "serve-load", NULL);
     GMutex lock;
     GThread *t[LOAD_CLIENTS];
     Load l = { .sv = sv, .ms = g_array_new(false, false, sizeof(double)),
@@ -993,7 +989,7 @@ static GArray *uss_of(GArray *pids)
 
 static JsonObject *measure_memory(Service *sv)
 {
-    JsonObject *o = scenario(sv, "pool-memory");
+    JsonObject *o = scenario(sv, "pool-memory", NULL);
     g_autoptr(GArray) ready = NULL, held = NULL;
     g_autoptr(GArray) uss_ready = NULL, uss_held = NULL;
     int fds[HELD];
@@ -1111,7 +1107,7 @@ static JsonObject *measure_migrate(Service *sv, bool postcopy, int n,
                                    GError **errp)
 {
     JsonObject *o = scenario(sv, postcopy ? "migrate-postcopy" :
-                             "migrate-precopy");
+                             "migrate-precopy", NULL);
     g_autoptr(GArray) total = g_array_new(false, false, sizeof(double));
     g_autoptr(GArray) down = g_array_new(false, false, sizeof(double));
     g_autoptr(GArray) running = g_array_new(false, false, sizeof(double));
@@ -1175,7 +1171,7 @@ void run_service(const VmConfig *cfg, const Spec *s,
     }
     if (err) {
         for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
-            report(scenario(&sv, names[i]), err, emit, data);
+            report(scenario(&sv, names[i], NULL), err, emit, data);
         }
         goto out;
     }
