@@ -13,7 +13,8 @@
 #   *.png          plots (gnuplot): clone latency, peers, phases, memory,
 #                  scaling, fan-out, CDF, service (pool, serve, migrate)
 # A full run takes about 8 minutes on 2 cores (up to 15 when the machine is
-# busy), plus about 35 s for the service scenarios (timed alone); --quick
+# busy), plus about a minute for the service scenarios (timed alone, ten cold
+# boots among them); --quick
 # about a minute.
 # Needs the patched QEMU and the guests (`make`); builds vmfork-bench and a
 # tiny guest with a fast tick (build/bench/guest/tiny/tiny.elf) if missing.
