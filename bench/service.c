@@ -355,7 +355,7 @@ static bool service_setup(Service *sv, GError **errp)
         return false;
     }
 
-    /* Pool 0: warm, 8 ready; pool 1: one ready */
+    /* Pool 0: warm, 8 ready, settled; pool 1: one ready */
     for (int i = 0; i < 2; i++) {
         g_autofree char *mon = g_strdup_printf("%s/pool%d.qmp", sv->dir, i);
         g_autofree char *plog = g_strdup_printf("%s/pool%d.log", sv->dir, i);
@@ -369,7 +369,15 @@ static bool service_setup(Service *sv, GError **errp)
                               "--listen", NULL, "--size", size,
                               "--hostfwd-step", i ? "41" : "1",
                               "--max-live", i ? "3" : "40",
-                              "--serial", serial, NULL };
+                              "--serial", serial,
+                              /*
+                               * Pool 0 in vmfork's best pre-started mode:
+                               * the template run once (its guest's code
+                               * for a new VM generation ID translated),
+                               * each child settled (that code run)
+                               */
+                              i ? NULL : "--warm", "1000", "--settle",
+                              "200", NULL };
         char *serve_argv[] = { (char *)bench_paths.vmfork_tool, "serve",
                                "--listen", NULL, "--pool", NULL,
                                "--guest-port", gport, "--max-clones", "16",
