@@ -353,7 +353,6 @@ static int chardev_walk(Object *obj, void *opaque)
         if (chr->logfd >= 0) {
             const char *tmpl = g_hash_table_lookup(w->req->chardev_log_tmpls,
                                                    chr->label);
-
             struct stat st;
 
             plan->log = tmpl ? NULL : vmfork_fd_path(chr->logfd, NULL);

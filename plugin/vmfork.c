@@ -763,15 +763,10 @@ static void ram_set_fork(int advice)
  * every fork of this process).  Trimming takes 0.1 ms, too much for each
  * fork, so a process does it once, before its first.
  */
-static void vmfork_trim_heap_once(void)
+static void vmfork_trim_heap(void)
 {
 #ifdef __GLIBC__
-    static bool trimmed;
-
-    if (!trimmed) {
-        trimmed = true;
-        malloc_trim(0);
-    }
+    malloc_trim(0);
 #endif
 }
 
@@ -791,16 +786,11 @@ static void *vmfork_no_work(void *opaque)
     return NULL;
 }
 
-static void vmfork_bind_stack_reuse_once(void)
+static void vmfork_bind_stack_reuse(void)
 {
-    static bool bound;
     sigset_t all, old;
     pthread_t t;
 
-    if (bound) {
-        return;
-    }
-    bound = true;
     /* As qemu_thread_create(), but a failure only leaves it to the child */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -810,6 +800,18 @@ static void vmfork_bind_stack_reuse_once(void)
         }
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* What a process does once, before its first fork (see each step) */
+static void vmfork_before_first_fork(void)
+{
+    static bool done;
+
+    if (!done) {
+        done = true;
+        vmfork_trim_heap();
+        vmfork_bind_stack_reuse();
+    }
 }
 
 /*
@@ -1079,8 +1081,7 @@ static bool vmfork_fork(VmforkCommand *cmd, Error **errp)
     forked = g_new(VmforkForked, req->count);
     ram_set_fork(MADV_DOFORK);
     fflush(NULL);
-    vmfork_trim_heap_once();
-    vmfork_bind_stack_reuse_once();
+    vmfork_before_first_fork();
 
     /*
      * 2. The guest's pause: vCPUs stopped, block I/O drained (IOThreads
