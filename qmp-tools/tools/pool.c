@@ -1742,6 +1742,17 @@ static gboolean template_has_pid(const char *template)
     return !template || strstr(template, "%p");
 }
 
+/* Is each ID=TEMPLATE of @specs well formed, its template with %p? */
+static gboolean chardev_specs_have_pid(char **specs)
+{
+    for (char **c = specs; c && *c; c++) {
+        if (!chardev_spec_valid(*c) || !strstr(*c, "%p")) {
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
 int cmd_pool(Tool *tool, int argc, char **argv)
 {
     g_autoptr(GError) err = NULL;
@@ -1773,17 +1784,13 @@ int cmd_pool(Tool *tool, int argc, char **argv)
                                 "%%p: each child is forked by a command of "
                                 "its own, so %%i is always 0");
     }
-    for (char **c = pool_chardevs; c && *c; c++) {
-        if (!chardev_spec_valid(*c) || !strstr(*c, "%p")) {
-            return tool_usage_error(tool, "--chardev takes ID=TEMPLATE, the "
-                                    "template with %%p");
-        }
+    if (!chardev_specs_have_pid(pool_chardevs)) {
+        return tool_usage_error(tool, "--chardev takes ID=TEMPLATE, the "
+                                "template with %%p");
     }
-    for (char **c = pool_chardev_logs; c && *c; c++) {
-        if (!chardev_spec_valid(*c) || !strstr(*c, "%p")) {
-            return tool_usage_error(tool, "--chardev-log takes ID=TEMPLATE, "
-                                    "the template with %%p");
-        }
+    if (!chardev_specs_have_pid(pool_chardev_logs)) {
+        return tool_usage_error(tool, "--chardev-log takes ID=TEMPLATE, "
+                                "the template with %%p");
     }
 
     pool.template_path = argv[1];

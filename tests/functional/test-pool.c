@@ -547,7 +547,7 @@ static void test_chardev_log(void)
     g_autofree char *logs = g_build_filename(dir, "piped-%p.log", NULL);
     g_autofree char *log = NULL;
     const char *extra[] = {
-        "-qmp", "unix:@DIR@/pool-qmp.sock,server=on,wait=off",
+        pool_monitor[0], pool_monitor[1],
         "-chardev", chardev, "-device", "isa-serial,chardev=piped,index=1",
         NULL
     };
