@@ -580,6 +580,16 @@ static gint64 first_byte_at(int port, gint64 deadline_ns)
     }
 }
 
+/* The time from @t0 to a first byte at @t1 to @ms, if one came (t1 > 0) */
+static void push_first_byte(GArray *ms, gint64 t0, gint64 t1)
+{
+    if (t1 > 0) {
+        double v = MS(t1 - t0);
+
+        g_array_append_val(ms, v);
+    }
+}
+
 /* vmfork: a take from the full pool, then its forward's first byte */
 static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
 {
@@ -606,11 +616,7 @@ static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
         }
         t1 = first_byte_at(reply_port(ret), t0 + STEP_MS * 1000000LL);
         release(sv, 0, json_object_get_int_member(ret, "pid"));
-        if (t1 > 0) {
-            double v = MS(t1 - t0);
-
-            g_array_append_val(ms, v);
-        }
+        push_first_byte(ms, t0, t1);
     }
     set_dist(o, "first_response_ms", ms);
     return o;
@@ -670,11 +676,7 @@ static JsonObject *first_response_cold(Service *sv, int n, GError **errp)
             break;
         }
         t1 = first_byte_retry(port, vm->spawn_ns + 180000 * 1000000LL);
-        if (t1 > 0) {
-            double v = MS(t1 - vm->spawn_ns);
-
-            g_array_append_val(ms, v);
-        }
+        push_first_byte(ms, vm->spawn_ns, t1);
         vm_destroy(vm);
     }
     set_dist(o, "first_response_ms", ms);
@@ -725,11 +727,8 @@ static JsonObject *first_response_container(Service *sv, int n,
         pid_t pid = procs_spawn(argv, log);
 
         t1 = pid > 0 ? first_byte_retry(port, t0 + STEP_MS * 1000000LL) : -1;
-        if (t1 > 0) {
-            double v = MS(t1 - t0);
-
-            g_array_append_val(ms, v);
-        } else {
+        push_first_byte(ms, t0, t1);
+        if (t1 <= 0) {
             g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
                         "the container's service did not answer (see %s)",
                         log);
@@ -778,11 +777,7 @@ static JsonObject *first_response_command(Service *sv, int n, GError **errp)
         t1 = first_byte_at(sv->base_port + off, t0 + STEP_MS * 1000000LL);
         kill(pid, SIGKILL);
         procs_wait_gone(pid, 10000);
-        if (t1 > 0) {
-            double v = MS(t1 - t0);
-
-            g_array_append_val(ms, v);
-        }
+        push_first_byte(ms, t0, t1);
     }
     set_dist(o, "first_response_ms", ms);
     return o;
@@ -908,11 +903,7 @@ static void first_response_snapshot(Service *sv, int n,
         }
         t1 = first_byte_at(port, t0 + STEP_MS * 1000000LL);
         vm_destroy(vm);
-        if (t1 > 0) {
-            double v = MS(t1 - t0);
-
-            g_array_append_val(prestarted ? pre_ms : cold_ms, v);
-        }
+        push_first_byte(prestarted ? pre_ms : cold_ms, t0, t1);
     }
 out:
     set_dist(*cold, "first_response_ms", cold_ms);
