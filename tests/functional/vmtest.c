@@ -1368,8 +1368,10 @@ static char **ssh_argv(Vm *vm, bool with_stdin, const char *cmd)
                                             "id_ed25519", NULL);
     g_autofree char *portstr = g_strdup_printf("%d", vm->ssh_port);
     const char *argv[] = {
-        "ssh", "-q", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
-        "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=no",
+        "ssh", "-i", key, "-p", portstr, "-o", "BatchMode=yes",
+        /* the TCP connect and the server's banner: a guest that is slow
+         * on a loaded host takes seconds to fork and start sshd */
+        "-o", "ConnectTimeout=30", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
         "root@127.0.0.1", cmd, NULL };
     GStrvBuilder *b = g_strv_builder_new();
@@ -1386,18 +1388,24 @@ static char **ssh_argv(Vm *vm, bool with_stdin, const char *cmd)
     return v;
 }
 
-char *vm_ssh(Vm *vm, int *status, const char *cmd)
+/* vm_ssh(), and what ssh wrote to stderr in *errout unless NULL */
+static char *ssh_run(Vm *vm, int *status, const char *cmd, char **errout)
 {
     g_auto(GStrv) argv = ssh_argv(vm, false, cmd);
     g_autoptr(GError) err = NULL;
     char *out = NULL;
 
     if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH |
-                      G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
-                      status, &err)) {
+                      (errout ? 0 : G_SPAWN_STDERR_TO_DEV_NULL), NULL, NULL,
+                      &out, errout, status, &err)) {
         g_error("ssh: %s", err->message);
     }
     return out;
+}
+
+char *vm_ssh(Vm *vm, int *status, const char *cmd)
+{
+    return ssh_run(vm, status, cmd, NULL);
 }
 
 double vm_ssh_clock_offset(Vm *vm, double *err)
@@ -1440,21 +1448,56 @@ double vm_ssh_clock_offset(Vm *vm, double *err)
     return best;
 }
 
+/*
+ * Where a connection to the guest's sshd stops: slirp's forwarding and
+ * connections (HMP info usernet) and, where the guest has qemu-ga, its
+ * interfaces and addresses
+ */
+static void dump_network(Vm *vm)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) r = qmp_execute_json(vm->qmp, "human-monitor-command",
+                                             "{\"command-line\": \"info usernet\"}",
+                                             QMP_TIMEOUT_MS, &err);
+
+    g_test_message("--- info usernet ---\n%s", r ? json_node_get_string(r) :
+                   err->message);
+    if (vm->qga_path && g_getenv("VMFORK_DEBIAN_QGA")) {
+        const char *argv[] = { "python3", g_getenv("VMFORK_DEBIAN_QGA"),
+                               "--timeout", "20", vm->qga_path,
+                               "guest-network-get-interfaces", NULL };
+        g_autofree char *out = NULL, *errout = NULL;
+        int status = 0;
+
+        g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                     NULL, &out, &errout, &status, NULL);
+        g_test_message("--- qemu-ga: guest-network-get-interfaces (status "
+                       "0x%x) ---\n%s%s", status, out ? out : "",
+                       errout ? errout : "");
+    }
+}
+
 void vm_wait_ssh(Vm *vm, int timeout_s)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_s * G_USEC_PER_SEC;
 
     for (;;) {
         int status;
-        g_autofree char *out = vm_ssh(vm, &status, "true");
+        g_autofree char *errout = NULL;
+        g_autofree char *out = ssh_run(vm, &status, "true", &errout);
 
         if (status == 0) {
             return;
         }
         if (pid_gone(vm->pid) || g_get_monotonic_time() > deadline) {
-            g_test_message("ssh: %s", out ? out : "");
+            /* what tells most last: CI keeps the output's tail */
             dump_serial_tail(vm);
             dump_log(vm, "qemu.log");
+            if (!pid_gone(vm->pid)) {
+                dump_network(vm);
+            }
+            g_test_message("ssh (the last try, status 0x%x): %s%s", status,
+                           out ? out : "", errout ? errout : "");
             g_error("no ssh login on port %d (QEMU %s)", vm->ssh_port,
                     pid_gone(vm->pid) ? "gone" : "running");
         }
