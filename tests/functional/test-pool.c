@@ -21,14 +21,12 @@
 #include "audit.h"
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -541,16 +539,10 @@ static void test_settle(void)
 static void test_chardev_log(void)
 {
     g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
-    g_autofree char *chardev = g_strdup_printf("null,id=piped,logfile=%s",
-                                               fifo);
     g_autofree char *logs = g_build_filename(dir, "piped-%p.log", NULL);
     g_autofree char *log = NULL;
-    const char *extra[] = {
-        pool_monitor[0], pool_monitor[1],
-        "-chardev", chardev, "-device", "isa-serial,chardev=piped,index=1",
-        NULL
-    };
+    g_auto(GStrv) piped = NULL;
+    const char *extra[7] = { pool_monitor[0], pool_monitor[1] };
     const char *options[] = { "--size", "1", "--chardev-log", NULL, NULL };
     VmOptions o = { .guest = GUEST_TINY, .dir = dir, .extra = extra };
     g_autoptr(JsonObject) reply = NULL;
@@ -561,9 +553,8 @@ static void test_chardev_log(void)
 
     g_assert_nonnull(dir);
     vm_register_dir(dir);
-    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
-    reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    g_assert_cmpint(reader, >=, 0);
+    piped = vm_piped_log_args(dir, 1, &reader);
+    memcpy(extra + 2, piped, 4 * sizeof(*extra));
     tmpl = start_template_with(&o);
     if (!tmpl) {
         close(reader);

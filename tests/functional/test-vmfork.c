@@ -1600,21 +1600,16 @@ static void linux_fork_chardev_logs(void)
 static Vm *start_with_piped_log(GuestKind guest, int index, int *reader)
 {
     g_autofree char *dir = g_dir_make_tmp("vmtest-XXXXXX", NULL);
-    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
-    g_autofree char *arg = g_strdup_printf("null,id=piped,logfile=%s", fifo);
-    g_autofree char *dev = g_strdup_printf("isa-serial,chardev=piped,"
-                                           "index=%d", index);
-    const char *extra[] = { "-chardev", arg, "-device", dev, NULL };
-    VmOptions o = { .guest = guest, .dir = dir, .extra = extra };
+    g_auto(GStrv) extra = NULL;
+    VmOptions o = { .guest = guest, .dir = dir };
 
     g_assert_nonnull(dir);
     vm_register_dir(dir);
     if (vm_skip_if_missing(&o)) {
         return NULL;
     }
-    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
-    *reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    g_assert_cmpint(*reader, >=, 0);
+    extra = vm_piped_log_args(dir, index, reader);
+    o.extra = (const char *const *)extra;
     return vm_start(&o);
 }
 

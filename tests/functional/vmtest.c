@@ -1361,6 +1361,21 @@ int vm_free_ports(int offset, int n)
 }
 
 
+char **vm_piped_log_args(const char *dir, int index, int *reader)
+{
+    g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
+    char **args = g_new0(char *, 5);
+
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    *reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    g_assert_cmpint(*reader, >=, 0);
+    args[0] = g_strdup("-chardev");
+    args[1] = g_strdup_printf("null,id=piped,logfile=%s", fifo);
+    args[2] = g_strdup("-device");
+    args[3] = g_strdup_printf("isa-serial,chardev=piped,index=%d", index);
+    return args;
+}
+
 /* ssh's command line for CMD on VM; free with g_strfreev() */
 static char **ssh_argv(Vm *vm, bool with_stdin, const char *cmd)
 {

@@ -173,6 +173,15 @@ double vm_ssh_clock_offset(Vm *vm, double *err);
 /* A port p such that p + k * offset, k = 0 .. n - 1, are free on
  * 127.0.0.1: for a parent's ssh forward and its children's */
 int vm_free_ports(int offset, int n);
+
+/*
+ * A null chardev "piped" on serial port @index whose log is a FIFO in
+ * @dir, as libvirt's <log> through virtlogd is a pipe: its -chardev and
+ * -device options (four strings, NULL-terminated), and in *reader the
+ * FIFO's read end (non-blocking), opened first so that QEMU's open of the
+ * log does not block
+ */
+char **vm_piped_log_args(const char *dir, int index, int *reader);
 /* Debian guest: until ssh logs in (g_error after timeout_s) */
 void vm_wait_ssh(Vm *vm, int timeout_s);
 
