@@ -205,6 +205,10 @@ typedef struct Dist {
 
 void dist_of(GArray *doubles, Dist *d);      /* sorts the array */
 JsonNode *dist_json(const Dist *d, bool full);
+/* A member of a result by dotted path ("clone_ms.p50"), or NULL; as a
+ * number, NAN where it is missing or not a value (a null distribution) */
+JsonNode *json_path(JsonObject *o, const char *path);
+double json_path_num(JsonObject *o, const char *path);
 
 /* Guest clock offset (host ns - guest ns) from the ticks whose first byte
  * came in [from_ns, to_ns): the minimum, which is an upper bound of the

@@ -89,6 +89,31 @@ JsonNode *dist_json(const Dist *d, bool full)
     return json_builder_get_root(b);
 }
 
+JsonNode *json_path(JsonObject *o, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    JsonNode *n = NULL;
+
+    for (int i = 0; parts[i]; i++) {
+        if (!o || !json_object_has_member(o, parts[i])) {
+            return NULL;
+        }
+        n = json_object_get_member(o, parts[i]);
+        o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+    }
+    return n;
+}
+
+double json_path_num(JsonObject *o, const char *path)
+{
+    JsonNode *n = o ? json_path(o, path) : NULL;
+
+    if (!n || !JSON_NODE_HOLDS_VALUE(n)) {
+        return NAN;
+    }
+    return json_node_get_double(n);
+}
+
 /* ---- Guest clocks ------------------------------------------------------- */
 
 static int cmp_i64(const void *a, const void *b)

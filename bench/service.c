@@ -451,15 +451,6 @@ static void set_dist(JsonObject *o, const char *name, GArray *v)
     json_object_set_int_member(o, "n", d.n);
 }
 
-/* The p50 of a distribution member, NAN when there is none */
-static double p50(JsonObject *o, const char *name)
-{
-    JsonNode *n = json_object_get_member(o, name);
-
-    return n && JSON_NODE_HOLDS_OBJECT(n) ?
-        json_object_get_double_member(json_node_get_object(n), "p50") : NAN;
-}
-
 static JsonObject *measure_ttfb(Service *sv, int i, int n, GError **errp)
 {
     JsonObject *o = scenario(sv, i ? "serve-empty" : "serve-warm", NULL);
@@ -786,8 +777,8 @@ static JsonObject *first_response_command(Service *sv, int n, GError **errp)
 /* Each peer's first response against vmfork's (p50 over p50) */
 static void first_response_ratio(JsonObject *peer, JsonObject *vmfork)
 {
-    double v = p50(vmfork, "first_response_ms");
-    double p = p50(peer, "first_response_ms");
+    double v = json_path_num(vmfork, "first_response_ms.p50");
+    double p = json_path_num(peer, "first_response_ms.p50");
 
     if (!isnan(v) && v > 0 && !isnan(p)) {
         json_object_set_double_member(peer, "ratio_vs_vmfork",
@@ -1179,7 +1170,7 @@ void run_service(const VmConfig *cfg, const Spec *s,
         JsonObject *o = measure_direct(&sv, s->n, &e);
 
         g_printerr("   serve-direct: first byte p50 %.2f ms\n",
-                   p50(o, "ttfb_ms"));
+                   json_path_num(o, "ttfb_ms.p50"));
         report(o, e, emit, data);
     }
     for (int i = 0; i < 2 && !procs_interrupted(); i++) {
@@ -1187,7 +1178,7 @@ void run_service(const VmConfig *cfg, const Spec *s,
         JsonObject *o = measure_ttfb(&sv, i, s->n, &e);
 
         g_printerr("   %s: first byte p50 %.2f ms\n", names[i],
-                   p50(o, "ttfb_ms"));
+                   json_path_num(o, "ttfb_ms.p50"));
         report(o, e, emit, data);
     }
     if (!procs_interrupted()) {
@@ -1199,18 +1190,20 @@ void run_service(const VmConfig *cfg, const Spec *s,
         int np = MAX(s->n / 3, 3);
 
         g_printerr("   first-response-vmfork: p50 %.2f ms from the pool, "
-                   "%.2f ms by a command\n", p50(o, "first_response_ms"),
-                   p50(cmd, "first_response_ms"));
+                   "%.2f ms by a command\n",
+                   json_path_num(o, "first_response_ms.p50"),
+                   json_path_num(cmd, "first_response_ms.p50"));
         first_response_snapshot(&sv, np, &cold, &pre, &e2);
         g_printerr("   first-response-snapshot: p50 %.2f ms, prestarted "
-                   "p50 %.2f ms\n", p50(cold, "first_response_ms"),
-                   p50(pre, "first_response_ms"));
+                   "p50 %.2f ms\n",
+                   json_path_num(cold, "first_response_ms.p50"),
+                   json_path_num(pre, "first_response_ms.p50"));
         boot = first_response_cold(&sv, np, &e3);
         g_printerr("   first-response-cold-boot: p50 %.2f ms\n",
-                   p50(boot, "first_response_ms"));
+                   json_path_num(boot, "first_response_ms.p50"));
         ctr = first_response_container(&sv, np, &e4);
         g_printerr("   first-response-container: p50 %.2f ms\n",
-                   p50(ctr, "first_response_ms"));
+                   json_path_num(ctr, "first_response_ms.p50"));
         /* Like for like: cold peers against the command, the pre-started
          * one against the pool */
         first_response_ratio(pre, o);
@@ -1240,8 +1233,8 @@ void run_service(const VmConfig *cfg, const Spec *s,
         JsonObject *o = measure_migrate(&sv, pc, MAX(s->n / 3, 3), &e);
 
         g_printerr("   %s: total p50 %.1f ms, downtime p50 %.1f ms%s\n",
-                   names[4 + pc], p50(o, "migrate_total_ms"),
-                   p50(o, "downtime_ms"), pc ? "" : "");
+                   names[4 + pc], json_path_num(o, "migrate_total_ms.p50"),
+                   json_path_num(o, "downtime_ms.p50"), pc ? "" : "");
         report(o, e, emit, data);
     }
 out:

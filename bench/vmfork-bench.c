@@ -268,32 +268,6 @@ static void emit(JsonObject *o, gpointer data G_GNUC_UNUSED)
     g_ptr_array_add(pending, o);
 }
 
-/* A member by dotted path ("clone_ms.p50"), or NULL */
-static JsonNode *get_path(JsonObject *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    JsonNode *n = NULL;
-
-    for (int i = 0; parts[i]; i++) {
-        if (!o || !json_object_has_member(o, parts[i])) {
-            return NULL;
-        }
-        n = json_object_get_member(o, parts[i]);
-        o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-    }
-    return n;
-}
-
-static double get_num(JsonObject *o, const char *path)
-{
-    JsonNode *n = o ? get_path(o, path) : NULL;
-
-    if (!n || !JSON_NODE_HOLDS_VALUE(n)) {
-        return NAN;
-    }
-    return json_node_get_double(n);
-}
-
 static JsonObject *find_scenario(const char *name)
 {
     for (guint i = 0; i < results->len; i++) {
@@ -339,11 +313,11 @@ static void add_ratios(const Group *g)
         JsonObject *p = find_scenario(pn);
         bool prestarted = g_str_has_suffix(peer_methods[i], "-prestarted");
         JsonObject *v = prestarted ? pre : f;
-        double clone = get_num(v, "clone_ms.p50");
-        double resume = get_num(v, prestarted ? "vcpus_running_ms.p50" :
+        double clone = json_path_num(v, "clone_ms.p50");
+        double resume = json_path_num(v, prestarted ? "vcpus_running_ms.p50" :
                                 "clone_resume_ms.p50");
-        double ms = get_num(p, "clone_ms.p50");
-        double run = get_num(p, "vcpus_running_ms.p50");
+        double ms = json_path_num(p, "clone_ms.p50");
+        double run = json_path_num(p, "vcpus_running_ms.p50");
         JsonObject *e;
 
         if (!p || isnan(ms) || !v) {
@@ -397,7 +371,8 @@ static void add_scaling(const Group *g)
     }
     json_object_set_int_member(f, "touch_mib", g->cfg.touch_mib);
     for (guint i = 0; i < G_N_ELEMENTS(metrics); i++) {
-        double v = get_num(f, metrics[i][0]), b = get_num(base, metrics[i][0]);
+        double v = json_path_num(f, metrics[i][0]);
+        double b = json_path_num(base, metrics[i][0]);
 
         if (!isnan(v) && !isnan(b) && b > 0) {
             json_object_set_double_member(f, metrics[i][1],
@@ -493,7 +468,7 @@ static bool write_csv(const char *path, GError **errp)
             if (c) {
                 g_string_append_c(out, ',');
             }
-            csv_field(out, get_path(results->pdata[i], csv_columns[c]));
+            csv_field(out, json_path(results->pdata[i], csv_columns[c]));
         }
         g_string_append_c(out, '\n');
     }
@@ -618,7 +593,7 @@ static JsonArray *evaluate_targets(GString *md)
     for (guint i = 0; i < G_N_ELEMENTS(targets); i++) {
         const Target *t = &targets[i];
         JsonObject *o = find_scenario(t->scenario);
-        double v = get_num(o, t->metric);
+        double v = json_path_num(o, t->metric);
         JsonObject *e = json_object_new();
         bool met = !isnan(v) && (t->at_least ? v >= t->goal : v <= t->goal);
         g_autofree char *shown = isnan(v) ? g_strdup("not measured") :
