@@ -56,7 +56,7 @@
 
 #define GUEST_PORT 7777
 /* The guest's init serves GUEST_PORT (tests/guest/linux/init) */
-#define SERVICE_ARGS "vmfork.service=7777"
+#define SERVICE_ARGS "vmfork.service=" G_STRINGIFY(GUEST_PORT)
 /*
  * Ports from the template's forward up: pool 0's slots 1..40, pool 1's
  * at 41, 82, 123 (step 41), destinations from 130, migration 180, the
@@ -614,31 +614,64 @@ static JsonObject *first_response_vmfork(Service *sv, int n, GError **errp)
 }
 
 /*
- * Connects to 127.0.0.1:@port until something answers (or @deadline_ns),
- * each try given 20 ms: a service that is not up yet refuses the
- * connection, or (behind slirp's forward) closes it or never answers the
- * SYN that slirp passed on, which slirp would only resend seconds later.
- * The time of the first byte, or -1.
+ * Connects to 127.0.0.1:@port every 20 ms until one of the connections
+ * gets a byte (or @deadline_ns).  A service that is not up yet refuses
+ * the connection, or (behind slirp's forward) closes it or never answers
+ * the SYN that slirp passed on, which slirp would only resend seconds
+ * later: hence a new connection every 20 ms.  Each one stays open until it
+ * ends or the first byte comes (the last RETRY_CONNS of them), so that a
+ * service slower than 20 ms to answer is still seen when it answers.  The
+ * time of the first byte, or -1.
  */
+#define RETRY_CONNS 256
 static gint64 first_byte_retry(int port, gint64 deadline_ns)
 {
-    while (now_ns() < deadline_ns) {
-        g_autoptr(GString) line = g_string_new(NULL);
-        gint64 first = 0;
-        int fd = tcp_connect(port);
-        bool ok = fd >= 0 && read_line_timed(fd, 20, &first, line) &&
-                  first > 0;
+    struct pollfd p[RETRY_CONNS];
+    gint64 next = 0, first = -1;
+    int n = 0;
 
-        if (fd >= 0) {
-            close(fd);
-        } else {
-            g_usleep(200);
+    while (first < 0 && now_ns() < deadline_ns) {
+        struct timespec wait;
+        gint64 wait_ns;
+
+        if (now_ns() >= next) {
+            int fd;
+
+            if (n == RETRY_CONNS) {     /* the oldest makes room */
+                close(p[0].fd);
+                memmove(p, p + 1, --n * sizeof(*p));
+            }
+            fd = tcp_connect(port);
+            if (fd >= 0) {
+                p[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
+            }
+            /* No listener yet (QEMU not up): try again soon */
+            next = now_ns() + (fd >= 0 ? 20000000LL : 200000LL);
         }
-        if (ok) {
-            return first;
+        wait_ns = MAX(MIN(next, deadline_ns) - now_ns(), 0);
+        wait = (struct timespec){ wait_ns / 1000000000, wait_ns % 1000000000 };
+        if (ppoll(p, n, &wait, NULL) <= 0) {
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            char c;
+
+            if (!p[i].revents) {
+                continue;
+            }
+            if (read(p[i].fd, &c, 1) == 1) {
+                first = now_ns();
+                break;
+            }
+            close(p[i].fd);             /* ended: refused behind slirp */
+            memmove(p + i, p + i + 1, (--n - i) * sizeof(*p));
+            i--;
         }
     }
-    return -1;
+    while (n--) {
+        close(p[n].fd);
+    }
+    return first;
 }
 
 /*
@@ -719,13 +752,11 @@ static JsonObject *first_response_container(Service *sv, int n,
 
         t1 = pid > 0 ? first_byte_retry(port, t0 + STEP_MS * 1000000LL) : -1;
         push_first_byte(ms, t0, t1);
-        if (t1 <= 0) {
+        container_remove(name, pid);
+        if (t1 < 0) {
             g_set_error(errp, G_IO_ERROR, G_IO_ERROR_FAILED,
                         "the container's service did not answer (see %s)",
                         log);
-        }
-        container_remove(name, pid);
-        if (t1 < 0) {
             break;
         }
     }
