@@ -75,16 +75,11 @@ static void assert_system_running(Vm *vm, const char *who)
 /* qemu-ga: COMMAND's return value as JSON (tests/guest/debian/qga.py) */
 static char *qga(Vm *vm, const char *command)
 {
-    const char *argv[] = { "python3", g_getenv("VMFORK_DEBIAN_QGA"),
-                           "--timeout", "60", vm->qga_path, command, NULL };
-    g_autoptr(GError) err = NULL;
     g_autofree char *errout = NULL;
-    char *out = NULL;
     int status;
+    char *out = vm_qga(vm, command, 60, &status, &errout);
 
-    g_assert_nonnull(vm->qga_path);
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH,
-                               NULL, NULL, &out, &errout, &status, &err));
+    g_assert_nonnull(out);
     if (status) {
         g_error("qga %s %s: %s", vm->qga_path, command, errout);
     }

@@ -1360,7 +1360,6 @@ int vm_free_ports(int offset, int n)
     g_error("no %d free ports %d apart", n, offset);
 }
 
-
 char **vm_piped_log_args(const char *dir, int index, int *reader)
 {
     g_autofree char *fifo = g_build_filename(dir, "log.fifo", NULL);
@@ -1463,6 +1462,22 @@ double vm_ssh_clock_offset(Vm *vm, double *err)
     return best;
 }
 
+char *vm_qga(Vm *vm, const char *command, int timeout_s, int *status,
+             char **errout)
+{
+    g_autofree char *timeout = g_strdup_printf("%d", timeout_s);
+    const char *argv[] = { "python3", g_getenv("VMFORK_DEBIAN_QGA"),
+                           "--timeout", timeout, vm->qga_path, command, NULL };
+    char *out = NULL;
+
+    g_assert_nonnull(vm->qga_path);
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                      NULL, &out, errout, status, NULL)) {
+        *status = -1;
+    }
+    return out;
+}
+
 /*
  * Where a connection to the guest's sshd stops: slirp's forwarding and
  * connections (HMP info usernet) and, where the guest has qemu-ga, its
@@ -1478,14 +1493,11 @@ static void dump_network(Vm *vm)
     g_test_message("--- info usernet ---\n%s", r ? json_node_get_string(r) :
                    err->message);
     if (vm->qga_path && g_getenv("VMFORK_DEBIAN_QGA")) {
-        const char *argv[] = { "python3", g_getenv("VMFORK_DEBIAN_QGA"),
-                               "--timeout", "20", vm->qga_path,
-                               "guest-network-get-interfaces", NULL };
-        g_autofree char *out = NULL, *errout = NULL;
-        int status = 0;
+        g_autofree char *errout = NULL;
+        int status;
+        g_autofree char *out = vm_qga(vm, "guest-network-get-interfaces", 20,
+                                      &status, &errout);
 
-        g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
-                     NULL, &out, &errout, &status, NULL);
         g_test_message("--- qemu-ga: guest-network-get-interfaces (status "
                        "0x%x) ---\n%s%s", status, out ? out : "",
                        errout ? errout : "");

@@ -173,7 +173,6 @@ double vm_ssh_clock_offset(Vm *vm, double *err);
 /* A port p such that p + k * offset, k = 0 .. n - 1, are free on
  * 127.0.0.1: for a parent's ssh forward and its children's */
 int vm_free_ports(int offset, int n);
-
 /*
  * A null chardev "piped" on serial port @index whose log is a FIFO in
  * @dir, as libvirt's <log> through virtlogd is a pipe: its -chardev and
@@ -182,6 +181,11 @@ int vm_free_ports(int offset, int n);
  * log does not block
  */
 char **vm_piped_log_args(const char *dir, int index, int *reader);
+/* Debian guest: @command on its qemu-ga (tests/guest/debian/qga.py, at
+ * most @timeout_s): stdout, its return value as JSON, or NULL; *status is
+ * the script's exit status (-1: not run), *errout its stderr if not NULL */
+char *vm_qga(Vm *vm, const char *command, int timeout_s, int *status,
+             char **errout);
 /* Debian guest: until ssh logs in (g_error after timeout_s) */
 void vm_wait_ssh(Vm *vm, int timeout_s);
 
