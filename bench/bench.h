@@ -277,10 +277,14 @@ typedef struct Spec {
     bool template;          /* parent 'paused': a frozen template */
     int count;              /* children per vmfork command */
     int n;                  /* measured commands, or runs per peer method */
-    int n_mem;              /* children whose memory is measured, dirtied */
+    int n_mem;              /* children whose memory is measured (idle;
+                               the first BENCH_DIRTY_SAMPLES dirtied too) */
     int cold_runs;          /* peers: cold boots */
     int alive;              /* children kept alive (paused) meanwhile */
 } Spec;
+
+/* Children of a fork-CFG scenario that dirty bench_dirty_mib of memory */
+#define BENCH_DIRTY_SAMPLES 4
 
 #define GROUP_MAX_SPECS 16
 typedef struct Group {

@@ -77,13 +77,14 @@ JsonNode *dist_json(const Dist *d, bool full)
     json_builder_add_double_value(b, round3(d->p99));
     json_builder_set_member_name(b, "max");
     json_builder_add_double_value(b, round3(d->max));
+    /* The samples behind the percentiles: the targets table shows it */
+    json_builder_set_member_name(b, "n");
+    json_builder_add_int_value(b, d->n);
     if (full) {
         json_builder_set_member_name(b, "min");
         json_builder_add_double_value(b, round3(d->min));
         json_builder_set_member_name(b, "mean");
         json_builder_add_double_value(b, round3(d->mean));
-        json_builder_set_member_name(b, "n");
-        json_builder_add_int_value(b, d->n);
     }
     json_builder_end_object(b);
     return json_builder_get_root(b);
