@@ -166,7 +166,7 @@ static void add_group(GArray *groups, GuestKind guest, const char *accel,
  * single forks per scenario, 20 runs of each peer, 20 fan-outs where a
  * target uses them.  The fan-outs that only show how the cost grows (10
  * children, 100 with 2 GiB or under KVM) run fewer times; each of their
- * runs measures 10 or 100 children.  About 25 minutes on a 2-core machine.
+ * runs measures 10 or 100 children.  About 20 minutes on a 2-core machine.
  */
 static GArray *scenario_groups(bool quick)
 {

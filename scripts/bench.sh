@@ -12,10 +12,9 @@
 #   bench.log      the progress output
 #   *.png          plots (gnuplot): clone latency, peers, phases, memory,
 #                  scaling, fan-out, CDF, service (pool, serve, migrate)
-# A full run takes about 8 minutes on 2 cores (up to 15 when the machine is
-# busy), plus about a minute for the service scenarios (timed alone, ten cold
-# boots among them); --quick
-# about a minute.
+# A full run takes about 20 minutes on 2 cores (18.5 on 2026-12-08: medians
+# of at least 20 everywhere), 2 of them the service scenarios (timed alone,
+# twenty cold boots among them); --quick about a minute and a half.
 # Needs the patched QEMU and the guests (`make`); builds vmfork-bench and a
 # tiny guest with a fast tick (build/bench/guest/tiny/tiny.elf) if missing.
 set -euo pipefail
