@@ -588,22 +588,25 @@ static const Target targets[] = {
 
 /*
  * The samples behind a target's figure: those of the distribution for a
- * percentile ("clone_ms.p50": clone_ms.n); for a ratio, those of the
- * scenario's own latency (a peer's, the 8 GiB guest's)
+ * percentile ("clone_ms.p50": clone_ms.n, 0 where it was not measured);
+ * for a ratio, those of the scenario's own latency (a peer's, the 8 GiB
+ * guest's)
  */
 static int target_samples(JsonObject *o, const char *metric)
 {
     const char *dot = strrchr(metric, '.');
-    g_autofree char *path = dot ? g_strdup_printf("%.*s.n",
-                                                  (int)(dot - metric), metric)
-                                : NULL;
-    double n = path ? json_path_num(o, path) : NAN;
+    double n;
 
-    if (isnan(n)) {
+    if (dot) {
+        g_autofree char *path = g_strdup_printf("%.*s.n",
+                                                (int)(dot - metric), metric);
+
+        n = json_path_num(o, path);
+    } else {
         n = json_path_num(o, "clone_ms.n");
-    }
-    if (isnan(n)) {
-        n = json_path_num(o, "first_response_ms.n");
+        if (isnan(n)) {
+            n = json_path_num(o, "first_response_ms.n");
+        }
     }
     return isnan(n) ? 0 : (int)n;
 }
