@@ -297,6 +297,61 @@ static bool first_own_tick(ForkCtx *ctx, Stream *s, GArray *parent_lines,
     }
 }
 
+/*
+ * Why a child has no tick line of its own: what it printed, and its
+ * process's state and its threads' (a child that never ran its guest, or
+ * one whose lines were all its parent's)
+ */
+static char *child_silence(ForkCtx *ctx, Child *c, GArray *parent_lines,
+                           gint64 min_guest_ns)
+{
+    g_autoptr(GArray) lines = stream_lines(c->out, 0);
+    g_autoptr(GString) why = g_string_new(NULL);
+    g_autofree char *task_dir = g_strdup_printf("/proc/%d/task", c->pid);
+    g_autoptr(GDir) tasks = g_dir_open(task_dir, 0, NULL);
+    guint ticks = 0, early = 0, shared = 0;
+    const char *last = NULL;
+    struct stat st;
+
+    for (guint i = 0; i < lines->len; i++) {
+        Line *l = &g_array_index(lines, Line, i);
+
+        if (l->kind != LINE_TICK) {
+            last = l->text ? l->text : last;
+            continue;
+        }
+        ticks++;
+        early += l->guest_ns < min_guest_ns;
+        shared += shared_history(ctx, parent_lines, l);
+    }
+    g_string_append_printf(why, "%u lines, %u ticks (%u stamped before the "
+                           "command, %u its parent's too), file %lld bytes",
+                           lines->len, ticks, early, shared,
+                           stat(c->out_path, &st) == 0 ?
+                           (long long)st.st_size : -1LL);
+    if (last) {
+        g_string_append_printf(why, ", last other line '%.60s'", last);
+    }
+    g_string_append(why, tasks ? "; threads (state wchan):" :
+                    "; the process is gone");
+    for (const char *t; tasks && (t = g_dir_read_name(tasks));) {
+        g_autofree char *stat_path = g_strdup_printf("%s/%s/stat", task_dir,
+                                                     t);
+        g_autofree char *wchan_path = g_strdup_printf("%s/%s/wchan",
+                                                      task_dir, t);
+        g_autofree char *text = NULL, *wchan = NULL;
+        char *end;
+
+        g_file_get_contents(stat_path, &text, NULL, NULL);
+        g_file_get_contents(wchan_path, &wchan, NULL, NULL);
+        end = text ? strrchr(text, ')') : NULL;
+        g_string_append_printf(why, " %s %c %s", t,
+                               end && end[1] ? end[2] : '?',
+                               wchan ? wchan : "?");
+    }
+    return g_string_free(g_steal_pointer(&why), false);
+}
+
 /* The vmfork argument that puts a disk's overlays in @dir, if any */
 static char *overlay_dir_arg(const BenchVm *p, const char *dir)
 {
@@ -449,9 +504,11 @@ static bool fork_once(ForkCtx *ctx, int count, bool paused_parent,
         c->first_ok = first_own_tick(ctx, c->out, plines, 0, min_guest,
                                      deadline, &c->first);
         if (!c->first_ok) {
+            g_autofree char *why = child_silence(ctx, c, plines, min_guest);
+
             g_set_error(errp, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
-                        "child %d (pid %d) printed no tick line into %s",
-                        i, c->pid, c->out_path);
+                        "child %d (pid %d) printed no tick line of its own "
+                        "into %s: %s", i, c->pid, c->out_path, why);
             return false;
         }
     }
