@@ -53,7 +53,7 @@
 #define W_CHILD_NS (200 * 1000000LL)    /* child lines after its first one */
 #define FANOUT_MEM_CHILDREN 10          /* children of a fan-out measured */
 /* Under KVM the parent's pause is seen as a gap in its guest's ticks */
-#define KVM_PAUSE_TICK_MAX_MS 3.0     /* the fast tiny guest: 0.5 to 1.1 ms */
+#define KVM_PAUSE_TICK_MAX_MS 3.0     /* the fast tiny guest's: ~1 ms */
 /* Pre-forked children forked running, all at once: time enough for each to
  * handle its VM generation ID notification before it is stopped */
 #define PREFORK_SETTLE_MS 1000
@@ -609,7 +609,7 @@ static void fork_finish(ForkCtx *ctx, ForkRun *r)
          */
         r->pause_method = "not measured: the guest's ticks are too far "
                           "apart (scripts/bench.sh builds a tiny guest "
-                          "that ticks every 0.46 ms)";
+                          "that ticks every 2^20 TSC cycles)";
     } else if (kvm && r->off_b.ok && r->t_stop && r->t_resume &&
                tick_gap_across(p->serial, r->t_send - W_PRE_NS,
                                r->t_reply + W_POST_NS, r->off_b.off_ns,
